@@ -318,9 +318,32 @@ impl Gate {
     }
 }
 
-/// `/sys/fs/bpf/vipwatch/<iface>`.
+/// `/sys/fs/bpf/vipwatch/<iface>` in the initial network namespace, and
+/// `/sys/fs/bpf/vipwatch/<iface>@net<inode>` in any other: bpffs is shared
+/// by all network namespaces, interface names are not.
 pub fn pin_dir(iface: &str) -> PathBuf {
-    Path::new(PIN_ROOT).join(iface)
+    Path::new(PIN_ROOT).join(match netns_inode() {
+        Some(ino) => format!("{iface}@net{ino}"),
+        None => iface.to_owned(),
+    })
+}
+
+/// The interface a pin directory name belongs to, if it belongs to our
+/// network namespace.
+pub fn iface_of_pin_dir(name: &str) -> Option<String> {
+    match (name.split_once("@net"), netns_inode()) {
+        (Some((iface, ino)), Some(ours)) if ino == ours.to_string() => Some(iface.to_owned()),
+        (None, None) => Some(name.to_owned()),
+        _ => None,
+    }
+}
+
+/// Our network namespace's inode, or `None` in the initial namespace.
+fn netns_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ours = fs::metadata("/proc/self/ns/net").ok()?.ino();
+    let init = fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino());
+    (init != Some(ours)).then_some(ours)
 }
 
 /// Our pin directory for one interface; removed on drop.

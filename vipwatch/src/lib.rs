@@ -3,5 +3,15 @@
 //! The binary (`main.rs`) only parses arguments and dispatches; each concern
 //! lives in its own module here.
 
+pub mod arp;
+pub mod backup;
+pub mod cli;
+pub mod clock;
 pub mod detector;
 pub mod ebpf;
+pub mod hook;
+pub mod netlink;
+pub mod prober;
+pub mod release;
+pub mod stats;
+pub mod sys;

@@ -1,10 +1,38 @@
-fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let iface = std::env::args().nth(1).unwrap_or_default();
-    let cfg = vipwatch_common::Config { master: [192, 0, 2, 1], ..Default::default() };
-    let w = vipwatch::ebpf::Watcher::attach(&iface, cfg, vipwatch::ebpf::ModeArg::Auto)?;
-    println!("attached {:?} fell_back={}", w.mode, w.fell_back);
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    println!("{:?}", w.maps.snapshot()?);
-    Ok(())
+//! vipwatch: parse the command line, set up logging, dispatch.
+
+use clap::Parser as _;
+use vipwatch::{
+    backup,
+    cli::{self, Cli, Command},
+    release, stats,
+};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_micros()
+        .init();
+    let cli = Cli::parse();
+    let validated = match &cli.command {
+        Command::Backup(a) => cli::validate_backup(a),
+        Command::Master(a) => cli::validate_master(a),
+        Command::Release(a) => cli::validate_iface(&a.iface),
+        Command::Stats(a) => a.iface.as_deref().map_or(Ok(()), cli::validate_iface),
+    };
+    if let Err(e) = validated {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    let result = match cli.command {
+        Command::Backup(a) => backup::run(a),
+        // Command::Master(a) => master::run(a),  (enabled with master.rs)
+        Command::Master(_) => unimplemented_master(),
+        Command::Release(a) => release::run(a),
+        Command::Stats(a) => stats::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }
+// TEMPORARY while master.rs is being written; removed with it.
+fn unimplemented_master() -> anyhow::Result<()> { anyhow::bail!("master mode is not built yet") }

@@ -1,0 +1,145 @@
+//! Named network namespaces (`/run/netns/NAME`, as `ip netns` keeps them)
+//! and entering them with `setns(2)` only.
+//!
+//! We never use `ip netns exec` for what we run: it also unshares the mount
+//! namespace and remounts `/sys`, so a daemon started that way pins BPF
+//! objects under a `/sys/fs/bpf` nobody else can see.
+
+use std::{
+    ffi::OsStr,
+    fs::File,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::PathBuf,
+    process::Command,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+
+use crate::exec::run_checked;
+
+/// How long `ip netns add/del` may take.
+const NETNS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Moves the calling thread (or, before `exec`, the child) into the network
+/// namespace `fd` refers to.
+fn setns_net(fd: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: setns(2) only reads its arguments; it is async-signal-safe,
+    // so this is also fine between fork and exec.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A network namespace we created; deleted on drop.
+pub(crate) struct Netns {
+    name: String,
+    fd: Arc<OwnedFd>,
+}
+
+impl Netns {
+    /// Creates `/run/netns/<name>` with `ip netns add`.
+    pub(crate) fn create(name: &str) -> Result<Netns> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "add", name]);
+        run_checked(cmd, NETNS_TIMEOUT).with_context(|| format!("creating network namespace {name}"))?;
+        // From here on, dropping `ns` deletes the namespace again.
+        let path = Self::path_of(name);
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()));
+        match file {
+            Ok(file) => Ok(Netns {
+                name: name.to_owned(),
+                fd: Arc::new(OwnedFd::from(file)),
+            }),
+            Err(e) => {
+                if let Err(del) = delete(name) {
+                    eprintln!("vipwatch-tests: {del:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn path_of(name: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(name)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A [`Command`] whose child enters this namespace before `exec`
+    /// (and nothing else: the mount namespace stays ours).
+    pub(crate) fn command(&self, program: &OsStr) -> Command {
+        let mut cmd = Command::new(program);
+        let fd = Arc::clone(&self.fd);
+        // SAFETY: the hook runs in the child between fork and exec; it only
+        // reads an integer and calls setns(2), which is async-signal-safe.
+        // `fd` is opened O_CLOEXEC, so the child does not keep it.
+        unsafe {
+            cmd.pre_exec(move || setns_net(fd.as_raw_fd()));
+        }
+        cmd
+    }
+
+    /// Runs `f` on a fresh thread that first enters this namespace, and
+    /// returns its result. Sockets created by `f` stay in this namespace
+    /// wherever they are used afterwards. A panic in `f` is re-raised.
+    pub(crate) fn run_in<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let fd = self.fd.as_raw_fd();
+        let name = &self.name;
+        thread::scope(|scope| {
+            let handle = scope.spawn(move || -> Result<R> {
+                setns_net(fd).with_context(|| format!("entering network namespace {name}"))?;
+                Ok(f())
+            });
+            match handle.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = delete(&self.name) {
+            eprintln!("vipwatch-tests: {e:#}");
+        }
+    }
+}
+
+/// Deletes a named namespace with `ip netns del`.
+pub(crate) fn delete(name: &str) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "del", name]);
+    run_checked(cmd, NETNS_TIMEOUT)
+        .map(drop)
+        .with_context(|| format!("deleting network namespace {name}"))
+}
+
+/// The names in `/run/netns`.
+pub(crate) fn list() -> Result<Vec<String>> {
+    let dir = match std::fs::read_dir("/run/netns") {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow!(e).context("listing /run/netns")),
+    };
+    let mut names = Vec::new();
+    for entry in dir {
+        let entry = entry.context("listing /run/netns")?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}

@@ -1,0 +1,729 @@
+//! Announcing and probing the VIP on the link: gratuitous ARP (RFC 5227,
+//! RFC 5944), ARP probes (RFC 5227 §2.1.1) and unsolicited IPv6 Neighbor
+//! Advertisements (RFC 4861 §7.2.6).
+//!
+//! The frame builders are pure and return fixed-size arrays, so building one
+//! never touches the heap. [`Announcer`] keeps one `AF_PACKET` socket open
+//! per interface and the frames for each VIP prebuilt, so the first frame of
+//! a failover leaves after nothing but a table lookup and `sendto(2)`.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{FromRawFd as _, IntoRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use pnet_datalink::{ChannelType, DataLinkReceiver, DataLinkSender, MacAddr, NetworkInterface};
+use pnet_packet::{
+    Packet as _,
+    arp::{ArpHardwareTypes, ArpOperation, ArpPacket, MutableArpPacket},
+    ethernet::{EtherTypes, EthernetPacket, MutableEthernetPacket},
+    icmpv6::{
+        Icmpv6Code, Icmpv6Packet, Icmpv6Types,
+        ndp::{
+            MutableNdpOptionPacket, MutableNeighborAdvertPacket, NdpOptionTypes,
+            NeighborAdvertFlags,
+        },
+    },
+    ip::IpNextHeaderProtocols,
+    ipv6::MutableIpv6Packet,
+};
+
+/// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
+pub const ARP_FRAME_LEN: usize = 14 + 28;
+/// Ethernet header (14) + IPv6 header (40) + Neighbor Advertisement (24) +
+/// Target Link-Layer Address option (8).
+pub const NA_FRAME_LEN: usize = 14 + 40 + 24 + 8;
+
+/// ARP opcode of a request (RFC 826).
+pub const ARP_REQUEST: u16 = 1;
+/// ARP opcode of a reply (RFC 826).
+pub const ARP_REPLY: u16 = 2;
+
+const BROADCAST: [u8; 6] = [0xff; 6];
+/// `ff02::1` maps to `33:33:00:00:00:01` (RFC 2464 §7).
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// The fields of an IPv4-over-Ethernet ARP packet that vipwatch looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arp {
+    /// Opcode: [`ARP_REQUEST`], [`ARP_REPLY`] or anything else seen on the wire.
+    pub op: u16,
+    /// Sender hardware address.
+    pub sha: [u8; 6],
+    /// Sender protocol address.
+    pub spa: Ipv4Addr,
+    /// Target hardware address.
+    pub tha: [u8; 6],
+    /// Target protocol address.
+    pub tpa: Ipv4Addr,
+}
+
+/// ARP Announcement (RFC 5227 §3): a broadcast request with sender and
+/// target IP both the VIP and the target hardware address zero.
+pub fn garp_request(mac: [u8; 6], vip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+    arp_frame(
+        mac,
+        Arp {
+            op: ARP_REQUEST,
+            sha: mac,
+            spa: vip,
+            tha: [0; 6],
+            tpa: vip,
+        },
+    )
+}
+
+/// Gratuitous ARP reply (RFC 5944 §4.6): a broadcast reply with sender and
+/// target IP both the VIP and target hardware address = our MAC.
+///
+/// Linux's `arp_is_garp()` only treats a *reply* as gratuitous when
+/// `tha == sha`; with that, it replaces a neighbour entry even inside
+/// `locktime`, which the request form alone may not do.
+pub fn garp_reply(mac: [u8; 6], vip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+    arp_frame(
+        mac,
+        Arp {
+            op: ARP_REPLY,
+            sha: mac,
+            spa: vip,
+            tha: mac,
+            tpa: vip,
+        },
+    )
+}
+
+/// ARP Probe (RFC 5227 §2.1.1): a broadcast request with sender IP
+/// 0.0.0.0, so it asks who has `target` without polluting anyone's ARP
+/// cache with our MAC.
+pub fn arp_probe(mac: [u8; 6], target: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+    arp_frame(
+        mac,
+        Arp {
+            op: ARP_REQUEST,
+            sha: mac,
+            spa: Ipv4Addr::UNSPECIFIED,
+            tha: [0; 6],
+            tpa: target,
+        },
+    )
+}
+
+/// A broadcast Ethernet frame carrying `arp`.
+fn arp_frame(src: [u8; 6], arp: Arp) -> [u8; ARP_FRAME_LEN] {
+    let Arp {
+        op,
+        sha,
+        spa,
+        tha,
+        tpa,
+    } = arp;
+    let mut frame = [0u8; ARP_FRAME_LEN];
+    {
+        // The array is exactly Ethernet + ARP long, so neither view can fail.
+        let mut eth =
+            MutableEthernetPacket::new(&mut frame).expect("42 bytes hold an Ethernet header");
+        eth.set_destination(MacAddr::from(BROADCAST));
+        eth.set_source(MacAddr::from(src));
+        eth.set_ethertype(EtherTypes::Arp);
+    }
+    let mut packet = MutableArpPacket::new(&mut frame[14..]).expect("28 bytes hold an ARP packet");
+    packet.set_hardware_type(ArpHardwareTypes::Ethernet);
+    packet.set_protocol_type(EtherTypes::Ipv4);
+    packet.set_hw_addr_len(6);
+    packet.set_proto_addr_len(4);
+    packet.set_operation(ArpOperation::new(op));
+    packet.set_sender_hw_addr(MacAddr::from(sha));
+    packet.set_sender_proto_addr(spa);
+    packet.set_target_hw_addr(MacAddr::from(tha));
+    packet.set_target_proto_addr(tpa);
+    frame
+}
+
+/// Parses an Ethernet II frame carrying IPv4-over-Ethernet ARP. `None` for
+/// anything else (other EtherTypes, 802.1Q tags, other hardware or protocol
+/// types, truncated frames). Trailing padding is ignored.
+pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
+    let eth = EthernetPacket::new(frame)?;
+    if eth.get_ethertype() != EtherTypes::Arp {
+        return None;
+    }
+    let arp = ArpPacket::new(eth.payload())?;
+    if arp.get_hardware_type() != ArpHardwareTypes::Ethernet
+        || arp.get_protocol_type() != EtherTypes::Ipv4
+        || arp.get_hw_addr_len() != 6
+        || arp.get_proto_addr_len() != 4
+    {
+        return None;
+    }
+    Some(Arp {
+        op: arp.get_operation().0,
+        sha: arp.get_sender_hw_addr().octets(),
+        spa: arp.get_sender_proto_addr(),
+        tha: arp.get_target_hw_addr().octets(),
+        tpa: arp.get_target_proto_addr(),
+    })
+}
+
+/// Unsolicited Neighbor Advertisement (RFC 4861 §7.2.6) for `addr`: sent
+/// from `addr` to all-nodes `ff02::1`, hop limit 255 (receivers drop
+/// anything else, §7.1.2), Override set so neighbours replace the cached
+/// link-layer address, Solicited and Router clear, with a Target Link-Layer
+/// Address option carrying `mac`.
+pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> [u8; NA_FRAME_LEN] {
+    const ICMP_LEN: usize = 24 + 8;
+    let mut frame = [0u8; NA_FRAME_LEN];
+    {
+        let mut eth =
+            MutableEthernetPacket::new(&mut frame).expect("86 bytes hold an Ethernet header");
+        eth.set_destination(MacAddr::from(ALL_NODES_MAC));
+        eth.set_source(MacAddr::from(mac));
+        eth.set_ethertype(EtherTypes::Ipv6);
+    }
+    {
+        let mut ip =
+            MutableIpv6Packet::new(&mut frame[14..]).expect("72 bytes hold an IPv6 header");
+        ip.set_version(6);
+        ip.set_payload_length(ICMP_LEN as u16);
+        ip.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        ip.set_hop_limit(255);
+        ip.set_source(addr);
+        ip.set_destination(ALL_NODES);
+    }
+    let icmp = &mut frame[14 + 40..];
+    {
+        let mut na =
+            MutableNeighborAdvertPacket::new(icmp).expect("32 bytes hold a Neighbor Advertisement");
+        na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
+        na.set_icmpv6_code(Icmpv6Code::new(0));
+        na.set_flags(NeighborAdvertFlags::Override);
+        na.set_target_addr(addr);
+    }
+    {
+        let mut option =
+            MutableNdpOptionPacket::new(&mut icmp[24..]).expect("8 bytes hold the option");
+        option.set_option_type(NdpOptionTypes::TargetLLAddr);
+        // In units of 8 octets, type and length included (RFC 4861 §4.6).
+        option.set_length(1);
+        option.set_data(&mac);
+    }
+    let checksum = {
+        let packet = Icmpv6Packet::new(icmp).expect("32 bytes hold an ICMPv6 header");
+        pnet_packet::icmpv6::checksum(&packet, &addr, &ALL_NODES)
+    };
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
+/// The frames announcing one VIP, built once.
+#[derive(Clone, Copy, Debug)]
+enum Frames {
+    /// Request form first (RFC 5227 §3), then the reply form (RFC 5944
+    /// §4.6): some stacks only act on one of them.
+    V4 {
+        request: [u8; ARP_FRAME_LEN],
+        reply: [u8; ARP_FRAME_LEN],
+    },
+    V6 {
+        na: [u8; NA_FRAME_LEN],
+    },
+}
+
+/// Sends gratuitous ARP / unsolicited NA for VIPs on one interface.
+///
+/// Holds only the sending half of an `AF_PACKET` socket, bound with
+/// protocol 0 so the kernel delivers nothing to it: an `ETH_P_ALL` socket
+/// would make `dev_queue_xmit_nit()` clone every frame the host sends on the
+/// interface, and queue every received one, for a reader that never reads.
+pub struct Announcer {
+    iface: String,
+    mac: [u8; 6],
+    tx: Box<dyn DataLinkSender>,
+    /// Prebuilt frames per VIP. vipwatch has a handful of VIPs, so a linear
+    /// scan beats hashing.
+    frames: Vec<(IpAddr, Frames)>,
+}
+
+impl Announcer {
+    /// Opens the sending socket on `iface` (needs `CAP_NET_RAW`).
+    pub fn open(iface: &str) -> anyhow::Result<Self> {
+        let interface = find_interface(iface)?;
+        let mac = interface_mac(&interface)?;
+        let (tx, _rx) = packet_channel(&interface, 0, None)?;
+        // `_rx` is dropped here: with protocol 0 nothing would arrive anyway.
+        Ok(Self {
+            iface: interface.name,
+            mac,
+            tx,
+            frames: Vec::new(),
+        })
+    }
+
+    /// The interface's MAC address, as read when the announcer was opened.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Builds and caches the frames for `vip`, so that [`Self::announce`]
+    /// only sends. Call it at start-up for every VIP; `announce` calls it
+    /// for a VIP it has not seen.
+    pub fn prepare(&mut self, vip: IpAddr) -> anyhow::Result<()> {
+        if self.cached(vip).is_none() {
+            let frames = build_frames(self.mac, vip)?;
+            self.frames.push((vip, frames));
+        }
+        Ok(())
+    }
+
+    /// Announces that `vip` now lives at our MAC: for IPv4 the ARP request
+    /// form then the reply form, back to back; for IPv6 one unsolicited NA.
+    pub fn announce(&mut self, vip: IpAddr) -> anyhow::Result<()> {
+        let frames = match self.cached(vip) {
+            Some(frames) => frames,
+            None => {
+                self.prepare(vip)?;
+                self.cached(vip)
+                    .context("announcer frame cache lost a VIP it just stored")?
+            }
+        };
+        match frames {
+            Frames::V4 { request, reply } => {
+                self.send(&request, vip)?;
+                self.send(&reply, vip)
+            }
+            Frames::V6 { na } => self.send(&na, vip),
+        }
+    }
+
+    fn cached(&self, vip: IpAddr) -> Option<Frames> {
+        self.frames
+            .iter()
+            .find(|(cached, _)| *cached == vip)
+            .map(|(_, frames)| *frames)
+    }
+
+    fn send(&mut self, frame: &[u8], vip: IpAddr) -> anyhow::Result<()> {
+        let result = self.tx.send_to(frame, None).unwrap_or_else(|| {
+            Err(io::Error::other(
+                "pnet refused the frame (larger than its write buffer)",
+            ))
+        });
+        result
+            .map_err(|err| send_error(err, &self.iface))
+            .with_context(|| format!("announcing {vip}"))
+    }
+}
+
+/// The frames for one VIP; rejects addresses that cannot be announced.
+fn build_frames(mac: [u8; 6], vip: IpAddr) -> anyhow::Result<Frames> {
+    match vip {
+        IpAddr::V4(v4) => {
+            if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
+                bail!("cannot announce {v4}: the VIP must be a unicast IPv4 address");
+            }
+            Ok(Frames::V4 {
+                request: garp_request(mac, v4),
+                reply: garp_reply(mac, v4),
+            })
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() || v6.is_multicast() {
+                bail!("cannot announce {v6}: the VIP must be a unicast IPv6 address");
+            }
+            Ok(Frames::V6 {
+                na: unsolicited_na(mac, v6),
+            })
+        }
+    }
+}
+
+/// Sends an RFC 5227 ARP probe for `vip` on `iface` and waits up to
+/// `timeout` for an ARP packet (a reply, a probe answer, an announcement)
+/// whose sender IP is `vip`; returns that sender's MAC, i.e. who currently
+/// answers for the VIP, or `None` if nobody spoke up.
+///
+/// ARP from our own MAC is ignored. If nothing is heard by half the timeout
+/// the probe is sent once more, so one lost frame does not make us claim an
+/// address someone holds. The total wait is at most `timeout` plus one read
+/// slice (≤ 20 ms).
+pub fn probe_owner(
+    iface: &str,
+    vip: Ipv4Addr,
+    timeout: Duration,
+) -> anyhow::Result<Option<[u8; 6]>> {
+    let interface = find_interface(iface)?;
+    let mac = interface_mac(&interface)?;
+    // pnet applies the read timeout to each `next()` (rounded down to whole
+    // milliseconds by poll(2)); short slices keep the overshoot past the
+    // deadline small without spinning.
+    let slice = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(20));
+    // Bound to ETH_P_ARP on this interface only: no other traffic is copied
+    // to us, and nothing from other interfaces sneaks in before bind.
+    let (mut tx, mut rx) = packet_channel(&interface, libc::ETH_P_ARP as u16, Some(slice))?;
+    let probe = arp_probe(mac, vip);
+    let send_probe = |tx: &mut Box<dyn DataLinkSender>| -> anyhow::Result<()> {
+        tx.send_to(&probe, None)
+            .unwrap_or_else(|| Err(io::Error::other("pnet refused the frame")))
+            .map_err(|err| send_error(err, iface))
+            .with_context(|| format!("sending an ARP probe for {vip}"))
+    };
+
+    let start = Instant::now();
+    send_probe(&mut tx)?;
+    let mut resent = false;
+    while start.elapsed() < timeout {
+        if !resent && start.elapsed() >= timeout / 2 {
+            send_probe(&mut tx)?;
+            resent = true;
+        }
+        if let Some(owner) = next_owner(rx.as_mut(), vip, mac, iface)? {
+            return Ok(Some(owner));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads one frame (waiting at most one read slice); the sender MAC if it is
+/// ARP from someone else claiming `vip`.
+fn next_owner(
+    rx: &mut dyn DataLinkReceiver,
+    vip: Ipv4Addr,
+    own_mac: [u8; 6],
+    iface: &str,
+) -> anyhow::Result<Option<[u8; 6]>> {
+    match rx.next() {
+        Ok(frame) => Ok(parse_arp(frame)
+            .filter(|arp| arp.spa == vip && arp.sha != own_mac)
+            .map(|arp| arp.sha)),
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err).with_context(|| format!("reading ARP on {iface} while probing {vip}")),
+    }
+}
+
+/// The interface called `name`, with a user-facing error if there is none.
+fn find_interface(name: &str) -> anyhow::Result<NetworkInterface> {
+    pnet_datalink::interfaces()
+        .into_iter()
+        .find(|interface| interface.name == name)
+        .with_context(|| format!("interface {name} does not exist; `ip link` lists interfaces"))
+}
+
+/// The interface's Ethernet MAC.
+fn interface_mac(interface: &NetworkInterface) -> anyhow::Result<[u8; 6]> {
+    match interface.mac.map(|mac| mac.octets()) {
+        Some(mac) if mac != [0; 6] => Ok(mac),
+        _ => bail!(
+            "interface {} has no Ethernet MAC address; vipwatch announces the VIP with ARP/NDP \
+             and needs an Ethernet interface (see `ip link`)",
+            interface.name
+        ),
+    }
+}
+
+/// An `AF_PACKET`/`SOCK_RAW` channel on `interface` that receives only
+/// `protocol` (host byte order; 0 = nothing).
+///
+/// We create the socket ourselves with protocol 0 and let pnet bind it:
+/// pnet's own socket would be `ETH_P_ALL` from `socket(2)` on, i.e. a tap on
+/// every interface until `bind(2)`. `ChannelType::Layer3` is how pnet 0.35
+/// passes the protocol to `bind`; it only picks `SOCK_DGRAM` when pnet
+/// creates the socket, so ours stays `SOCK_RAW` and frames keep their
+/// Ethernet header.
+fn packet_channel(
+    interface: &NetworkInterface,
+    protocol: u16,
+    read_timeout: Option<Duration>,
+) -> anyhow::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
+    let name = &interface.name;
+    // SAFETY: socket(2) takes no pointers; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => anyhow::Error::new(err).context(format!(
+                "opening a packet socket on {name}: permission denied; vipwatch needs CAP_NET_RAW (run it as root)"
+            )),
+            _ => anyhow::Error::new(err).context(format!("opening a packet socket on {name}")),
+        });
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let config = pnet_datalink::Config {
+        // ARP frames are 42-60 bytes; the announcer never reads.
+        read_buffer_size: 256,
+        write_buffer_size: 256,
+        read_timeout,
+        // A full transmit queue must not stall a failover forever.
+        write_timeout: Some(Duration::from_millis(100)),
+        channel_type: ChannelType::Layer3(protocol),
+        promiscuous: false,
+        // pnet owns the descriptor from here on, and closes it on every error
+        // path of `channel` as well as on drop.
+        socket_fd: Some(fd.into_raw_fd()),
+        ..pnet_datalink::Config::default()
+    };
+    match pnet_datalink::channel(interface, config) {
+        Ok(pnet_datalink::Channel::Ethernet(tx, rx)) => Ok((tx, rx)),
+        Ok(_) => bail!("pnet opened a non-Ethernet channel on {name}"),
+        Err(err) => {
+            Err(err).with_context(|| format!("binding a packet socket to interface {name}"))
+        }
+    }
+}
+
+/// Says what to do about a failed send.
+fn send_error(err: io::Error, iface: &str) -> anyhow::Error {
+    let hint = match err.raw_os_error() {
+        Some(libc::ENETDOWN) => Some(format!(
+            "interface {iface} is down; bring it up with `ip link set {iface} up`"
+        )),
+        Some(libc::ENXIO | libc::ENODEV) => Some(format!(
+            "interface {iface} is gone; `ip link` lists interfaces"
+        )),
+        _ => None,
+    };
+    let err = anyhow::Error::new(err);
+    match hint {
+        Some(hint) => err.context(hint),
+        None => err.context(format!("sending on {iface}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x53, 0x01];
+    const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+
+    /// Checks every header field of an ARP frame byte by byte.
+    fn assert_arp_frame(
+        frame: &[u8; ARP_FRAME_LEN],
+        op: u16,
+        spa: Ipv4Addr,
+        tha: [u8; 6],
+        tpa: Ipv4Addr,
+    ) {
+        assert_eq!(frame[0..6], BROADCAST, "destination MAC");
+        assert_eq!(frame[6..12], MAC, "source MAC");
+        assert_eq!(frame[12..14], [0x08, 0x06], "EtherType ARP");
+        assert_eq!(frame[14..16], [0x00, 0x01], "hardware type Ethernet");
+        assert_eq!(frame[16..18], [0x08, 0x00], "protocol type IPv4");
+        assert_eq!(frame[18..20], [6, 4], "address lengths");
+        assert_eq!(frame[20..22], op.to_be_bytes(), "opcode");
+        assert_eq!(frame[22..28], MAC, "sha");
+        assert_eq!(frame[28..32], spa.octets(), "spa");
+        assert_eq!(frame[32..38], tha, "tha");
+        assert_eq!(frame[38..42], tpa.octets(), "tpa");
+    }
+
+    #[test]
+    fn garp_request_is_rfc5227_announcement() {
+        let frame = garp_request(MAC, VIP);
+        assert_arp_frame(&frame, 1, VIP, [0; 6], VIP);
+        #[rustfmt::skip]
+        let expected: [u8; 42] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x5e, 0x00, 0x53, 0x01, 0x08, 0x06,
+            0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01,
+            0x02, 0x00, 0x5e, 0x00, 0x53, 0x01, 192, 0, 2, 10,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 192, 0, 2, 10,
+        ];
+        assert_eq!(frame, expected);
+    }
+
+    #[test]
+    fn garp_reply_has_tha_equal_sha() {
+        let frame = garp_reply(MAC, VIP);
+        assert_arp_frame(&frame, 2, VIP, MAC, VIP);
+        // What Linux's arp_is_garp() requires of a reply.
+        let arp = parse_arp(&frame).expect("valid ARP");
+        assert_eq!(arp.tha, arp.sha);
+        assert_eq!(arp.spa, arp.tpa);
+    }
+
+    #[test]
+    fn probe_has_unspecified_sender() {
+        let target = Ipv4Addr::new(192, 0, 2, 77);
+        let frame = arp_probe(MAC, target);
+        assert_arp_frame(&frame, 1, Ipv4Addr::UNSPECIFIED, [0; 6], target);
+    }
+
+    #[test]
+    fn parse_round_trips_every_builder() {
+        let cases = [
+            (
+                garp_request(MAC, VIP),
+                Arp {
+                    op: ARP_REQUEST,
+                    sha: MAC,
+                    spa: VIP,
+                    tha: [0; 6],
+                    tpa: VIP,
+                },
+            ),
+            (
+                garp_reply(MAC, VIP),
+                Arp {
+                    op: ARP_REPLY,
+                    sha: MAC,
+                    spa: VIP,
+                    tha: MAC,
+                    tpa: VIP,
+                },
+            ),
+            (
+                arp_probe(MAC, VIP),
+                Arp {
+                    op: ARP_REQUEST,
+                    sha: MAC,
+                    spa: Ipv4Addr::UNSPECIFIED,
+                    tha: [0; 6],
+                    tpa: VIP,
+                },
+            ),
+        ];
+        for (frame, expected) in cases {
+            assert_eq!(parse_arp(&frame), Some(expected));
+            // Ethernet pads frames to 60 bytes; padding must not matter.
+            let mut padded = [0u8; 60];
+            padded[..ARP_FRAME_LEN].copy_from_slice(&frame);
+            assert_eq!(parse_arp(&padded), Some(expected));
+        }
+    }
+
+    #[test]
+    fn parse_rejects_short_and_foreign_frames() {
+        let good = garp_reply(MAC, VIP);
+        for len in 0..ARP_FRAME_LEN {
+            assert_eq!(parse_arp(&good[..len]), None, "truncated to {len} bytes");
+        }
+        let corruptions: [(usize, u8, &str); 5] = [
+            (13, 0x00, "EtherType IPv4 (0x0800)"),
+            (15, 0x06, "hardware type IEEE 802"),
+            (17, 0xdd, "protocol type 0x86dd"),
+            (18, 8, "hardware length 8"),
+            (19, 16, "protocol length 16"),
+        ];
+        for (offset, value, what) in corruptions {
+            let mut frame = good;
+            frame[offset] = value;
+            assert_eq!(parse_arp(&frame), None, "{what}");
+        }
+        assert_eq!(parse_arp(&[0xff; 64]), None, "garbage");
+        let na = unsolicited_na(MAC, "2001:db8::10".parse().expect("literal"));
+        assert_eq!(parse_arp(&na), None, "IPv6 frame");
+    }
+
+    /// RFC 1071 sum over the IPv6 pseudo-header (RFC 8200 §8.1) and the
+    /// ICMPv6 message, written independently of pnet.
+    fn icmpv6_sum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&src.octets());
+        bytes.extend_from_slice(&dst.octets());
+        bytes.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, 58]);
+        bytes.extend_from_slice(icmp);
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    #[test]
+    fn unsolicited_na_layout() {
+        let addr: Ipv6Addr = "2001:db8::10".parse().expect("literal");
+        let frame = unsolicited_na(MAC, addr);
+        assert_eq!(frame[0..6], ALL_NODES_MAC, "destination 33:33:00:00:00:01");
+        assert_eq!(frame[6..12], MAC);
+        assert_eq!(frame[12..14], [0x86, 0xdd], "EtherType IPv6");
+        let ip = &frame[14..54];
+        assert_eq!(
+            ip[0..4],
+            [0x60, 0, 0, 0],
+            "version 6, no traffic class or flow label"
+        );
+        assert_eq!(ip[4..6], [0, 32], "payload length");
+        assert_eq!(ip[6], 58, "next header ICMPv6");
+        assert_eq!(ip[7], 255, "hop limit 255 (RFC 4861 §7.1.2)");
+        assert_eq!(ip[8..24], addr.octets(), "source");
+        assert_eq!(ip[24..40], ALL_NODES.octets(), "destination ff02::1");
+        let icmp = &frame[54..];
+        assert_eq!(icmp[0], 136, "type Neighbor Advertisement");
+        assert_eq!(icmp[1], 0, "code");
+        assert_eq!(icmp[4], 0x20, "Override only: not Router, not Solicited");
+        assert_eq!(icmp[5..8], [0, 0, 0], "reserved");
+        assert_eq!(icmp[8..24], addr.octets(), "target");
+        assert_eq!(
+            icmp[24..26],
+            [2, 1],
+            "Target Link-Layer Address option, 8 bytes"
+        );
+        assert_eq!(icmp[26..32], MAC);
+    }
+
+    #[test]
+    fn unsolicited_na_checksum_verifies() {
+        for text in [
+            "2001:db8::10",
+            "fe80::1",
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let addr: Ipv6Addr = text.parse().expect("literal");
+            let frame = unsolicited_na(MAC, addr);
+            let icmp = &frame[54..];
+            // A correct checksum makes the sum over everything 0xffff.
+            assert_eq!(icmpv6_sum(addr, ALL_NODES, icmp), 0xffff, "{text}");
+            // And it equals the one computed with the field zeroed.
+            let mut zeroed = icmp.to_vec();
+            zeroed[2..4].fill(0);
+            let expected = !icmpv6_sum(addr, ALL_NODES, &zeroed);
+            assert_eq!(u16::from_be_bytes([icmp[2], icmp[3]]), expected, "{text}");
+            assert_ne!(expected, 0);
+        }
+    }
+
+    #[test]
+    fn build_frames_rejects_non_unicast() {
+        for vip in ["0.0.0.0", "255.255.255.255", "224.0.0.18", "::", "ff02::1"] {
+            let vip: IpAddr = vip.parse().expect("literal");
+            let err = build_frames(MAC, vip).expect_err("rejected");
+            assert!(err.to_string().contains("unicast"), "{err}");
+        }
+        assert!(matches!(
+            build_frames(MAC, IpAddr::V4(VIP)),
+            Ok(Frames::V4 { .. })
+        ));
+        assert!(matches!(
+            build_frames(MAC, "2001:db8::1".parse().expect("literal")),
+            Ok(Frames::V6 { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_interface_is_a_clear_error() {
+        let Err(err) = Announcer::open("vwnoexist0") else {
+            panic!("opened a missing interface")
+        };
+        assert_eq!(
+            err.to_string(),
+            "interface vwnoexist0 does not exist; `ip link` lists interfaces"
+        );
+        let err = probe_owner("vwnoexist0", VIP, Duration::from_millis(1))
+            .expect_err("no such interface");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

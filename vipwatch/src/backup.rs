@@ -1,0 +1,492 @@
+//! `vipwatch backup`: the daemon that watches the master and takes the VIP
+//! over.
+//!
+//! One real-time loop owns everything that is timed: it sleeps in ppoll(2)
+//! until the next of (probe due, detector deadline, GARP due), or until the
+//! XDP program reports an ARP claim through its ring buffer, or a signal
+//! arrives (signalfd). The detector decides; this module only turns its
+//! actions into syscalls (rtnetlink, pnet, the status map, hooks).
+//!
+//! Why not tokio timers: tokio's timer wheel has 1 ms resolution, more
+//! than the whole budget between a deadline and the decision at a 0.5 ms
+//! probe interval. tokio is still used for rtnetlink, driven by
+//! `block_on` on this thread (a current-thread runtime: no cross-thread
+//! wake-up on the takeover path).
+
+use anyhow::Context as _;
+use vipwatch_common::{
+    CONFIG_WITNESS, Config, DaemonStatus, STATE_ACTIVE, STATE_ISOLATED, STATE_STANDBY, STATE_STARTING, Timeline,
+};
+
+use crate::{
+    arp::Announcer,
+    cli::{BackupArgs, Vip},
+    clock::{self, delta_ms, ms},
+    detector::{Action, Detector, Event, PeerSample, Reason, Settings, State, Transition},
+    ebpf::{PeerSnapshot, Watcher},
+    hook::Hooks,
+    netlink::Netlink,
+    prober::Prober,
+    sys::{self, SignalFd},
+};
+
+pub fn run(args: BackupArgs) -> anyhow::Result<()> {
+    sys::require_privileges("vipwatch backup")?;
+    // Signals first: every thread started later inherits the mask.
+    let signals = SignalFd::new()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let netlink = {
+        let _enter = rt.enter();
+        Netlink::connect()?
+    };
+    let ifindex = rt.block_on(netlink.link_index(&args.iface))?;
+    let mac = rt.block_on(netlink.link_mac(ifindex))?;
+    let vip4 = args.vip.v4().context("the backup's VIP must be IPv4")?;
+
+    let nonce = sys::random_u64()?;
+    let echo_id = (sys::random_u64()? & 0xffff) as u16;
+    let config = Config {
+        master: args.master.octets(),
+        witness: args.witness.map_or([0; 4], |w| w.octets()),
+        vip: vip4.octets(),
+        echo_id: echo_id.to_be_bytes(),
+        nonce: nonce.to_be_bytes(),
+        our_mac: mac,
+        flags: if args.witness.is_some() { CONFIG_WITNESS } else { 0 },
+        ..Config::default()
+    };
+    let watcher = Watcher::attach(&args.iface, config, args.xdp_mode)?;
+    log::info!(
+        "XDP attached to {} in {} mode{}",
+        args.iface,
+        watcher.mode.as_str(),
+        if watcher.fell_back {
+            " (FALLBACK: the driver refused native mode; generic mode costs more CPU per packet)"
+        } else {
+            ""
+        }
+    );
+    let prober = Prober::open(&args.iface, echo_id, nonce, args.master, args.witness)?;
+    let announcer = Announcer::open(&args.iface)?;
+    let hooks = Hooks::new(args.on_change.clone())?;
+
+    let interval_ns = args.interval.as_nanos() as u64;
+    let settings = Settings {
+        interval_ns,
+        dead_after_ns: args.dead_after.as_nanos() as u64,
+        rise: args.rise,
+        failback: args.failback.into(),
+        witness: args.witness.is_some(),
+    };
+    let start = clock::now_ns();
+    log::info!(
+        "watching master {} on {} every {} (dead after {} = {} unanswered probes{}), VIP {}, failback {:?}",
+        args.master,
+        args.iface,
+        ms(interval_ns),
+        ms(settings.dead_after_ns),
+        settings.probes_needed(),
+        args.witness.map(|w| format!(", witness {w}")).unwrap_or_default(),
+        args.vip,
+        settings.failback,
+    );
+    let mut daemon = Daemon {
+        detector: Detector::new(settings, start),
+        status: DaemonStatus {
+            pid: std::process::id(),
+            xdp_mode: watcher.mode.code(),
+            xdp_fallback: u32::from(watcher.fell_back),
+            state: STATE_STARTING,
+            started_ns: start,
+            interval_ns,
+            dead_after_ns: settings.dead_after_ns,
+            ..DaemonStatus::default()
+        },
+        watcher,
+        prober,
+        announcer,
+        hooks,
+        netlink,
+        rt,
+        signals,
+        ifindex,
+        vip: args.vip,
+        iface: args.iface.clone(),
+        garp: GarpSchedule::new(&args.garp),
+        count: args.count,
+        next_probe_ns: start,
+        last_sample_ns: 0,
+        master: PeerSnapshot::default(),
+        master_back_logged: false,
+        foreign_claims_logged: 0,
+    };
+    daemon.publish();
+    daemon.run()
+}
+
+/// When to announce: a burst after a takeover, then an optional refresh.
+struct GarpSchedule {
+    count: u32,
+    interval_ns: u64,
+    refresh_ns: Option<u64>,
+    remaining: u32,
+    next_ns: Option<u64>,
+}
+
+impl GarpSchedule {
+    fn new(g: &crate::cli::GarpArgs) -> Self {
+        Self {
+            count: g.garp_count,
+            interval_ns: g.garp_interval.as_nanos() as u64,
+            refresh_ns: g.garp_refresh.map(|d| d.as_nanos() as u64),
+            remaining: 0,
+            next_ns: None,
+        }
+    }
+
+    /// The first announcement of a burst was just sent at `now`.
+    fn burst_started(&mut self, now: u64) {
+        self.remaining = self.count.saturating_sub(1);
+        self.schedule_next(now);
+    }
+
+    /// An announcement due at `next_ns` was sent at `now`.
+    fn sent(&mut self, now: u64) {
+        self.remaining = self.remaining.saturating_sub(1);
+        self.schedule_next(now);
+    }
+
+    fn schedule_next(&mut self, now: u64) {
+        self.next_ns = if self.remaining > 0 {
+            Some(now + self.interval_ns)
+        } else {
+            self.refresh_ns.map(|r| now + r)
+        };
+    }
+
+    fn stop(&mut self) {
+        self.remaining = 0;
+        self.next_ns = None;
+    }
+}
+
+struct Daemon {
+    detector: Detector,
+    status: DaemonStatus,
+    watcher: Watcher,
+    prober: Prober,
+    announcer: Announcer,
+    hooks: Hooks,
+    netlink: Netlink,
+    rt: tokio::runtime::Runtime,
+    signals: SignalFd,
+    ifindex: u32,
+    vip: Vip,
+    iface: String,
+    garp: GarpSchedule,
+    count: Option<u64>,
+    next_probe_ns: u64,
+    last_sample_ns: u64,
+    /// Latest merged counters of the master (for its MAC and the timeline).
+    master: PeerSnapshot,
+    master_back_logged: bool,
+    foreign_claims_logged: u32,
+}
+
+impl Daemon {
+    fn probing(&self) -> bool {
+        self.count.is_none_or(|n| self.prober.sent + self.prober.errors < n)
+    }
+
+    /// When the detector wants a fresh sample. A deadline already in the
+    /// past (the detector waits for more evidence) is re-checked at most
+    /// every half interval, so waiting never becomes a busy loop.
+    fn sample_due_ns(&self) -> u64 {
+        let deadline = self.detector.next_deadline();
+        let floor = self.last_sample_ns + self.detector.settings().interval_ns / 2;
+        deadline.max(floor)
+    }
+
+    fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            let mut wake = self.sample_due_ns();
+            if self.probing() {
+                wake = wake.min(self.next_probe_ns);
+            }
+            if let Some(g) = self.garp.next_ns {
+                wake = wake.min(g);
+            }
+            let [claim_ready, signal_ready] =
+                clock::wait_readable([self.watcher.events_fd(), self.signals.raw()], wake)
+                    .context("waiting in ppoll")?;
+
+            if signal_ready {
+                for sig in self.signals.read() {
+                    let at_ns = clock::now_ns();
+                    if sig == libc::SIGUSR1 {
+                        log::info!("`vipwatch release` asked us to hand the VIP back");
+                        self.feed(Event::OperatorRelease { at_ns })?;
+                    } else {
+                        log::info!("signal {sig}: stopping");
+                        self.feed(Event::Shutdown { at_ns })?;
+                        self.publish();
+                        return Ok(());
+                    }
+                }
+            }
+            if claim_ready {
+                for ev in self.watcher.drain_events() {
+                    let from_master = self.master.replies == 0 || ev.mac == self.master.last_mac;
+                    if !from_master && self.detector.state() == State::Active && self.foreign_claims_logged < 10 {
+                        self.foreign_claims_logged += 1;
+                        log::warn!(
+                            "{} is claimed by {} which is not the master ({}): address conflict on the LAN",
+                            self.vip,
+                            mac_str(ev.mac),
+                            mac_str(self.master.last_mac)
+                        );
+                    }
+                    self.status.last_claim_ns = ev.ktime_ns;
+                    self.feed(Event::Claim {
+                        at_ns: ev.ktime_ns,
+                        from_master,
+                    })?;
+                }
+            }
+
+            let now = clock::now_ns();
+            if self.probing() && now >= self.next_probe_ns {
+                let tick = self.prober.tick();
+                if tick.master_sent {
+                    self.feed(Event::ProbeSent {
+                        at_ns: tick.at_ns,
+                        seq: tick.seq,
+                    })?;
+                }
+                // Missed slots (we were starved or stopped) are skipped, not
+                // sent in a burst: a burst would fake the "probes sent"
+                // evidence the detector relies on.
+                self.next_probe_ns += self.detector.settings().interval_ns;
+                if self.next_probe_ns <= now {
+                    self.next_probe_ns = now + self.detector.settings().interval_ns;
+                }
+                self.status.probes_sent = self.prober.sent;
+                self.status.witness_probes_sent = self.prober.witness_sent;
+            }
+            let now = clock::now_ns();
+            if now >= self.sample_due_ns() {
+                self.sample(now)?;
+            }
+            if let Some(due) = self.garp.next_ns
+                && clock::now_ns() >= due
+            {
+                self.announce()?;
+                self.garp.sent(clock::now_ns());
+            }
+            self.publish();
+        }
+    }
+
+    fn sample(&mut self, now: u64) -> anyhow::Result<()> {
+        let snap = self.watcher.maps.snapshot()?;
+        self.last_sample_ns = now;
+        self.master = snap.master;
+        let peer = |p: &PeerSnapshot| PeerSample {
+            replies: p.replies,
+            last_seen_ns: p.last_seen_ns,
+            highest_seq: p.highest_seq,
+        };
+        let witness = self.detector.settings().witness.then(|| peer(&snap.witness));
+        self.feed(Event::Sample {
+            now_ns: now,
+            master: peer(&snap.master),
+            witness,
+        })?;
+        self.status.deferred = self.detector.deferred();
+        if self.detector.state() == State::Active {
+            if self.detector.master_back() && !self.master_back_logged {
+                self.master_back_logged = true;
+                log::info!(
+                    "master {} answers again; keeping {} until it claims it{}",
+                    mac_str(self.master.last_mac),
+                    self.vip,
+                    match self.detector.settings().failback {
+                        crate::detector::Failback::OnClaim => "",
+                        crate::detector::Failback::Manual => " and `vipwatch release` is run (failback manual)",
+                    }
+                );
+            }
+        } else {
+            self.master_back_logged = false;
+        }
+        Ok(())
+    }
+
+    /// Feeds one event to the detector and carries out its actions.
+    fn feed(&mut self, event: Event) -> anyhow::Result<()> {
+        for action in self.detector.handle(event) {
+            match action {
+                Action::TakeOver => self.take_over()?,
+                Action::Release => self.release()?,
+                Action::Notify(t) => self.notify(t),
+            }
+        }
+        Ok(())
+    }
+
+    fn take_over(&mut self) -> anyhow::Result<()> {
+        let decision_ns = clock::now_ns();
+        let (last_reply_ns, deadline_ns, _) = self.detector.last_decision().unwrap_or((0, 0, decision_ns));
+        let bound = self.rt.block_on(self.netlink.add_address(self.ifindex, self.vip.addr, self.vip.prefix));
+        let vip_bound_ns = clock::now_ns();
+        if let Err(e) = bound {
+            // Announcing an address we could not bind would attract the
+            // clients to a host that cannot answer them.
+            log::error!("TAKEOVER FAILED: could not bind {} on {}: {e:#}", self.vip, self.iface);
+            return Ok(());
+        }
+        let first_garp_ns = self.announce_now()?;
+        self.garp.burst_started(first_garp_ns);
+        self.status.takeovers += 1;
+        self.status.last_takeover = Timeline {
+            last_reply_ns,
+            deadline_ns,
+            decision_ns,
+            vip_bound_ns,
+            first_garp_ns,
+        };
+        log::info!(
+            "takeover timeline: last reply {:+.3} ms, deadline {:+.3} ms, decision {:+.3} ms, VIP bound {:+.3} ms, \
+             first GARP {:+.3} ms (relative to the decision; decision->first GARP {:.3} ms) mono_ns={decision_ns}",
+            delta_ms(decision_ns, last_reply_ns),
+            delta_ms(decision_ns, deadline_ns),
+            0.0,
+            delta_ms(decision_ns, vip_bound_ns),
+            delta_ms(decision_ns, first_garp_ns),
+            delta_ms(decision_ns, first_garp_ns),
+        );
+        Ok(())
+    }
+
+    fn announce_now(&mut self) -> anyhow::Result<u64> {
+        self.announce()?;
+        Ok(clock::now_ns())
+    }
+
+    fn announce(&mut self) -> anyhow::Result<()> {
+        if let Err(e) = self.announcer.announce(self.vip.addr) {
+            log::warn!("gratuitous ARP for {} on {} failed: {e:#}", self.vip, self.iface);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> anyhow::Result<()> {
+        self.garp.stop();
+        let removed = self.rt.block_on(self.netlink.del_address(self.ifindex, self.vip.addr, self.vip.prefix));
+        let at = clock::now_ns();
+        match removed {
+            Ok(true) => log::info!("released {} from {} mono_ns={at}", self.vip, self.iface),
+            Ok(false) => log::info!("{} was already gone from {} mono_ns={at}", self.vip, self.iface),
+            Err(e) => log::error!("could not remove {} from {}: {e:#}", self.vip, self.iface),
+        }
+        self.status.releases += 1;
+        self.status.last_release_ns = at;
+        Ok(())
+    }
+
+    fn notify(&mut self, t: Transition) {
+        let Transition { from, to, reason, at_ns } = t;
+        self.status.state = state_code(to);
+        log::info!(
+            "state {} -> {}: {} mono_ns={at_ns}",
+            state_name(from),
+            state_name(to),
+            describe(reason)
+        );
+        self.hooks
+            .notify(state_name(to), &self.vip.to_string(), &self.iface, reason_token(reason));
+    }
+
+    fn publish(&mut self) {
+        if let Err(e) = self.watcher.maps.set_status(&self.status) {
+            log::warn!("could not publish status for `vipwatch stats`: {e:#}");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Whatever made us stop, do not leave the VIP behind: a stopped
+        // backup that still answers for it is a split brain.
+        if self.detector.state() == State::Active {
+            log::warn!("stopping while holding {}: releasing it", self.vip);
+            if let Err(e) = self.release() {
+                log::error!("{e:#}");
+            }
+        }
+    }
+}
+
+pub fn state_name(s: State) -> &'static str {
+    match s {
+        State::Starting => "STARTING",
+        State::Standby => "STANDBY",
+        State::Active => "ACTIVE",
+        State::Isolated => "ISOLATED",
+    }
+}
+
+pub fn state_code(s: State) -> u32 {
+    match s {
+        State::Starting => STATE_STARTING,
+        State::Standby => STATE_STANDBY,
+        State::Active => STATE_ACTIVE,
+        State::Isolated => STATE_ISOLATED,
+    }
+}
+
+fn describe(r: Reason) -> String {
+    match r {
+        Reason::MasterReplied => "the master answers our probes".into(),
+        Reason::MasterSilent { silence_ns, probes } => {
+            format!("master silent for {} ({probes} probes unanswered)", ms(silence_ns))
+        }
+        Reason::WitnessSilent { silence_ns } => format!(
+            "master AND witness silent for {}: we are the one cut off, not taking the VIP",
+            ms(silence_ns)
+        ),
+        Reason::MasterClaimed => "the master claimed the VIP back (ARP)".into(),
+        Reason::OperatorRelease => "operator release".into(),
+        Reason::MasterBack { replies } => format!("master back ({replies} consecutive replies)"),
+        Reason::Shutdown => "daemon stopping".into(),
+    }
+}
+
+fn reason_token(r: Reason) -> &'static str {
+    match r {
+        Reason::MasterReplied => "master-replied",
+        Reason::MasterSilent { .. } => "master-silent",
+        Reason::WitnessSilent { .. } => "witness-silent",
+        Reason::MasterClaimed => "master-claimed",
+        Reason::OperatorRelease => "operator-release",
+        Reason::MasterBack { .. } => "master-back",
+        Reason::Shutdown => "shutdown",
+    }
+}
+
+pub fn mac_str(m: [u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// Used by `vipwatch stats` to name a status code.
+pub fn state_name_from_code(code: u32) -> &'static str {
+    match code {
+        STATE_STANDBY => "STANDBY",
+        STATE_ACTIVE => "ACTIVE",
+        STATE_ISOLATED => "ISOLATED",
+        _ => "STARTING",
+    }
+}

@@ -1,0 +1,456 @@
+//! Route netlink (rtnetlink(7)) access: interface lookup and binding or
+//! releasing the VIP.
+//!
+//! [`Netlink::add_address`] is on the failover hot path (decision → VIP bound
+//! → first gratuitous ARP), so it is exactly one `RTM_NEWADDR` request and its
+//! ACK: no dump before it to check whether the address is there, the kernel's
+//! `EEXIST` answers that. Everything else (lookups at start-up, status) may
+//! dump.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, anyhow, bail};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    AddressMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
+        link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage, State},
+    },
+};
+
+/// A route netlink socket in the network namespace of the thread that
+/// called [`Netlink::connect`].
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ` - 1).
+const IFNAMSIZ_MAX: usize = 15;
+
+impl Netlink {
+    /// Opens a route netlink socket in the current network namespace and
+    /// spawns its connection task on the current tokio runtime.
+    ///
+    /// The namespace is fixed when the socket is created: a later `setns` on
+    /// this thread does not move it.
+    pub fn connect() -> anyhow::Result<Self> {
+        // Creating the tokio netlink socket registers it with the reactor,
+        // which panics outside a runtime: check first and say so instead.
+        let runtime = tokio::runtime::Handle::try_current()
+            .context("Netlink::connect must be called from inside a tokio runtime")?;
+        let (connection, handle, _unsolicited) = rtnetlink::new_connection().context(
+            "cannot open a route netlink socket (is this a Linux kernel with rtnetlink?)",
+        )?;
+        // We join no multicast group, so nothing arrives on `_unsolicited`;
+        // the connection task ends when the last handle is dropped.
+        runtime.spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// Interface index by name. Error text when missing:
+    /// "interface eth9 does not exist; `ip link` lists interfaces".
+    pub async fn link_index(&self, name: &str) -> anyhow::Result<u32> {
+        if name.is_empty() || name.len() > IFNAMSIZ_MAX || name.contains(['/', ' ', '\0']) {
+            bail!(
+                "interface name {name:?} is not valid (1 to {IFNAMSIZ_MAX} bytes, no '/' or spaces); \
+                 `ip link` lists interfaces"
+            );
+        }
+        // RTM_GETLINK with IFLA_IFNAME and no NLM_F_DUMP: the kernel looks
+        // the one link up (Linux >= 2.6.33).
+        let request = self.handle.link().get().match_name(name).execute();
+        match first(request).await {
+            Ok(Some(link)) => Ok(link.header.index),
+            Ok(None) => bail!("interface {name} does not exist; `ip link` lists interfaces"),
+            Err(err) if errno(&err) == Some(libc::ENODEV) => {
+                bail!("interface {name} does not exist; `ip link` lists interfaces")
+            }
+            Err(err) => Err(describe(err, || format!("looking up interface {name}"))),
+        }
+    }
+
+    /// Interface MAC address (error if it has none / not Ethernet).
+    pub async fn link_mac(&self, index: u32) -> anyhow::Result<[u8; 6]> {
+        let link = self.link(index).await?;
+        link_mac_of(&link)
+    }
+
+    /// Whether the link is administratively up and has carrier (`IFF_UP`,
+    /// `IFF_LOWER_UP` and an operational state that is up or unknown).
+    pub async fn link_up(&self, index: u32) -> anyhow::Result<bool> {
+        let link = self.link(index).await?;
+        Ok(link_is_up(&link))
+    }
+
+    /// Binds `addr/prefix` on the interface. Idempotent: `Ok(false)` if it
+    /// was already there (`EEXIST`), `Ok(true)` if added.
+    ///
+    /// IPv6 addresses get `IFA_F_NODAD` so they are usable at once: RFC 4862
+    /// §5.4 duplicate address detection would keep the address tentative for
+    /// `RetransTimer` × `DupAddrDetectTransmits` (1 s by default), and the
+    /// whole point of vipwatch is that the peer is already known to be gone.
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> anyhow::Result<bool> {
+        check_prefix(addr, prefix)?;
+        let mut request = self.handle.address().add(index, addr, prefix);
+        if addr.is_ipv6() {
+            // IFA_F_NODAD fits in the 8-bit ifa_flags of the header, so no
+            // IFA_FLAGS attribute is needed (iproute2 does the same).
+            request.message_mut().header.flags = AddressHeaderFlags::Nodad;
+        }
+        // NLM_F_CREATE | NLM_F_EXCL: one round trip, and EEXIST tells us the
+        // address was already bound.
+        match request.execute().await {
+            Ok(()) => Ok(true),
+            Err(err) if errno(&err) == Some(libc::EEXIST) => Ok(false),
+            Err(err) => Err(describe(err, || {
+                format!("adding {addr}/{prefix} to interface index {index}")
+            })),
+        }
+    }
+
+    /// Removes `addr/prefix` from the interface. Idempotent: `Ok(false)` if it
+    /// was not there (`EADDRNOTAVAIL`/`ENOENT`), `Ok(true)` if removed.
+    pub async fn del_address(&self, index: u32, addr: IpAddr, prefix: u8) -> anyhow::Result<bool> {
+        check_prefix(addr, prefix)?;
+        let message = address_message(index, addr, prefix);
+        match self.handle.address().del(message).execute().await {
+            Ok(()) => Ok(true),
+            Err(err) if matches!(errno(&err), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => {
+                Ok(false)
+            }
+            Err(err) => Err(describe(err, || {
+                format!("removing {addr}/{prefix} from interface index {index}")
+            })),
+        }
+    }
+
+    /// Whether `addr` is currently bound on the interface.
+    pub async fn has_address(&self, index: u32, addr: IpAddr) -> anyhow::Result<bool> {
+        let mut request = self.handle.address().get().set_link_index_filter(index);
+        // Dump only the address family we look for; the index in the header
+        // is only honoured by kernels with strict checking, hence the
+        // client-side filter above as well.
+        let header = &mut request.message_mut().header;
+        header.family = family(addr);
+        header.index = index;
+        let mut addresses = request.execute();
+        loop {
+            match addresses.try_next().await {
+                Ok(Some(message)) if message_has_address(&message, addr) => return Ok(true),
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(false),
+                Err(err) => {
+                    return Err(describe(err, || {
+                        format!("listing the addresses of interface index {index}")
+                    }));
+                }
+            }
+        }
+    }
+
+    /// One link by index.
+    async fn link(&self, index: u32) -> anyhow::Result<LinkMessage> {
+        let request = self.handle.link().get().match_index(index).execute();
+        match first(request).await {
+            Ok(Some(link)) => Ok(link),
+            Ok(None) => bail!(
+                "interface index {index} does not exist (was it deleted?); `ip link` lists interfaces"
+            ),
+            Err(err) if errno(&err) == Some(libc::ENODEV) => {
+                bail!(
+                    "interface index {index} does not exist (was it deleted?); `ip link` lists interfaces"
+                )
+            }
+            Err(err) => Err(describe(err, || {
+                format!("looking up interface index {index}")
+            })),
+        }
+    }
+}
+
+/// The first message of a response stream; the stream is then dropped.
+async fn first<S>(stream: S) -> Result<Option<LinkMessage>, rtnetlink::Error>
+where
+    S: futures::Stream<Item = Result<LinkMessage, rtnetlink::Error>>,
+{
+    futures::pin_mut!(stream);
+    stream.try_next().await
+}
+
+/// The positive errno of a netlink NACK, if that is what `err` is.
+fn errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(message) => {
+            message.code.map(|code| code.get().saturating_abs())
+        }
+        _ => None,
+    }
+}
+
+/// Turns a netlink error into one that says what failed and, where the cause
+/// is one a user can fix, what to do about it.
+fn describe(err: rtnetlink::Error, what: impl FnOnce() -> String) -> anyhow::Error {
+    let what = what();
+    let hint = match errno(&err) {
+        Some(libc::EPERM | libc::EACCES) => {
+            Some("permission denied; vipwatch needs CAP_NET_ADMIN (run it as root)")
+        }
+        Some(libc::ENODEV | libc::ENXIO) => {
+            Some("the interface is gone; `ip link` lists interfaces")
+        }
+        Some(libc::EADDRNOTAVAIL) if what.starts_with("adding") => {
+            Some("the kernel refused the address (is IPv6 disabled on this interface?)")
+        }
+        _ => None,
+    };
+    let err = match &err {
+        rtnetlink::Error::NetlinkError(message) => anyhow!(message.to_io()),
+        _ => anyhow!(err),
+    };
+    match hint {
+        Some(hint) => err.context(format!("{what}: {hint}")),
+        None => err.context(what),
+    }
+}
+
+/// Rejects prefixes longer than the address.
+fn check_prefix(addr: IpAddr, prefix: u8) -> anyhow::Result<()> {
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        bail!("prefix length /{prefix} is too long for {addr} (at most /{max})");
+    }
+    Ok(())
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// The `RTM_DELADDR` body: same attributes `ip address del` sends.
+fn address_message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
+    match addr {
+        IpAddr::V4(v4) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+            .index(index)
+            .address(v4, prefix)
+            .build(),
+        IpAddr::V6(v6) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+            .index(index)
+            .address(v6, prefix)
+            .build(),
+    }
+}
+
+/// Whether an `RTM_NEWADDR` message carries `addr` as the local address.
+///
+/// For IPv4, `IFA_LOCAL` is the interface's own address and `IFA_ADDRESS` is
+/// the peer on point-to-point links, so `IFA_LOCAL` wins when present. IPv6
+/// only sends `IFA_ADDRESS` (plus `IFA_LOCAL` for peer addresses).
+fn message_has_address(message: &AddressMessage, addr: IpAddr) -> bool {
+    if message.header.family != family(addr) {
+        return false;
+    }
+    let local = message.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(local) => Some(*local),
+        _ => None,
+    });
+    let address = message.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(address) => Some(*address),
+        _ => None,
+    });
+    local.or(address) == Some(addr)
+}
+
+/// The MAC of an Ethernet link.
+fn link_mac_of(link: &LinkMessage) -> anyhow::Result<[u8; 6]> {
+    let index = link.header.index;
+    let name = link
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            LinkAttribute::IfName(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .unwrap_or("?");
+    if link.header.link_layer_type != LinkLayerType::Ether {
+        bail!(
+            "interface {name} (index {index}) is not Ethernet (link type {:?}); \
+             vipwatch announces the VIP with ARP/NDP and needs an Ethernet interface",
+            link.header.link_layer_type
+        );
+    }
+    let address = link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Address(address) => Some(address.as_slice()),
+        _ => None,
+    });
+    match address.map(<[u8; 6]>::try_from) {
+        Some(Ok(mac)) if mac != [0; 6] => Ok(mac),
+        _ => bail!(
+            "interface {name} (index {index}) has no MAC address; pick an Ethernet interface from `ip link`"
+        ),
+    }
+}
+
+/// `IFF_UP` and `IFF_LOWER_UP`, and an RFC 2863 operational state that does
+/// not contradict them. Virtual links without carrier tracking (dummy, some
+/// tunnels) report `UNKNOWN`, which counts as up, as iproute2 prints it.
+fn link_is_up(link: &LinkMessage) -> bool {
+    let flags = link.header.flags;
+    let oper = link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::OperState(state) => Some(*state),
+        _ => None,
+    });
+    flags.contains(LinkFlags::Up | LinkFlags::LowerUp)
+        && matches!(oper, None | Some(State::Up | State::Unknown))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use rtnetlink::packet_core::ErrorMessage;
+
+    use super::*;
+
+    fn nack(errno: i32) -> rtnetlink::Error {
+        let mut message = ErrorMessage::default();
+        message.code = std::num::NonZeroI32::new(-errno);
+        rtnetlink::Error::NetlinkError(message)
+    }
+
+    #[test]
+    fn errno_of_nack_is_positive() {
+        assert_eq!(errno(&nack(libc::EEXIST)), Some(libc::EEXIST));
+        assert_eq!(errno(&rtnetlink::Error::RequestFailed), None);
+    }
+
+    #[test]
+    fn describe_gives_advice_for_permission_errors() {
+        let text = format!(
+            "{:#}",
+            describe(nack(libc::EPERM), || "adding 192.0.2.10/24".into())
+        );
+        assert!(text.contains("CAP_NET_ADMIN"), "{text}");
+        assert!(text.contains("adding 192.0.2.10/24"), "{text}");
+    }
+
+    #[test]
+    fn prefix_is_bounded_by_family() {
+        assert!(check_prefix(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 32).is_ok());
+        assert!(check_prefix(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 33).is_err());
+        assert!(check_prefix(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).is_ok());
+        assert!(check_prefix(IpAddr::V6(Ipv6Addr::LOCALHOST), 129).is_err());
+    }
+
+    #[test]
+    fn delete_message_names_the_address() {
+        let vip = Ipv4Addr::new(192, 0, 2, 10);
+        let message = address_message(7, IpAddr::V4(vip), 24);
+        assert_eq!(message.header.index, 7);
+        assert_eq!(message.header.prefix_len, 24);
+        assert!(message_has_address(&message, IpAddr::V4(vip)));
+    }
+
+    fn addr_message(family: AddressFamily, attributes: Vec<AddressAttribute>) -> AddressMessage {
+        let mut message = AddressMessage::default();
+        message.header.family = family;
+        message.attributes = attributes;
+        message
+    }
+
+    #[test]
+    fn ipv4_local_wins_over_peer_address() {
+        let local = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let message = addr_message(
+            AddressFamily::Inet,
+            vec![
+                AddressAttribute::Address(peer),
+                AddressAttribute::Local(local),
+            ],
+        );
+        assert!(message_has_address(&message, local));
+        assert!(!message_has_address(&message, peer));
+    }
+
+    #[test]
+    fn ipv6_uses_address_and_checks_family() {
+        let addr: IpAddr = "2001:db8::10".parse().expect("literal");
+        let message = addr_message(AddressFamily::Inet6, vec![AddressAttribute::Address(addr)]);
+        assert!(message_has_address(&message, addr));
+        let other: IpAddr = "2001:db8::11".parse().expect("literal");
+        assert!(!message_has_address(&message, other));
+        let wrong_family = addr_message(AddressFamily::Inet, vec![AddressAttribute::Address(addr)]);
+        assert!(!message_has_address(&wrong_family, addr));
+    }
+
+    fn link_message(
+        flags: LinkFlags,
+        oper: Option<State>,
+        attrs: Vec<LinkAttribute>,
+    ) -> LinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.index = 3;
+        link.header.link_layer_type = LinkLayerType::Ether;
+        link.header.flags = flags;
+        link.attributes = attrs;
+        if let Some(state) = oper {
+            link.attributes.push(LinkAttribute::OperState(state));
+        }
+        link
+    }
+
+    #[test]
+    fn link_up_needs_admin_up_carrier_and_oper_state() {
+        let up = LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running;
+        let table = [
+            (up, Some(State::Up), true),
+            (up, Some(State::Unknown), true),
+            (up, None, true),
+            (up, Some(State::Dormant), false),
+            (up, Some(State::LowerLayerDown), false),
+            (LinkFlags::Up, Some(State::Up), false),
+            (LinkFlags::LowerUp, Some(State::Up), false),
+            (LinkFlags::Up, Some(State::LowerLayerDown), false),
+        ];
+        for (flags, oper, expected) in table {
+            assert_eq!(
+                link_is_up(&link_message(flags, oper, vec![])),
+                expected,
+                "{flags:?} {oper:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn link_mac_requires_ethernet_with_address() {
+        let mac = [0x02, 0, 0x5e, 0, 0x53, 1];
+        let link = link_message(
+            LinkFlags::Up,
+            None,
+            vec![LinkAttribute::Address(mac.to_vec())],
+        );
+        assert_eq!(link_mac_of(&link).expect("ethernet link"), mac);
+
+        let no_mac = link_message(
+            LinkFlags::Up,
+            None,
+            vec![LinkAttribute::IfName("veth0".into())],
+        );
+        let text = format!("{:#}", link_mac_of(&no_mac).expect_err("no address"));
+        assert!(text.contains("veth0") && text.contains("no MAC"), "{text}");
+
+        let mut tun = link_message(LinkFlags::Up, None, vec![]);
+        tun.header.link_layer_type = LinkLayerType::None;
+        assert!(
+            link_mac_of(&tun)
+                .expect_err("not ethernet")
+                .to_string()
+                .contains("not Ethernet")
+        );
+    }
+}

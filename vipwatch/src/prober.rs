@@ -1,0 +1,227 @@
+//! Heartbeat probes: ICMP echo requests (RFC 792) carrying vipwatch's
+//! payload, sent from a raw socket bound to the watched interface.
+//!
+//! Nothing runs on the master: its kernel answers. We never read replies
+//! from this socket (the XDP program counts them), so the socket filters
+//! every ICMP type out of its receive queue.
+
+use std::{
+    io,
+    mem,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use anyhow::Context as _;
+use vipwatch_common::{PROBE_PAYLOAD_LEN, ProbePayload};
+
+use crate::clock;
+
+/// ICMP header + payload.
+pub const PROBE_LEN: usize = 8 + PROBE_PAYLOAD_LEN;
+
+/// An ICMP echo request with a valid checksum.
+pub fn echo_request(id: u16, seq: u64, payload: &ProbePayload) -> [u8; PROBE_LEN] {
+    let mut pkt = [0u8; PROBE_LEN];
+    pkt[0] = 8; // echo request
+    pkt[4..6].copy_from_slice(&id.to_be_bytes());
+    // The 16-bit ICMP sequence wraps; the full one is in the payload.
+    pkt[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
+    pkt[8..].copy_from_slice(&payload.encode());
+    let sum = internet_checksum(&pkt);
+    pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    pkt
+}
+
+/// RFC 1071 Internet checksum.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What one tick sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tick {
+    pub seq: u64,
+    pub at_ns: u64,
+    pub master_sent: bool,
+    pub witness_sent: bool,
+}
+
+pub struct Prober {
+    fd: OwnedFd,
+    echo_id: u16,
+    nonce: u64,
+    master: Ipv4Addr,
+    witness: Option<Ipv4Addr>,
+    seq: u64,
+    pub sent: u64,
+    pub witness_sent: u64,
+    pub errors: u64,
+    last_error: Option<io::ErrorKind>,
+}
+
+impl Prober {
+    pub fn open(
+        iface: &str,
+        echo_id: u16,
+        nonce: u64,
+        master: Ipv4Addr,
+        witness: Option<Ipv4Addr>,
+    ) -> anyhow::Result<Self> {
+        // SAFETY: plain socket(2) call; the fd is owned right below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error())
+                .context("opening a raw ICMP socket for the probes (needs root or CAP_NET_RAW)");
+        }
+        // SAFETY: raw is a fresh, valid fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, iface.as_bytes())
+            .with_context(|| format!("binding the probe socket to {iface}"))?;
+        // ICMP_FILTER (raw(7)): a set bit filters that ICMP type out. We
+        // receive nothing here; the XDP program does the counting.
+        const ICMP_FILTER: libc::c_int = 1;
+        setsockopt(&fd, libc::SOL_RAW, ICMP_FILTER, &u32::MAX.to_ne_bytes())
+            .context("filtering ICMP out of the probe socket's receive queue")?;
+        Ok(Self {
+            fd,
+            echo_id,
+            nonce,
+            master,
+            witness,
+            seq: 0,
+            sent: 0,
+            witness_sent: 0,
+            errors: 0,
+            last_error: None,
+        })
+    }
+
+    /// Sends one tick: a probe to the master and, if configured, to the
+    /// witness, with the same sequence number. A probe counts as sent only
+    /// when the kernel accepted it.
+    pub fn tick(&mut self) -> Tick {
+        self.seq += 1;
+        let seq = self.seq;
+        let at_ns = clock::now_ns();
+        let payload = ProbePayload {
+            nonce: self.nonce,
+            seq,
+            sent_ns: at_ns,
+        };
+        let pkt = echo_request(self.echo_id, seq, &payload);
+        let master_sent = self.send(self.master, &pkt);
+        if master_sent {
+            self.sent += 1;
+        }
+        let witness_sent = match self.witness {
+            Some(w) => {
+                let ok = self.send(w, &pkt);
+                if ok {
+                    self.witness_sent += 1;
+                }
+                ok
+            }
+            None => false,
+        };
+        Tick {
+            seq,
+            at_ns,
+            master_sent,
+            witness_sent,
+        }
+    }
+
+    fn send(&mut self, to: Ipv4Addr, pkt: &[u8]) -> bool {
+        // SAFETY: zeroed sockaddr_in is valid; fields set below.
+        let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+        // SAFETY: pkt and addr are valid for the given lengths.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&raw const addr).cast(),
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc >= 0 {
+            if self.last_error.take().is_some() {
+                log::info!("probes to {to} are going out again");
+            }
+            return true;
+        }
+        let err = io::Error::last_os_error();
+        self.errors += 1;
+        // One line per kind of failure, not one per probe.
+        if self.last_error != Some(err.kind()) {
+            log::warn!("probe to {to} not sent: {err} (not counted as sent)");
+            self.last_error = Some(err.kind());
+        }
+        false
+    }
+}
+
+fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: value is valid for value.len() bytes for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3 numerical example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
+        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        // Odd length pads with a zero byte.
+        assert_eq!(internet_checksum(&[0xff]), !0xff00);
+    }
+
+    #[test]
+    fn echo_request_is_well_formed() {
+        let payload = ProbePayload {
+            nonce: 0xabcd,
+            seq: 0x1_0002,
+            sent_ns: 99,
+        };
+        let pkt = echo_request(0x4242, payload.seq, &payload);
+        assert_eq!(pkt[0], 8, "type echo request");
+        assert_eq!(pkt[1], 0, "code");
+        assert_eq!(&pkt[4..6], &[0x42, 0x42], "identifier");
+        assert_eq!(&pkt[6..8], &[0x00, 0x02], "sequence wraps to 16 bits");
+        assert_eq!(ProbePayload::decode(pkt[8..].try_into().unwrap()), Some(payload));
+        // A packet including its checksum sums to zero.
+        assert_eq!(internet_checksum(&pkt), 0);
+    }
+}

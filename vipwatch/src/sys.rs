@@ -1,0 +1,130 @@
+//! Small wrappers over Linux facilities the daemon needs and std lacks:
+//! capability checks, signalfd, getrandom.
+
+use std::{
+    fs, io, mem,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+};
+
+use anyhow::{Context as _, bail};
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Refuses early, before anything is attached, when we lack the rights to
+/// load XDP (CAP_BPF or CAP_SYS_ADMIN), configure addresses (CAP_NET_ADMIN)
+/// and send raw packets (CAP_NET_RAW).
+pub fn require_privileges(what: &str) -> anyhow::Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(CAP_NET_RAW) {
+        missing.push("CAP_NET_RAW");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{what} needs root (missing {}); run it as root, e.g. `cargo xtask run -- {}`",
+            missing.join(", "),
+            what.trim_start_matches("vipwatch ")
+        );
+    }
+    Ok(())
+}
+
+/// Random bytes from the kernel.
+pub fn random_u64() -> anyhow::Result<u64> {
+    let mut buf = [0u8; 8];
+    // SAFETY: buf is valid for 8 bytes.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != 8 {
+        return Err(io::Error::last_os_error()).context("getrandom");
+    }
+    Ok(u64::from_ne_bytes(buf))
+}
+
+/// Signals delivered through a file descriptor, so the real-time loop can
+/// wait for them together with its timers in one ppoll(2).
+pub struct SignalFd {
+    fd: OwnedFd,
+}
+
+/// The signals the daemons handle: SIGINT/SIGTERM stop, SIGUSR1 is
+/// `vipwatch release` asking the backup to hand the VIP back.
+pub const HANDLED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1];
+
+impl SignalFd {
+    /// Blocks [`HANDLED`] in this thread (call before spawning threads, so
+    /// they inherit the mask) and opens a signalfd for them.
+    pub fn new() -> anyhow::Result<Self> {
+        let set = handled_set();
+        // SAFETY: set is a valid sigset; old mask not needed.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc)).context("blocking signals");
+        }
+        // SAFETY: set is valid; -1 creates a new fd.
+        let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("signalfd");
+        }
+        // SAFETY: raw is a fresh fd we own.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Pending signals, oldest first.
+    pub fn read(&self) -> Vec<libc::c_int> {
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: zeroed siginfo is a valid buffer.
+            let mut info: libc::signalfd_siginfo = unsafe { mem::zeroed() };
+            let size = mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: info is valid for `size` bytes.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut info).cast(), size) };
+            if n != size as isize {
+                break;
+            }
+            out.push(info.ssi_signo as libc::c_int);
+        }
+        out
+    }
+}
+
+fn handled_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the zeroed set.
+    unsafe {
+        let mut set: libc::sigset_t = mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HANDLED {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// For child processes (hooks, health commands): undo the signal mask the
+/// daemon set, which exec would otherwise pass on. Async-signal-safe.
+pub fn unblock_signals_in_child() -> io::Result<()> {
+    let set = handled_set();
+    // SAFETY: valid set; sigprocmask is async-signal-safe.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

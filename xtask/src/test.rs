@@ -1,0 +1,56 @@
+//! `cargo xtask test [-- <test args>]`: prerequisites, build, then the unit
+//! tests of every crate, then the privileged end-to-end tests.
+//!
+//! The end-to-end tests run one at a time: they time failovers, and on a
+//! two-core machine parallel tests would steal each other's CPU and make
+//! the timings lie. They find the daemon through `VIPWATCH_BIN`.
+
+use std::ffi::OsString;
+
+use anyhow::{Context as _, bail};
+
+use crate::{build, prerequisites, util};
+
+/// The package of the end-to-end tests (directory `tests/`).
+const E2E_PACKAGE: &str = "vipwatch-tests";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Arguments for the test binaries, after `--`: a name filter,
+    /// `--nocapture`, `--ignored`... They go to both test runs.
+    #[arg(last = true)]
+    args: Vec<OsString>,
+}
+
+pub fn test(options: Options) -> anyhow::Result<()> {
+    let Options { args } = options;
+    // Checked before building so a non-root run fails in a second, not after
+    // the build.
+    if !util::is_root() {
+        bail!(
+            "the end-to-end tests need root (they create network namespaces and attach XDP programs); \
+             run `cargo xtask test` as root, or run only the unit tests with \
+             `cargo test --workspace --exclude {E2E_PACKAGE}`"
+        );
+    }
+    let toolchain = prerequisites::ensure()?;
+    let vipwatch = build::build_with(&toolchain, build::Options { release: false })?;
+
+    util::run_status(
+        toolchain
+            .cargo()
+            .args(["test", "--workspace", "--exclude", E2E_PACKAGE, "--all-targets", "--"])
+            .args(&args)
+            .env("VIPWATCH_BIN", &vipwatch),
+    )
+    .context("unit tests failed")?;
+
+    util::run_status(
+        toolchain
+            .cargo()
+            .args(["test", "--package", E2E_PACKAGE, "--all-targets", "--", "--test-threads=1"])
+            .args(&args)
+            .env("VIPWATCH_BIN", &vipwatch),
+    )
+    .context("end-to-end tests failed")
+}
