@@ -400,6 +400,13 @@ impl Daemon {
     fn notify(&mut self, t: Transition) {
         let Transition { from, to, reason, at_ns } = t;
         self.status.state = state_code(to);
+        if from == State::Starting
+            && let Err(e) = self.watcher.maps.reset_max_gap(vipwatch_common::PEER_MASTER)
+        {
+            // The start-up gap (first ARP resolution) says nothing about
+            // the path; without the reset `max_gap_ms` would keep it.
+            log::warn!("could not reset the gap statistic: {e:#}");
+        }
         log::info!(
             "state {} -> {}: {} mono_ns={at_ns}",
             state_name(from),

@@ -6,7 +6,7 @@
 //! [`Detector::handle`], that changes state and decides every side effect,
 //! returned as [`Action`]s for the async shell (`backup.rs`) to carry out.
 //!
-//! All times are CLOCK_MONOTONIC nanoseconds, the clock `bpf_ktime_get_ns`
+//! All times are `CLOCK_MONOTONIC` nanoseconds, the clock `bpf_ktime_get_ns`
 //! reads, so kernel timestamps from the maps and userspace timestamps compare
 //! directly.
 //!
@@ -16,16 +16,25 @@
 //! advertisement (RFC 5798 §6.4.2). vipwatch inverts the roles: the backup
 //! probes and the master answers, and `dead_after` replaces
 //! `Master_Down_Interval`. Silence alone is not enough, though: if our own
-//! probes did not go out (the daemon was SIGSTOPped, starved of CPU, or the
-//! send failed) the master had nothing to answer. So the master is dead only
-//! when the silence lasted `dead_after` *and* at least
+//! probes did not go out (the daemon was stopped by `SIGSTOP`, starved of
+//! CPU, or the send failed) the master had nothing to answer. So the master
+//! is dead only when the silence lasted `dead_after` *and* at least
 //! [`Settings::probes_needed`] probes really left after its last reply; a
 //! deadline reached with fewer probes is *deferred*, never acted on.
 //!
+//! Silence is counted from the master's last reply, but never from before
+//! the detector started or before the last release: after handing the VIP
+//! back, the master gets a full `dead_after` to show it is alive.
+//!
 //! An optional witness (a third host probed with the same sequence numbers)
 //! tells "the master is gone" from "we are cut off": if the witness answered
-//! a probe the master did not, our link works and we take over; if both are
-//! silent, we are the isolated one and must not hold the VIP.
+//! a probe the master did not (and has not gone silent since), our link
+//! works and we take over; if both are silent, we are the isolated one and
+//! must not hold the VIP ([`State::Isolated`]).
+//!
+//! Coming back is slower than going: after a silence the master counts as
+//! back only after `rise` consecutive replies (the hysteresis of
+//! keepalived's and HAProxy's `rise` health-check setting).
 
 use std::collections::VecDeque;
 
@@ -44,7 +53,7 @@ pub enum Failback {
 pub struct Settings {
     /// Probe interval, ns (> 0).
     pub interval_ns: u64,
-    /// Silence after which the master is dead, ns (>= interval_ns).
+    /// Silence after which the master is dead, ns (>= `interval_ns`).
     pub dead_after_ns: u64,
     /// Consecutive valid replies after which a silent master counts as back.
     pub rise: u32,
@@ -247,7 +256,7 @@ impl Run {
     }
 }
 
-/// What rule 3 says about one peer at one instant.
+/// Whether one peer is dead at one instant (see [`Detector::verdict`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
     /// Not proven dead: the deadline has not been reached.
@@ -315,13 +324,22 @@ impl Detector {
                 self.record_probe(at_ns, seq);
                 Vec::new()
             }
-            (state, Event::Sample { now_ns, master, witness }) => {
+            (
+                state,
+                Event::Sample {
+                    now_ns,
+                    master,
+                    witness,
+                },
+            ) => {
                 let prev = self.absorb(now_ns, master, witness);
                 // The witness only counts when this sample carries it: the
                 // shell passes it exactly when one is configured.
                 let witnessed = witness.is_some();
                 match state {
-                    State::Starting | State::Standby => self.standby_sample(now_ns, prev, witnessed),
+                    State::Starting | State::Standby => {
+                        self.standby_sample(now_ns, prev, witnessed)
+                    }
                     State::Active => self.active_sample(now_ns, prev, witnessed),
                     State::Isolated => self.isolated_sample(now_ns, prev, witnessed),
                 }
@@ -336,10 +354,14 @@ impl Detector {
                     at_ns,
                     from_master: true,
                 },
-            ) if self.settings.failback == Failback::OnClaim => self.release(at_ns, Reason::MasterClaimed),
+            ) if self.settings.failback == Failback::OnClaim => {
+                self.release(at_ns, Reason::MasterClaimed)
+            }
             // In Standby the master re-announcing the VIP is normal.
             (_, Event::Claim { .. }) => Vec::new(),
-            (State::Active, Event::OperatorRelease { at_ns }) => self.release(at_ns, Reason::OperatorRelease),
+            (State::Active, Event::OperatorRelease { at_ns }) => {
+                self.release(at_ns, Reason::OperatorRelease)
+            }
             (_, Event::OperatorRelease { .. }) => Vec::new(),
             // Do not leave the VIP bound on a host that no longer watches
             // over it.
@@ -361,7 +383,9 @@ impl Detector {
     pub fn next_deadline(&self) -> u64 {
         match self.state {
             State::Starting | State::Standby if !self.waiting => self.master_deadline(),
-            _ => self.last_sample_ns.saturating_add(self.settings.interval_ns),
+            _ => self
+                .last_sample_ns
+                .saturating_add(self.settings.interval_ns),
         }
     }
 
@@ -379,8 +403,10 @@ impl Detector {
         matches!(self.state, State::Active | State::Isolated) && self.run_len() >= self.rise()
     }
 
-    /// Timeline of the last takeover decision: (last_reply_ns, deadline_ns,
-    /// decision_ns), where last_reply_ns is the silence reference (rule 1).
+    /// Timeline of the last takeover decision: `(last_reply_ns,
+    /// deadline_ns, decision_ns)`, where `last_reply_ns` is the silence
+    /// reference (the master's last reply, or the start or last release if
+    /// later) and `deadline_ns` is `last_reply_ns + dead_after_ns`.
     pub fn last_decision(&self) -> Option<(u64, u64, u64)> {
         self.last_decision
     }
@@ -403,7 +429,12 @@ impl Detector {
 
     /// Merges a sample into what we know; returns the master counters as
     /// they were before it.
-    fn absorb(&mut self, now_ns: u64, master: PeerSample, witness: Option<PeerSample>) -> PeerSample {
+    fn absorb(
+        &mut self,
+        now_ns: u64,
+        master: PeerSample,
+        witness: Option<PeerSample>,
+    ) -> PeerSample {
         let prev = self.master;
         self.master = merge(self.master, master);
         if let Some(w) = witness {
@@ -434,9 +465,12 @@ impl Detector {
                 }
                 match self.witness_view(now_ns) {
                     Witness::Newer => self.take_over(now_ns, silent),
-                    Witness::Silent { silence_ns } => {
-                        self.transition(State::Isolated, Reason::WitnessSilent { silence_ns }, now_ns, Vec::new())
-                    }
+                    Witness::Silent { silence_ns } => self.transition(
+                        State::Isolated,
+                        Reason::WitnessSilent { silence_ns },
+                        now_ns,
+                        Vec::new(),
+                    ),
                     Witness::Deferred => {
                         self.defer();
                         Vec::new()
@@ -481,10 +515,17 @@ impl Detector {
         // be a flapping link, `rise` consecutive ones are a working path.
         let run = self.run_len();
         if run >= self.rise() {
-            return self.transition(State::Standby, Reason::MasterBack { replies: run }, now_ns, Vec::new());
+            return self.transition(
+                State::Standby,
+                Reason::MasterBack { replies: run },
+                now_ns,
+                Vec::new(),
+            );
         }
         match master {
-            Verdict::Dead { silence_ns, probes } if witnessed && self.witness_view(now_ns) == Witness::Newer => {
+            Verdict::Dead { silence_ns, probes }
+                if witnessed && self.witness_view(now_ns) == Witness::Newer =>
+            {
                 self.take_over(now_ns, Reason::MasterSilent { silence_ns, probes })
             }
             _ => Vec::new(),
@@ -512,7 +553,13 @@ impl Detector {
     }
 
     /// Moves to `to` and appends its one [`Action::Notify`], always last.
-    fn transition(&mut self, to: State, reason: Reason, at_ns: u64, mut actions: Vec<Action>) -> Vec<Action> {
+    fn transition(
+        &mut self,
+        to: State,
+        reason: Reason,
+        at_ns: u64,
+        mut actions: Vec<Action>,
+    ) -> Vec<Action> {
         actions.push(Action::Notify(Transition {
             from: self.state,
             to,
@@ -531,25 +578,31 @@ impl Detector {
 
     // --- Evidence ---------------------------------------------------------
 
-    /// Rule 1: silence is counted from the master's last reply, but never
+    /// Silence is counted from the master's last reply, but never
     /// from before we started or before the last release.
     fn master_reference(&self) -> u64 {
-        self.master.last_seen_ns.max(self.start_ns).max(self.reset_ns)
+        self.master
+            .last_seen_ns
+            .max(self.start_ns)
+            .max(self.reset_ns)
     }
 
-    /// The idea of RFC 5798 §6.4.2 (Master_Down_Interval), with
+    /// The idea of RFC 5798 §6.4.2 (`Master_Down_Interval`), with
     /// `dead_after` in its place.
     fn master_deadline(&self) -> u64 {
-        self.master_reference().saturating_add(self.settings.dead_after_ns)
+        self.master_reference()
+            .saturating_add(self.settings.dead_after_ns)
     }
 
     /// The witness's silence reference; the start time when it never
     /// answered.
     fn witness_reference(&self) -> u64 {
-        self.witness.map_or(0, |w| w.last_seen_ns).max(self.start_ns)
+        self.witness
+            .map_or(0, |w| w.last_seen_ns)
+            .max(self.start_ns)
     }
 
-    /// Rule 3: dead iff silent for `dead_after` since `reference` *and*
+    /// Dead iff silent for `dead_after` since `reference` *and*
     /// enough probes went out after `reference` to have been answered.
     fn verdict(&self, reference: u64, now_ns: u64) -> Verdict {
         if now_ns < reference.saturating_add(self.settings.dead_after_ns) {
@@ -583,7 +636,8 @@ impl Detector {
     }
 
     /// Probes sent strictly after `t`, counted up to the remembered window
-    /// (always more than `probes_needed`).
+    /// (always more than `probes_needed`). Probes are reported in send
+    /// order (increasing `seq`), so the newest are at the back.
     fn probes_after(&self, t: u64) -> u64 {
         let n = self.probes.iter().rev().take_while(|&&at| at > t).count();
         u64::try_from(n).unwrap_or(u64::MAX)
@@ -623,7 +677,7 @@ impl Detector {
 }
 
 /// Field-wise max: counters only grow, so the max of two reads is the newer
-/// one (rule 11: a stale sample never moves anything backwards).
+/// one, and a stale sample never moves anything backwards.
 fn merge(old: PeerSample, new: PeerSample) -> PeerSample {
     let PeerSample {
         replies,
@@ -660,9 +714,12 @@ mod tests {
         }
     }
 
-    /// Rule 10: at most one Notify, always last, and nothing without it.
+    /// At most one Notify, always last, and no action without it.
     fn assert_well_formed(actions: &[Action]) {
-        let notifies = actions.iter().filter(|a| matches!(a, Action::Notify(_))).count();
+        let notifies = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Notify(_)))
+            .count();
         assert!(notifies <= 1, "more than one Notify: {actions:?}");
         if !actions.is_empty() {
             assert!(
@@ -705,7 +762,11 @@ mod tests {
             let actions = self.det.handle(event);
             assert_well_formed(&actions);
             if let Some(t) = transition(&actions) {
-                assert_eq!(t.to, self.det.state(), "Notify does not match the new state");
+                assert_eq!(
+                    t.to,
+                    self.det.state(),
+                    "Notify does not match the new state"
+                );
                 self.transitions.push(t);
             }
             actions
@@ -808,7 +869,10 @@ mod tests {
         assert_eq!(d.next_deadline(), T0 + DEAD_AFTER);
         assert!(d.handle(sample(T0 + MS, PeerSample::default())).is_empty());
         assert_eq!(d.state(), State::Starting);
-        d.handle(Event::ProbeSent { at_ns: T0 + MS, seq: 1 });
+        d.handle(Event::ProbeSent {
+            at_ns: T0 + MS,
+            seq: 1,
+        });
         let actions = d.handle(sample(T0 + 2 * MS, peer(1, T0 + MS + RTT, 1)));
         assert_eq!(
             actions,
@@ -869,8 +933,17 @@ mod tests {
         assert_eq!((t.from, t.to), (State::Starting, State::Active));
         // Silence counted from the start, not from "never" (0); the probe
         // sent in the very nanosecond of the start is not "after" it.
-        assert_eq!(t.reason, Reason::MasterSilent { silence_ns: DEAD_AFTER + INTERVAL, probes: 5 });
-        assert_eq!(sim.det.last_decision(), Some((T0, T0 + DEAD_AFTER, t.at_ns)));
+        assert_eq!(
+            t.reason,
+            Reason::MasterSilent {
+                silence_ns: DEAD_AFTER + INTERVAL,
+                probes: 5
+            }
+        );
+        assert_eq!(
+            sim.det.last_decision(),
+            Some((T0, T0 + DEAD_AFTER, t.at_ns))
+        );
     }
 
     #[test]
@@ -881,7 +954,10 @@ mod tests {
         for _ in 0..20 {
             sim.seq += 1;
             let seq = sim.seq;
-            sim.handle(Event::ProbeSent { at_ns: sim.now, seq });
+            sim.handle(Event::ProbeSent {
+                at_ns: sim.now,
+                seq,
+            });
             // The shell samples at the deadline or at the next probe.
             let deadline = sim.det.next_deadline();
             sim.now = deadline.min(sim.now + INTERVAL);
@@ -893,7 +969,11 @@ mod tests {
         }
         let decided = decided.expect("no takeover");
         assert!(decided >= last_reply + DEAD_AFTER);
-        assert!(decided < last_reply + DEAD_AFTER + INTERVAL, "{}", decided - last_reply);
+        assert!(
+            decided < last_reply + DEAD_AFTER + INTERVAL,
+            "{}",
+            decided - last_reply
+        );
     }
 
     #[test]
@@ -912,7 +992,10 @@ mod tests {
         assert!(sim.ticks(20, true, true).is_empty());
         assert_eq!(sim.det.state(), State::Standby);
         assert_eq!(sim.det.deferred(), 1);
-        assert_eq!(sim.det.next_deadline(), sim.master.last_seen_ns + DEAD_AFTER);
+        assert_eq!(
+            sim.det.next_deadline(),
+            sim.master.last_seen_ns + DEAD_AFTER
+        );
     }
 
     #[test]
@@ -963,7 +1046,9 @@ mod tests {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut lost = 0;
         for _ in 0..10_000 {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             let answered = (x >> 33) % 100 >= 5;
             lost += u32::from(!answered);
             assert!(sim.tick(answered, true).is_empty());
@@ -986,7 +1071,10 @@ mod tests {
     fn stale_sample_does_not_move_the_reference_back() {
         let mut d = Detector::new(settings(false, Failback::OnClaim), T0);
         for k in 1..=3 {
-            d.handle(Event::ProbeSent { at_ns: T0 + k * INTERVAL, seq: k });
+            d.handle(Event::ProbeSent {
+                at_ns: T0 + k * INTERVAL,
+                seq: k,
+            });
         }
         let fresh = peer(3, T0 + 3 * INTERVAL + RTT, 3);
         d.handle(sample(T0 + 4 * INTERVAL, fresh));
@@ -1007,20 +1095,32 @@ mod tests {
         for k in 1..=5 {
             // The same tick reported twice (e.g. once per peer).
             for _ in 0..2 {
-                d.handle(Event::ProbeSent { at_ns: T0 + k * MS, seq: k });
+                d.handle(Event::ProbeSent {
+                    at_ns: T0 + k * MS,
+                    seq: k,
+                });
             }
         }
         // 5 ticks counted once each: exactly enough, not more.
         let actions = d.handle(sample(T0 + DEAD_AFTER, PeerSample::default()));
         assert_eq!(
             transition(&actions).map(|t| t.reason),
-            Some(Reason::MasterSilent { silence_ns: DEAD_AFTER, probes: 5 })
+            Some(Reason::MasterSilent {
+                silence_ns: DEAD_AFTER,
+                probes: 5
+            })
         );
         let mut d = Detector::new(settings(false, Failback::OnClaim), T0);
         for _ in 0..5 {
-            d.handle(Event::ProbeSent { at_ns: T0 + MS, seq: 1 });
+            d.handle(Event::ProbeSent {
+                at_ns: T0 + MS,
+                seq: 1,
+            });
         }
-        assert!(d.handle(sample(T0 + DEAD_AFTER, PeerSample::default())).is_empty());
+        assert!(
+            d.handle(sample(T0 + DEAD_AFTER, PeerSample::default()))
+                .is_empty()
+        );
         assert_eq!(d.deferred(), 1);
     }
 
@@ -1028,7 +1128,10 @@ mod tests {
     fn probe_memory_is_bounded() {
         let mut d = Detector::new(settings(false, Failback::OnClaim), T0);
         for k in 1..=100_000 {
-            d.handle(Event::ProbeSent { at_ns: T0 + k * MS, seq: k });
+            d.handle(Event::ProbeSent {
+                at_ns: T0 + k * MS,
+                seq: k,
+            });
         }
         let needed = usize::try_from(d.settings().probes_needed()).expect("small");
         assert_eq!(d.probes.len(), needed + PROBE_MEMORY_SLACK);
@@ -1055,16 +1158,34 @@ mod tests {
         let isolated = Sim::isolated(settings(true, Failback::OnClaim));
         let mut released = Sim::active(settings(false, Failback::Manual));
         released.now += 3 * MS;
-        released.handle(Event::OperatorRelease { at_ns: released.now });
+        released.handle(Event::OperatorRelease {
+            at_ns: released.now,
+        });
 
         let cases = [
-            ("starting", Detector::new(settings(false, Failback::OnClaim), T0), T0 + DEAD_AFTER),
-            ("standby", standby.det.clone(), standby.master.last_seen_ns + DEAD_AFTER),
+            (
+                "starting",
+                Detector::new(settings(false, Failback::OnClaim), T0),
+                T0 + DEAD_AFTER,
+            ),
+            (
+                "standby",
+                standby.det.clone(),
+                standby.master.last_seen_ns + DEAD_AFTER,
+            ),
             ("deferred", deferred.det.clone(), deferred.now + INTERVAL),
-            ("witness undecided", witness_wait.det.clone(), witness_wait.now + INTERVAL),
+            (
+                "witness undecided",
+                witness_wait.det.clone(),
+                witness_wait.now + INTERVAL,
+            ),
             ("active", active.det.clone(), active.now + INTERVAL),
             ("isolated", isolated.det.clone(), isolated.now + INTERVAL),
-            ("after release", released.det.clone(), released.now + DEAD_AFTER),
+            (
+                "after release",
+                released.det.clone(),
+                released.now + DEAD_AFTER,
+            ),
         ];
         assert_eq!(witness_wait.det.state(), State::Standby);
         for (what, det, expected) in cases {
@@ -1093,12 +1214,18 @@ mod tests {
         // The shell may sample less often than probes go out.
         let mut d = Detector::new(settings(false, Failback::Manual), T0);
         for k in 1..=6 {
-            d.handle(Event::ProbeSent { at_ns: T0 + k * INTERVAL, seq: k });
+            d.handle(Event::ProbeSent {
+                at_ns: T0 + k * INTERVAL,
+                seq: k,
+            });
         }
         d.handle(sample(T0 + 7 * INTERVAL, PeerSample::default()));
         assert_eq!(d.state(), State::Active);
         for k in 7..=12 {
-            d.handle(Event::ProbeSent { at_ns: T0 + k * INTERVAL, seq: k });
+            d.handle(Event::ProbeSent {
+                at_ns: T0 + k * INTERVAL,
+                seq: k,
+            });
         }
         // 3 replies among seqs 1..=10: the last 3 are not known to be
         // consecutive, only the latest one counts.
@@ -1108,7 +1235,10 @@ mod tests {
         d.handle(sample(T0 + 13 * INTERVAL, peer(5, T0 + 12 * INTERVAL, 12)));
         assert!(d.master_back());
         // A duplicated reply breaks the arithmetic: be conservative.
-        d.handle(Event::ProbeSent { at_ns: T0 + 13 * INTERVAL, seq: 13 });
+        d.handle(Event::ProbeSent {
+            at_ns: T0 + 13 * INTERVAL,
+            seq: 13,
+        });
         d.handle(sample(T0 + 14 * INTERVAL, peer(7, T0 + 13 * INTERVAL, 13)));
         assert!(!d.master_back());
     }
@@ -1136,7 +1266,10 @@ mod tests {
         let mut sim = Sim::active(settings(false, Failback::OnClaim));
         sim.ticks(3, true, true);
         let at = sim.now + MS;
-        let actions = sim.handle(Event::Claim { at_ns: at, from_master: true });
+        let actions = sim.handle(Event::Claim {
+            at_ns: at,
+            from_master: true,
+        });
         assert_eq!(
             actions,
             vec![
@@ -1161,27 +1294,56 @@ mod tests {
         let mut sim = Sim::active(settings(false, Failback::OnClaim));
         sim.now += MS;
         let at = sim.now;
-        sim.handle(Event::Claim { at_ns: at, from_master: true });
+        sim.handle(Event::Claim {
+            at_ns: at,
+            from_master: true,
+        });
         assert_eq!(sim.det.state(), State::Standby);
         let mut ticks = 0;
         while sim.det.state() == State::Standby {
             sim.tick(false, false);
             ticks += 1;
         }
-        assert_eq!(sim.transitions.last().map(|t| t.at_ns), Some(at + 6 * INTERVAL));
+        assert_eq!(
+            sim.transitions.last().map(|t| t.at_ns),
+            Some(at + 6 * INTERVAL)
+        );
         assert_eq!(ticks, 6);
-        assert_eq!(sim.det.last_decision(), Some((at, at + DEAD_AFTER, at + 6 * INTERVAL)));
+        assert_eq!(
+            sim.det.last_decision(),
+            Some((at, at + DEAD_AFTER, at + 6 * INTERVAL))
+        );
     }
 
     #[test]
     fn claims_that_change_nothing() {
         // (failback, state setup, from_master)
         let cases: [(&str, Sim, bool); 5] = [
-            ("foreign claim while active", Sim::active(settings(false, Failback::OnClaim)), false),
-            ("manual failback", Sim::active(settings(false, Failback::Manual)), true),
-            ("standby", Sim::standby(settings(false, Failback::OnClaim)), true),
-            ("starting", Sim::new(settings(false, Failback::OnClaim)), true),
-            ("isolated", Sim::isolated(settings(true, Failback::OnClaim)), true),
+            (
+                "foreign claim while active",
+                Sim::active(settings(false, Failback::OnClaim)),
+                false,
+            ),
+            (
+                "manual failback",
+                Sim::active(settings(false, Failback::Manual)),
+                true,
+            ),
+            (
+                "standby",
+                Sim::standby(settings(false, Failback::OnClaim)),
+                true,
+            ),
+            (
+                "starting",
+                Sim::new(settings(false, Failback::OnClaim)),
+                true,
+            ),
+            (
+                "isolated",
+                Sim::isolated(settings(true, Failback::OnClaim)),
+                true,
+            ),
         ];
         for (what, mut sim, from_master) in cases {
             let before = sim.det.state();
@@ -1200,7 +1362,13 @@ mod tests {
     fn manual_failback_releases_on_operator_release() {
         let mut sim = Sim::active(settings(false, Failback::Manual));
         sim.ticks(3, true, true);
-        assert!(sim.handle(Event::Claim { at_ns: sim.now, from_master: true }).is_empty());
+        assert!(
+            sim.handle(Event::Claim {
+                at_ns: sim.now,
+                from_master: true
+            })
+            .is_empty()
+        );
         let at = sim.now + MS;
         let actions = sim.handle(Event::OperatorRelease { at_ns: at });
         assert_eq!(
@@ -1229,7 +1397,11 @@ mod tests {
         ] {
             let before = sim.det.state();
             let deadline = sim.det.next_deadline();
-            assert!(sim.handle(Event::OperatorRelease { at_ns: sim.now }).is_empty(), "{what}");
+            assert!(
+                sim.handle(Event::OperatorRelease { at_ns: sim.now })
+                    .is_empty(),
+                "{what}"
+            );
             assert_eq!(sim.det.state(), before, "{what}");
             assert_eq!(sim.det.next_deadline(), deadline, "{what}");
         }
@@ -1238,10 +1410,26 @@ mod tests {
     #[test]
     fn shutdown_releases_only_when_active() {
         let cases = [
-            ("starting", Sim::new(settings(false, Failback::OnClaim)), false),
-            ("standby", Sim::standby(settings(false, Failback::OnClaim)), false),
-            ("active", Sim::active(settings(false, Failback::OnClaim)), true),
-            ("isolated", Sim::isolated(settings(true, Failback::OnClaim)), false),
+            (
+                "starting",
+                Sim::new(settings(false, Failback::OnClaim)),
+                false,
+            ),
+            (
+                "standby",
+                Sim::standby(settings(false, Failback::OnClaim)),
+                false,
+            ),
+            (
+                "active",
+                Sim::active(settings(false, Failback::OnClaim)),
+                true,
+            ),
+            (
+                "isolated",
+                Sim::isolated(settings(true, Failback::OnClaim)),
+                false,
+            ),
         ];
         for (what, mut sim, releases) in cases {
             let at = sim.now + 1;
@@ -1284,7 +1472,9 @@ mod tests {
         assert_eq!(sim.det.state(), State::Isolated);
         let t = sim.transitions.last().copied().expect("transition");
         assert_eq!((t.from, t.to), (State::Standby, State::Isolated));
-        assert!(matches!(t.reason, Reason::WitnessSilent { silence_ns } if silence_ns >= DEAD_AFTER));
+        assert!(
+            matches!(t.reason, Reason::WitnessSilent { silence_ns } if silence_ns >= DEAD_AFTER)
+        );
         assert_eq!(sim.det.last_decision(), None);
     }
 
@@ -1301,11 +1491,18 @@ mod tests {
         // 5th silent sample (now + 50 ms): the master is dead (59.9 ms, 5
         // probes after), the witness is not yet (44.9 ms).
         sim.ticks(4, false, false);
-        assert_eq!(sim.det.next_deadline(), sim.master.last_seen_ns + DEAD_AFTER);
+        assert_eq!(
+            sim.det.next_deadline(),
+            sim.master.last_seen_ns + DEAD_AFTER
+        );
         sim.tick(false, false);
         assert_eq!(sim.det.state(), State::Standby);
         assert_eq!(sim.det.next_deadline(), sim.now + INTERVAL);
-        assert_eq!(sim.det.deferred(), 0, "waiting for the witness is no deferral");
+        assert_eq!(
+            sim.det.deferred(),
+            0,
+            "waiting for the witness is no deferral"
+        );
         // 6th: the witness is dead too (54.9 ms, 5 probes after it).
         sim.tick(false, false);
         assert_eq!(sim.det.state(), State::Isolated);
@@ -1318,7 +1515,10 @@ mod tests {
         // silent too, long ago: that proves nothing about our link now.
         let mut d = Detector::new(settings(true, Failback::OnClaim), T0);
         for k in 1..=20 {
-            d.handle(Event::ProbeSent { at_ns: T0 + k * INTERVAL, seq: k });
+            d.handle(Event::ProbeSent {
+                at_ns: T0 + k * INTERVAL,
+                seq: k,
+            });
         }
         let actions = d.handle(Event::Sample {
             now_ns: T0 + 20 * INTERVAL,
@@ -1374,9 +1574,17 @@ mod tests {
         sim.ticks(2, true, false);
         sim.tick(false, false);
         sim.ticks(2, true, false);
-        assert_eq!(sim.det.state(), State::Isolated, "the gap restarted the run");
+        assert_eq!(
+            sim.det.state(),
+            State::Isolated,
+            "the gap restarted the run"
+        );
         let actions = sim.tick(true, false);
-        assert_eq!(actions.len(), 1, "no Release/TakeOver: we do not hold the VIP");
+        assert_eq!(
+            actions.len(),
+            1,
+            "no Release/TakeOver: we do not hold the VIP"
+        );
         let t = transition(&actions).expect("transition");
         assert_eq!((t.from, t.to), (State::Isolated, State::Standby));
         assert_eq!(t.reason, Reason::MasterBack { replies: 3 });
@@ -1413,7 +1621,10 @@ mod tests {
         let mut sim = Sim::standby(settings(true, Failback::OnClaim));
         sim.ticks(8, false, true);
         sim.ticks(3, true, true);
-        sim.handle(Event::Claim { at_ns: sim.now, from_master: true });
+        sim.handle(Event::Claim {
+            at_ns: sim.now,
+            from_master: true,
+        });
         sim.ticks(10, false, false);
         sim.ticks(3, true, true);
         sim.ticks(8, false, true);

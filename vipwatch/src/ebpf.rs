@@ -188,6 +188,16 @@ impl WatchMaps {
         Ok(snap)
     }
 
+    /// Forgets the longest gap seen so far for `peer` (e.g. the start-up
+    /// gap while the master's MAC was being resolved), keeping its last
+    /// reply time. Racing with the program can lose one gap measurement,
+    /// which is acceptable for a statistic that is reset once.
+    pub fn reset_max_gap(&mut self, peer: u32) -> anyhow::Result<()> {
+        let mut gap = self.gaps.get(&peer, 0).context("reading VW_GAPS")?;
+        gap.max_gap_ns = 0;
+        self.gaps.set(peer, gap, 0).context("writing VW_GAPS")
+    }
+
     pub fn status(&self) -> anyhow::Result<DaemonStatus> {
         self.status.get(&0, 0).context("reading VW_STATUS")
     }
@@ -341,7 +351,8 @@ pub fn iface_of_pin_dir(name: &str) -> Option<String> {
 /// Our network namespace's inode, or `None` in the initial namespace.
 fn netns_inode() -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    let ours = fs::metadata("/proc/self/ns/net").ok()?.ino();
+    // thread-self: a thread may have entered another namespace with setns.
+    let ours = fs::metadata("/proc/thread-self/ns/net").ok()?.ino();
     let init = fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino());
     (init != Some(ours)).then_some(ours)
 }

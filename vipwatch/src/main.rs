@@ -1,6 +1,5 @@
 //! vipwatch: parse the command line, set up logging, dispatch.
 
-use clap::Parser as _;
 use vipwatch::{
     backup,
     cli::{self, Cli, Command},
@@ -11,7 +10,17 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One clear line, not clap's usage block: the first line of its
+            // rendering names the bad argument and the reason.
+            let rendered = e.render().to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("error: bad arguments; see --help"));
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    };
     let validated = match &cli.command {
         Command::Backup(a) => cli::validate_backup(a),
         Command::Master(a) => cli::validate_master(a),
