@@ -1,5 +1,6 @@
 //! vipwatch: parse the command line, set up logging, dispatch.
 
+use clap::Parser as _;
 use vipwatch::{
     backup,
     cli::{self, Cli, Command},
