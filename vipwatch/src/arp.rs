@@ -271,25 +271,13 @@ impl Announcer {
     /// only sends. Call it at start-up for every VIP; `announce` calls it
     /// for a VIP it has not seen.
     pub fn prepare(&mut self, vip: IpAddr) -> anyhow::Result<()> {
-        if self.cached(vip).is_none() {
-            let frames = build_frames(self.mac, vip)?;
-            self.frames.push((vip, frames));
-        }
-        Ok(())
+        self.frames_for(vip).map(drop)
     }
 
     /// Announces that `vip` now lives at our MAC: for IPv4 the ARP request
     /// form then the reply form, back to back; for IPv6 one unsolicited NA.
     pub fn announce(&mut self, vip: IpAddr) -> anyhow::Result<()> {
-        let frames = match self.cached(vip) {
-            Some(frames) => frames,
-            None => {
-                self.prepare(vip)?;
-                self.cached(vip)
-                    .context("announcer frame cache lost a VIP it just stored")?
-            }
-        };
-        match frames {
+        match self.frames_for(vip)? {
             Frames::V4 { request, reply } => {
                 self.send(&request, vip)?;
                 self.send(&reply, vip)
@@ -298,11 +286,14 @@ impl Announcer {
         }
     }
 
-    fn cached(&self, vip: IpAddr) -> Option<Frames> {
-        self.frames
-            .iter()
-            .find(|(cached, _)| *cached == vip)
-            .map(|(_, frames)| *frames)
+    /// The cached frames for `vip`, built and cached on first use.
+    fn frames_for(&mut self, vip: IpAddr) -> anyhow::Result<Frames> {
+        if let Some((_, frames)) = self.frames.iter().find(|(cached, _)| *cached == vip) {
+            return Ok(*frames);
+        }
+        let frames = build_frames(self.mac, vip)?;
+        self.frames.push((vip, frames));
+        Ok(frames)
     }
 
     fn send(&mut self, frame: &[u8], vip: IpAddr) -> anyhow::Result<()> {
@@ -347,8 +338,11 @@ fn build_frames(mac: [u8; 6], vip: IpAddr) -> anyhow::Result<Frames> {
 ///
 /// ARP from our own MAC is ignored. If nothing is heard by half the timeout
 /// the probe is sent once more, so one lost frame does not make us claim an
-/// address someone holds. The total wait is at most `timeout` plus one read
-/// slice (≤ 20 ms).
+/// address someone holds. The wait for ARP is at most `timeout` plus one
+/// read slice (≤ 20 ms). Closing the socket afterwards costs one more RCU
+/// grace period (`packet_release()` calls `synchronize_net()`), 5-15 ms on
+/// the test machine, so this belongs before a claim, not inside a failover;
+/// [`Announcer`] keeps its socket open for that reason too.
 pub fn probe_owner(
     iface: &str,
     vip: Ipv4Addr,

@@ -70,7 +70,9 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         }
     );
     let prober = Prober::open(&args.iface, echo_id, nonce, args.master, args.witness)?;
-    let announcer = Announcer::open(&args.iface)?;
+    let mut announcer = Announcer::open(&args.iface)?;
+    // Build the GARP frames now, not on the takeover path.
+    announcer.prepare(args.vip.addr)?;
     let hooks = Hooks::new(args.on_change.clone())?;
 
     let interval_ns = args.interval.as_nanos() as u64;
