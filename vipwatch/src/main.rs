@@ -4,7 +4,7 @@ use clap::Parser as _;
 use vipwatch::{
     backup,
     cli::{self, Cli, Command},
-    release, stats,
+    master, release, stats,
 };
 
 fn main() {
@@ -34,8 +34,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Backup(a) => backup::run(a),
-        // Command::Master(a) => master::run(a),  (enabled with master.rs)
-        Command::Master(_) => unimplemented_master(),
+        Command::Master(a) => master::run(a),
         Command::Release(a) => release::run(a),
         Command::Stats(a) => stats::run(a),
     };
@@ -44,5 +43,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-// TEMPORARY while master.rs is being written; removed with it.
-fn unimplemented_master() -> anyhow::Result<()> { anyhow::bail!("master mode is not built yet") }
