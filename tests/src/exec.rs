@@ -87,9 +87,9 @@ pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start `{desc}` (is the program installed and in PATH?)"))?;
+    let mut child = cmd.spawn().with_context(|| {
+        format!("cannot start `{desc}` (is the program installed and in PATH?)")
+    })?;
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let (done_tx, done_rx) = mpsc::channel();
@@ -109,7 +109,10 @@ pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output
     let deadline = Instant::now() + timeout;
     let mut backoff = Backoff::new();
     let status = loop {
-        if let Some(status) = child.try_wait().with_context(|| format!("waiting for `{desc}`"))? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for `{desc}`"))?
+        {
             break Some(status);
         }
         if !backoff.sleep_until(deadline) {
@@ -117,11 +120,15 @@ pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output
         }
     };
     let Some(status) = status else {
-        child.kill().with_context(|| format!("killing `{desc}` after its timeout"))?;
+        child
+            .kill()
+            .with_context(|| format!("killing `{desc}` after its timeout"))?;
         child.wait().with_context(|| format!("reaping `{desc}`"))?;
         let out = String::from_utf8_lossy(&lock(&stdout)).into_owned();
         let err = String::from_utf8_lossy(&lock(&stderr)).into_owned();
-        bail!("`{desc}` did not finish within {timeout:?} and was killed; stdout: {out:?}; stderr: {err:?}");
+        bail!(
+            "`{desc}` did not finish within {timeout:?} and was killed; stdout: {out:?}; stderr: {err:?}"
+        );
     };
     let reader_deadline = Instant::now() + READER_GRACE;
     for _ in 0..readers {
@@ -259,7 +266,10 @@ impl ProcInner {
                 .with_context(|| format!("waiting for {}", self.label))?;
         }
         if let Some(status) = state.status {
-            bail!("cannot send {sig:?} to {}: it already exited ({status})", self.label);
+            bail!(
+                "cannot send {sig:?} to {}: it already exited ({status})",
+                self.label
+            );
         }
         let pid = libc::pid_t::try_from(self.pid).context("pid out of range")?;
         // SAFETY: kill(2) with a pid we own (not yet reaped, see above).
@@ -301,8 +311,14 @@ impl ProcInner {
             Err(_) => {
                 let mut state = lock(&self.child);
                 if state.status.is_none() {
-                    state.child.kill().with_context(|| format!("killing {}", self.label))?;
-                    let status = state.child.wait().with_context(|| format!("reaping {}", self.label))?;
+                    state
+                        .child
+                        .kill()
+                        .with_context(|| format!("killing {}", self.label))?;
+                    let status = state
+                        .child
+                        .wait()
+                        .with_context(|| format!("reaping {}", self.label))?;
                     state.status = Some(status);
                 }
                 state
@@ -388,9 +404,9 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{desc}` (is the program installed and in PATH?)"))?;
+        let mut child = cmd.spawn().with_context(|| {
+            format!("cannot start `{desc}` (is the program installed and in PATH?)")
+        })?;
         let stdout: Option<ChildStdout> = child.stdout.take();
         let stderr: Option<ChildStderr> = child.stderr.take();
         let inner = Arc::new(ProcInner {
@@ -467,7 +483,12 @@ impl Proc {
 
     /// Waits for a line containing `pattern` that arrived at or after
     /// `after`, and returns it with its timestamp.
-    pub fn wait_for_line_after(&self, pattern: &str, after: Instant, timeout: Duration) -> Result<Line> {
+    pub fn wait_for_line_after(
+        &self,
+        pattern: &str,
+        after: Instant,
+        timeout: Duration,
+    ) -> Result<Line> {
         self.wait_for(Some(after), timeout, |l| l.contains(pattern))
             .with_context(|| format!("waiting for a line containing {pattern:?}"))
     }
@@ -599,15 +620,19 @@ mod tests {
         assert_eq!(out.stdout, b"hi\n");
         assert_eq!(out.stderr, b"err\n");
         assert_eq!(out.status.code(), Some(3));
-        let err = run_checked(sh("echo nope >&2; exit 1"), Duration::from_secs(5)).expect_err("fails");
+        let err =
+            run_checked(sh("echo nope >&2; exit 1"), Duration::from_secs(5)).expect_err("fails");
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]
     fn output_with_timeout_kills_on_timeout() {
         let start = Instant::now();
-        let err = output_with_timeout(sh("echo started; exec sleep 30"), Duration::from_millis(200))
-            .expect_err("must time out");
+        let err = output_with_timeout(
+            sh("echo started; exec sleep 30"),
+            Duration::from_millis(200),
+        )
+        .expect_err("must time out");
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(err.to_string().contains("did not finish"), "{err}");
     }
@@ -627,22 +652,38 @@ mod tests {
             false,
         )
         .expect("spawn");
-        assert_eq!(p.wait_for_line("read", Duration::from_secs(5)).expect("ready"), "ready");
+        assert_eq!(
+            p.wait_for_line("read", Duration::from_secs(5))
+                .expect("ready"),
+            "ready"
+        );
+        // stdout and stderr are read by different threads: no order between them.
+        p.wait_for_line("two", Duration::from_secs(5))
+            .expect("stderr line");
         let texts: Vec<_> = p.lines().into_iter().map(|l| l.text).collect();
-        assert!(texts.contains(&"one".to_owned()) && texts.contains(&"two".to_owned()), "{texts:?}");
+        assert!(
+            texts.contains(&"one".to_owned()) && texts.contains(&"two".to_owned()),
+            "{texts:?}"
+        );
         let err = p
             .wait_for_line("never", Duration::from_millis(50))
             .expect_err("times out");
         assert!(format!("{err:#}").contains("ready"), "{err:#}");
         let t = Instant::now();
-        assert!(p.wait_for_line_after("one", t, Duration::from_millis(20)).is_err());
+        assert!(
+            p.wait_for_line_after("one", t, Duration::from_millis(20))
+                .is_err()
+        );
 
         p.signal(Signal::Stop).expect("stop");
         p.signal(Signal::Cont).expect("cont");
         assert!(p.is_running());
         let status = p.stop(Duration::from_secs(2)).expect("stop");
         assert_eq!(status.code(), None, "killed by a signal");
-        assert!(p.signal(Signal::Term).is_err(), "exited processes cannot be signalled");
+        assert!(
+            p.signal(Signal::Term).is_err(),
+            "exited processes cannot be signalled"
+        );
     }
 
     #[test]
@@ -653,7 +694,8 @@ mod tests {
             false,
         )
         .expect("spawn");
-        p.wait_for_line("ready", Duration::from_secs(5)).expect("ready");
+        p.wait_for_line("ready", Duration::from_secs(5))
+            .expect("ready");
         let start = Instant::now();
         p.stop(Duration::from_millis(200)).expect("killed");
         assert!(start.elapsed() < Duration::from_secs(3));
@@ -669,6 +711,9 @@ mod tests {
             .expect_err("no such line");
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(format!("{err:#}").contains("bye"), "{err:#}");
-        assert_eq!(p.wait(Duration::from_secs(5)).expect("exited").code(), Some(7));
+        assert_eq!(
+            p.wait(Duration::from_secs(5)).expect("exited").code(),
+            Some(7)
+        );
     }
 }

@@ -49,7 +49,8 @@ impl Netns {
     pub(crate) fn create(name: &str) -> Result<Netns> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "add", name]);
-        run_checked(cmd, NETNS_TIMEOUT).with_context(|| format!("creating network namespace {name}"))?;
+        run_checked(cmd, NETNS_TIMEOUT)
+            .with_context(|| format!("creating network namespace {name}"))?;
         // From here on, dropping `ns` deletes the namespace again.
         let path = Self::path_of(name);
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()));

@@ -286,6 +286,31 @@ impl Announcer {
         }
     }
 
+    /// Hands `vip` back to `owner` (the master whose claim made us release
+    /// it): the same GARP pair, but naming the owner's MAC as the sender
+    /// hardware address, so that clients whose caches still point at us
+    /// move to the owner now rather than after their entry goes stale. The
+    /// Ethernet source stays ours, so switches keep learning correctly.
+    pub fn hand_over(&mut self, vip: Ipv4Addr, owner: [u8; 6]) -> anyhow::Result<()> {
+        let mut request = garp_request(owner, vip);
+        let mut reply = garp_reply(owner, vip);
+        for frame in [&mut request, &mut reply] {
+            frame[6..12].copy_from_slice(&self.mac);
+        }
+        self.send(&request, IpAddr::V4(vip))?;
+        self.send(&reply, IpAddr::V4(vip))
+    }
+
+    /// Asks who holds `vip` with an RFC 5227 ARP probe (sender IP 0). A host
+    /// that has the address bound answers from its kernel, and the backup's
+    /// XDP program sees that answer as a claim: how a master that returns
+    /// with the VIP still bound (it was frozen, not restarted) is noticed
+    /// without anything running on it.
+    pub fn solicit(&mut self, vip: Ipv4Addr) -> anyhow::Result<()> {
+        let probe = arp_probe(self.mac, vip);
+        self.send(&probe, IpAddr::V4(vip))
+    }
+
     /// The cached frames for `vip`, built and cached on first use.
     fn frames_for(&mut self, vip: IpAddr) -> anyhow::Result<Frames> {
         if let Some((_, frames)) = self.frames.iter().find(|(cached, _)| *cached == vip) {

@@ -59,16 +59,6 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let watcher = Watcher::attach(&args.iface, config, args.xdp_mode)?;
-    log::info!(
-        "XDP attached to {} in {} mode{}",
-        args.iface,
-        watcher.mode.as_str(),
-        if watcher.fell_back {
-            " (FALLBACK: the driver refused native mode; generic mode costs more CPU per packet)"
-        } else {
-            ""
-        }
-    );
     let prober = Prober::open(&args.iface, echo_id, nonce, args.master, args.witness)?;
     let mut announcer = Announcer::open(&args.iface)?;
     // Build the GARP frames now, not on the takeover path.
@@ -125,10 +115,23 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         master_back_logged: false,
         foreign_claims_logged: 0,
         status_dirty: true,
+        next_solicit_ns: 0,
+        vip4,
         last_publish_ns: 0,
         published_probes: 0,
     };
+    // Publish before saying we are up: `vipwatch stats` reads the pid here.
     daemon.publish();
+    log::info!(
+        "XDP attached to {} in {} mode{}",
+        daemon.iface,
+        daemon.watcher.mode.as_str(),
+        if daemon.watcher.fell_back {
+            " (FALLBACK: the driver refused native mode; generic mode costs more CPU per packet)"
+        } else {
+            ""
+        }
+    );
     daemon.run()
 }
 
@@ -200,9 +203,15 @@ struct Daemon {
     master_back_logged: bool,
     foreign_claims_logged: u32,
     status_dirty: bool,
+    next_solicit_ns: u64,
+    vip4: std::net::Ipv4Addr,
     last_publish_ns: u64,
     published_probes: u64,
 }
+
+/// How often a backup holding the VIP asks whether the returned master
+/// holds it too.
+const SOLICIT_EVERY_NS: u64 = 200_000_000;
 
 /// How often the status map for `vipwatch stats` is refreshed.
 const PUBLISH_EVERY_NS: u64 = 10_000_000;
@@ -261,10 +270,21 @@ impl Daemon {
                         );
                     }
                     self.status.last_claim_ns = ev.ktime_ns;
+                    let was = self.detector.state();
                     self.feed(Event::Claim {
                         at_ns: ev.ktime_ns,
                         from_master,
                     })?;
+                    if was == State::Active && self.detector.state() != State::Active {
+                        // We released because the master claimed: tell the
+                        // clients that still send to our MAC where the VIP
+                        // lives now, in case the master's own announcement
+                        // did not reach them (or it never sent one: a frozen
+                        // master that thawed only answered our solicitation).
+                        if let Err(e) = self.announcer.hand_over(self.vip4, ev.mac) {
+                            log::warn!("could not hand {} over to {}: {e:#}", self.vip, mac_str(ev.mac));
+                        }
+                    }
                 }
             }
 
@@ -324,6 +344,17 @@ impl Daemon {
         })?;
         self.status.deferred = self.detector.deferred();
         if self.detector.state() == State::Active {
+            let on_claim = self.detector.settings().failback == crate::detector::Failback::OnClaim;
+            if on_claim && self.detector.master_back() && now >= self.next_solicit_ns {
+                // A master that comes back with the VIP still bound (it was
+                // frozen or cut off, not restarted) never announces it. Ask:
+                // its kernel answers our ARP probe for the VIP, and that
+                // answer is the claim that makes us hand the VIP back.
+                self.next_solicit_ns = now + SOLICIT_EVERY_NS;
+                if let Err(e) = self.announcer.solicit(self.vip4) {
+                    log::warn!("could not probe who holds {}: {e:#}", self.vip);
+                }
+            }
             if self.detector.master_back() && !self.master_back_logged {
                 self.master_back_logged = true;
                 log::info!(
@@ -338,6 +369,7 @@ impl Daemon {
             }
         } else {
             self.master_back_logged = false;
+            self.next_solicit_ns = 0;
         }
         Ok(())
     }

@@ -40,7 +40,10 @@ pub enum Check {
     /// `--health-cmd`: `sh -c CMD`, healthy iff it exits 0 in time.
     Command(String),
     /// `--health-http [--health-expect TEXT]`.
-    Http { url: HttpUrl, expect: Option<String> },
+    Http {
+        url: HttpUrl,
+        expect: Option<String>,
+    },
 }
 
 impl Check {
@@ -56,7 +59,8 @@ impl Check {
         }
         match http {
             Some(url) => {
-                let url = HttpUrl::parse(&url).map_err(|why| anyhow::anyhow!("--health-http {url:?}: {why}"))?;
+                let url = HttpUrl::parse(&url)
+                    .map_err(|why| anyhow::anyhow!("--health-http {url:?}: {why}"))?;
                 Ok(Some(Self::Http { url, expect }))
             }
             None => Ok(None),
@@ -82,7 +86,10 @@ impl fmt::Display for Check {
         match self {
             Self::Command(cmd) => write!(f, "command `{cmd}`"),
             Self::Http { url, expect: None } => write!(f, "GET {url} (2xx)"),
-            Self::Http { url, expect: Some(text) } => write!(f, "GET {url} (2xx, body contains {text:?})"),
+            Self::Http {
+                url,
+                expect: Some(text),
+            } => write!(f, "GET {url} (2xx, body contains {text:?})"),
         }
     }
 }
@@ -124,7 +131,11 @@ impl Hysteresis {
     /// Records one check result; the new verdict if it changed (or is the
     /// first one).
     pub fn record(&mut self, healthy: bool) -> Option<Verdict> {
-        let result = if healthy { Verdict::Healthy } else { Verdict::Unhealthy };
+        let result = if healthy {
+            Verdict::Healthy
+        } else {
+            Verdict::Unhealthy
+        };
         match self.verdict {
             None => {
                 self.verdict = Some(result);
@@ -244,7 +255,9 @@ async fn run_command(cmd: &str, deadline: Instant, limit: Duration) -> Result<()
         // and a Ctrl-C meant for vipwatch does not hit a check mid-way.
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
     let mut killer = GroupKiller {
         pgid: child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()),
     };
@@ -276,7 +289,10 @@ async fn run_command(cmd: &str, deadline: Instant, limit: Duration) -> Result<()
                 Ok(Err(e)) => log::warn!("reaping the killed health command failed: {e}"),
                 Err(_) => log::warn!("the killed health command has not exited after 1 s"),
             }
-            return Err(format!("did not finish within {} ms; killed it", limit.as_millis()));
+            return Err(format!(
+                "did not finish within {} ms; killed it",
+                limit.as_millis()
+            ));
         }
     };
     if status.success() {
@@ -337,7 +353,9 @@ impl HttpUrl {
             .strip_prefix("http://")
             .ok_or_else(|| format!("only http:// URLs are supported ({EXAMPLE})"))?;
         if rest.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("the URL contains spaces or control characters; percent-encode them (%20)".into());
+            return Err(
+                "the URL contains spaces or control characters; percent-encode them (%20)".into(),
+            );
         }
         let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
         let (authority, path) = match rest.find(['/', '?']) {
@@ -353,14 +371,20 @@ impl HttpUrl {
             return Err("user:password@ in the URL is not supported; point it at an unauthenticated health page".into());
         }
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| format!("unterminated [IPv6] host ({EXAMPLE}, or http://[2001:db8::1]:8080/)"))?;
+            let (host, after) = bracketed.split_once(']').ok_or_else(|| {
+                format!("unterminated [IPv6] host ({EXAMPLE}, or http://[2001:db8::1]:8080/)")
+            })?;
             host.parse::<Ipv6Addr>()
                 .map_err(|_| format!("[{host}] is not an IPv6 address"))?;
             match after {
                 "" => (host, None),
-                p => (host, Some(p.strip_prefix(':').ok_or_else(|| format!("unexpected {p:?} after [{host}]"))?)),
+                p => (
+                    host,
+                    Some(
+                        p.strip_prefix(':')
+                            .ok_or_else(|| format!("unexpected {p:?} after [{host}]"))?,
+                    ),
+                ),
             }
         } else {
             match authority.split_once(':') {
@@ -439,7 +463,10 @@ pub fn assess(response: &[u8], expect: Option<&str>, eof: bool) -> Progress {
         if eof {
             Progress::Unhealthy(format!("the connection closed {what}"))
         } else if response.len() >= HEADER_LIMIT {
-            Progress::Unhealthy(format!("no end of the headers in the first {} KiB", HEADER_LIMIT / 1024))
+            Progress::Unhealthy(format!(
+                "no end of the headers in the first {} KiB",
+                HEADER_LIMIT / 1024
+            ))
         } else {
             Progress::NeedMore
         }
@@ -485,7 +512,9 @@ pub fn assess(response: &[u8], expect: Option<&str>, eof: bool) -> Progress {
         } else {
             String::new()
         };
-        Progress::Unhealthy(format!("HTTP status {code} but the body does not contain {text:?}{scope}"))
+        Progress::Unhealthy(format!(
+            "HTTP status {code} but the body does not contain {text:?}{scope}"
+        ))
     } else {
         Progress::NeedMore
     }
@@ -518,13 +547,16 @@ fn header_end(response: &[u8]) -> Option<usize> {
 
 /// The `Content-Length` of a response's header block, if it has a valid one.
 fn content_length(headers: &[u8]) -> Option<usize> {
-    String::from_utf8_lossy(headers).lines().skip(1).find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
+    String::from_utf8_lossy(headers)
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
 }
 
 /// First index of `needle` in `haystack`.
@@ -535,13 +567,27 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn run_http(url: &HttpUrl, expect: Option<&str>, deadline: Instant, limit: Duration) -> Result<(), String> {
+async fn run_http(
+    url: &HttpUrl,
+    expect: Option<&str>,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<(), String> {
     let late = || format!("no complete answer within {} ms", limit.as_millis());
-    let addrs: Vec<_> = timeout_at(deadline, tokio::net::lookup_host((url.host.as_str(), url.port)))
-        .await
-        .map_err(|_| format!("resolving {} took longer than {} ms", url.host, limit.as_millis()))?
-        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
-        .collect();
+    let addrs: Vec<_> = timeout_at(
+        deadline,
+        tokio::net::lookup_host((url.host.as_str(), url.port)),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "resolving {} took longer than {} ms",
+            url.host,
+            limit.as_millis()
+        )
+    })?
+    .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+    .collect();
     let mut stream = None;
     let mut refused = Vec::new();
     for addr in &addrs {
@@ -551,7 +597,12 @@ async fn run_http(url: &HttpUrl, expect: Option<&str>, deadline: Instant, limit:
                 break;
             }
             Ok(Err(e)) => refused.push(format!("{addr}: {e}")),
-            Err(_) => return Err(format!("connecting to {addr} took longer than {} ms", limit.as_millis())),
+            Err(_) => {
+                return Err(format!(
+                    "connecting to {addr} took longer than {} ms",
+                    limit.as_millis()
+                ));
+            }
         }
     }
     let Some(mut stream) = stream else {
@@ -599,7 +650,10 @@ mod tests {
     #[test]
     fn urls_are_split_into_host_port_and_path() {
         let table = [
-            ("http://127.0.0.1:8080/health", url("127.0.0.1", 8080, "/health")),
+            (
+                "http://127.0.0.1:8080/health",
+                url("127.0.0.1", 8080, "/health"),
+            ),
             ("http://example.org", url("example.org", 80, "/")),
             ("http://example.org:", url("example.org", 80, "/")),
             ("http://example.org/", url("example.org", 80, "/")),
@@ -647,9 +701,20 @@ mod tests {
                  Accept: */*\r\nConnection: close\r\n\r\n"
             )
         );
-        assert!(url("example.org", 80, "/").request().contains("\r\nHost: example.org\r\n"));
-        assert!(url("2001:db8::1", 81, "/").request().contains("\r\nHost: [2001:db8::1]:81\r\n"));
-        assert_eq!(url("2001:db8::1", 81, "/x").to_string(), "http://[2001:db8::1]:81/x");
+        assert!(
+            url("example.org", 80, "/")
+                .request()
+                .contains("\r\nHost: example.org\r\n")
+        );
+        assert!(
+            url("2001:db8::1", 81, "/")
+                .request()
+                .contains("\r\nHost: [2001:db8::1]:81\r\n")
+        );
+        assert_eq!(
+            url("2001:db8::1", 81, "/x").to_string(),
+            "http://[2001:db8::1]:81/x"
+        );
     }
 
     fn unhealthy(p: Progress) -> String {
@@ -664,10 +729,16 @@ mod tests {
         let ok = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello";
         assert_eq!(assess(ok, None, false), Progress::Healthy);
         assert_eq!(assess(ok, None, true), Progress::Healthy);
-        assert_eq!(assess(b"HTTP/1.1 204 No Content\r\n\r\n", None, true), Progress::Healthy);
+        assert_eq!(
+            assess(b"HTTP/1.1 204 No Content\r\n\r\n", None, true),
+            Progress::Healthy
+        );
         assert_eq!(assess(b"HTTP/1.1 299\n\n", None, true), Progress::Healthy);
         // Headers not complete yet: wait for them.
-        assert_eq!(assess(b"HTTP/1.0 200 OK\r\nServer: x\r\n", None, false), Progress::NeedMore);
+        assert_eq!(
+            assess(b"HTTP/1.0 200 OK\r\nServer: x\r\n", None, false),
+            Progress::NeedMore
+        );
         assert_eq!(assess(b"HTTP/1.0 20", None, false), Progress::NeedMore);
         assert_eq!(assess(b"", None, false), Progress::NeedMore);
     }
@@ -675,35 +746,61 @@ mod tests {
     #[test]
     fn non_2xx_and_garbage_are_unhealthy() {
         let table: [(&[u8], bool, &str); 9] = [
-            (b"HTTP/1.0 503 Service Unavailable\r\n", false, "HTTP status 503 Service Unavailable"),
-            (b"HTTP/1.1 301 Moved Permanently\r\nLocation: /\r\n\r\n", true, "HTTP status 301"),
+            (
+                b"HTTP/1.0 503 Service Unavailable\r\n",
+                false,
+                "HTTP status 503 Service Unavailable",
+            ),
+            (
+                b"HTTP/1.1 301 Moved Permanently\r\nLocation: /\r\n\r\n",
+                true,
+                "HTTP status 301",
+            ),
             (b"HTTP/1.1 199\r\n\r\n", true, "HTTP status 199"),
             (b"HTTP/1.0 404\r\n", false, "HTTP status 404"),
             (b"SSH-2.0-OpenSSH_9.6\r\n", false, "not an HTTP response"),
             (b"HTTP/2 200\r\n", false, "not an HTTP response"),
             (b"", true, "empty answer"),
-            (b"HTTP/1.0 200 OK\r\nServer: x\r\n", true, "closed inside the headers"),
+            (
+                b"HTTP/1.0 200 OK\r\nServer: x\r\n",
+                true,
+                "closed inside the headers",
+            ),
             (b"HTTP/1.0 2", true, "closed inside the status line"),
         ];
         for (response, eof, needle) in table {
             let why = unhealthy(assess(response, None, eof));
-            assert!(why.contains(needle), "{:?}: {why}", String::from_utf8_lossy(response));
+            assert!(
+                why.contains(needle),
+                "{:?}: {why}",
+                String::from_utf8_lossy(response)
+            );
         }
     }
 
     #[test]
     fn expect_searches_the_body_only() {
         let response = b"HTTP/1.0 200 OK\r\nX-Status: READY\r\n\r\nstatus: READY\n";
-        assert_eq!(assess(response, Some("status: READY"), true), Progress::Healthy);
+        assert_eq!(
+            assess(response, Some("status: READY"), true),
+            Progress::Healthy
+        );
         // Found before the end: no need to wait for the close.
         assert_eq!(assess(response, Some("READY"), false), Progress::Healthy);
         // Only in a header: not in the body.
         let header_only = b"HTTP/1.0 200 OK\r\nX-Status: READY\r\n\r\nstarting\n";
-        assert_eq!(assess(header_only, Some("READY"), false), Progress::NeedMore);
+        assert_eq!(
+            assess(header_only, Some("READY"), false),
+            Progress::NeedMore
+        );
         let why = unhealthy(assess(header_only, Some("READY"), true));
         assert!(why.contains("does not contain \"READY\""), "{why}");
         // A 5xx body that contains the text is still unhealthy.
-        let why = unhealthy(assess(b"HTTP/1.0 500 Oops\r\n\r\nREADY", Some("READY"), true));
+        let why = unhealthy(assess(
+            b"HTTP/1.0 500 Oops\r\n\r\nREADY",
+            Some("READY"),
+            true,
+        ));
         assert!(why.contains("500"), "{why}");
     }
 
@@ -714,9 +811,19 @@ mod tests {
         assert!(why.contains("does not contain"), "{why}");
         let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstarting";
         assert_eq!(assess(partial, Some("READY"), false), Progress::NeedMore);
-        assert_eq!(content_length(b"HTTP/1.1 200 OK\r\nContent-Length:  42 \r\n\r\n"), Some(42));
-        assert_eq!(content_length(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), None);
-        assert_eq!(content_length(b"Content-Length: 5\r\n\r\n"), None, "the status line is no header");
+        assert_eq!(
+            content_length(b"HTTP/1.1 200 OK\r\nContent-Length:  42 \r\n\r\n"),
+            Some(42)
+        );
+        assert_eq!(
+            content_length(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            content_length(b"Content-Length: 5\r\n\r\n"),
+            None,
+            "the status line is no header"
+        );
     }
 
     #[test]
@@ -748,7 +855,10 @@ mod tests {
 
     #[test]
     fn sloppy_lf_only_responses_are_accepted() {
-        assert_eq!(assess(b"HTTP/1.0 200 OK\nServer: x\n\nREADY", Some("READY"), true), Progress::Healthy);
+        assert_eq!(
+            assess(b"HTTP/1.0 200 OK\nServer: x\n\nREADY", Some("READY"), true),
+            Progress::Healthy
+        );
         assert_eq!(header_end(b"HTTP/1.0 200 OK\r\n\r\nbody\n\n"), Some(19));
     }
 
@@ -760,10 +870,16 @@ mod tests {
             describe_exit(exited(7), b"  \ncurl: (7) Failed to connect\n\n"),
             "exited with status 7: curl: (7) Failed to connect"
         );
-        assert_eq!(describe_exit(ExitStatus::from_raw(libc::SIGKILL), b""), "killed by signal 9");
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(libc::SIGKILL), b""),
+            "killed by signal 9"
+        );
         let long = "e".repeat(300);
         let described = describe_exit(exited(2), long.as_bytes());
-        assert!(described.ends_with('…') && described.len() < 260, "{described}");
+        assert!(
+            described.ends_with('…') && described.len() < 260,
+            "{described}"
+        );
     }
 
     #[test]
@@ -781,11 +897,20 @@ mod tests {
         let t = Some(Verdict::Healthy);
         let f = Some(Verdict::Unhealthy);
         let table: [(&[bool], &[Option<Verdict>]); 5] = [
-            (&[true, false, true, false, true], &[t, None, None, None, None]),
+            (
+                &[true, false, true, false, true],
+                &[t, None, None, None, None],
+            ),
             (&[true, false, false, false], &[t, None, f, None]),
-            (&[true, false, false, true, true, false, true, true, true], &[t, None, f, None, None, None, None, None, t]),
+            (
+                &[true, false, false, true, true, false, true, true, true],
+                &[t, None, f, None, None, None, None, None, t],
+            ),
             (&[false, true, true, true, true], &[f, None, None, t, None]),
-            (&[false, true, true, false, true, true, true], &[f, None, None, None, None, None, t]),
+            (
+                &[false, true, true, false, true, true, true],
+                &[f, None, None, None, None, None, t],
+            ),
         ];
         for (results, expected) in table {
             let mut h = Hysteresis::new(2, 3);
@@ -818,7 +943,10 @@ mod tests {
     async fn commands_pass_fail_and_time_out() {
         let limit = Duration::from_millis(500);
         assert_eq!(Check::Command("true".into()).run(limit).await, Ok(()));
-        let why = Check::Command("echo 'service down' >&2; exit 3".into()).run(limit).await.expect_err("exit 3");
+        let why = Check::Command("echo 'service down' >&2; exit 3".into())
+            .run(limit)
+            .await
+            .expect_err("exit 3");
         assert_eq!(why, "exited with status 3: service down");
         let started = std::time::Instant::now();
         let why = Check::Command("sleep 5 | cat".into())
@@ -826,7 +954,10 @@ mod tests {
             .await
             .expect_err("too slow");
         assert!(why.contains("did not finish within 100 ms"), "{why}");
-        assert!(started.elapsed() < Duration::from_secs(2), "the timeout was not enforced");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the timeout was not enforced"
+        );
     }
 
     #[tokio::test]
@@ -835,7 +966,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = tokio::spawn(async move {
-            for answer in [&b"HTTP/1.0 200 OK\r\n\r\nREADY"[..], b"HTTP/1.0 503 Busy\r\n\r\n"] {
+            for answer in [
+                &b"HTTP/1.0 200 OK\r\n\r\nREADY"[..],
+                b"HTTP/1.0 503 Busy\r\n\r\n",
+            ] {
                 let (mut conn, _) = listener.accept().await.expect("accept");
                 let mut request = vec![0u8; 1024];
                 let n = conn.read(&mut request).await.expect("read");

@@ -206,7 +206,10 @@ impl Machine {
     /// for the first verdict.
     pub fn start(&mut self) -> Step {
         if self.state == State::Starting && self.healthy {
-            return Step { actions: self.probe(), transition: None };
+            return Step {
+                actions: self.probe(),
+                transition: None,
+            };
         }
         Step::default()
     }
@@ -220,12 +223,17 @@ impl Machine {
             Event::Health(Verdict::Healthy) => self.healthy(),
             Event::Health(Verdict::Unhealthy) => self.unhealthy(),
             Event::Probed(owner) => self.probed(owner),
-            Event::RecheckDue if self.state == State::Waiting && self.healthy => {
-                Step { actions: self.probe(), transition: None }
-            }
+            Event::RecheckDue if self.state == State::Waiting && self.healthy => Step {
+                actions: self.probe(),
+                transition: None,
+            },
             Event::RecheckDue => Step::default(),
             Event::Shutdown => {
-                let actions = if self.state == State::Holding { vec![Action::Release] } else { Vec::new() };
+                let actions = if self.state == State::Holding {
+                    vec![Action::Release]
+                } else {
+                    Vec::new()
+                };
                 self.go(State::Stopped, Reason::Shutdown, actions)
             }
         }
@@ -247,7 +255,10 @@ impl Machine {
         if matches!(self.state, State::Starting | State::Unhealthy) {
             actions.extend(self.probe());
         }
-        Step { actions, transition: None }
+        Step {
+            actions,
+            transition: None,
+        }
     }
 
     fn unhealthy(&mut self) -> Step {
@@ -265,22 +276,31 @@ impl Machine {
         self.close_gate(&mut actions);
         if self.state == State::Unhealthy {
             // A recovery that failed again before its claim: just re-close.
-            return Step { actions, transition: None };
+            return Step {
+                actions,
+                transition: None,
+            };
         }
         self.go(State::Unhealthy, Reason::HealthFailed, actions)
     }
 
     fn probed(&mut self, owner: Owner) -> Step {
         self.probing = false;
-        if !self.healthy || !matches!(self.state, State::Starting | State::Waiting | State::Unhealthy) {
+        if !self.healthy
+            || !matches!(
+                self.state,
+                State::Starting | State::Waiting | State::Unhealthy
+            )
+        {
             // Stale: the verdict changed while the probe was out.
             return Step::default();
         }
-        let claim_reason = |preempted: Option<[u8; 6]>, recovering: bool| match (recovering, preempted) {
-            (true, _) => Reason::HealthRecovered,
-            (false, Some(mac)) => Reason::Preempted(mac),
-            (false, None) => Reason::Claimed,
-        };
+        let claim_reason =
+            |preempted: Option<[u8; 6]>, recovering: bool| match (recovering, preempted) {
+                (true, _) => Reason::HealthRecovered,
+                (false, Some(mac)) => Reason::Preempted(mac),
+                (false, None) => Reason::Claimed,
+            };
         let reason = match owner {
             Owner::Nobody => claim_reason(None, self.recovering),
             Owner::Host(mac) if self.preempt => claim_reason(Some(mac), self.recovering),
@@ -288,7 +308,10 @@ impl Machine {
             Owner::Host(_) | Owner::Unknown => {
                 let actions = vec![Action::RecheckLater];
                 if self.state == State::Waiting {
-                    return Step { actions, transition: None };
+                    return Step {
+                        actions,
+                        transition: None,
+                    };
                 }
                 self.recovering = false;
                 let mac = match owner {
@@ -348,7 +371,11 @@ pub struct GarpSchedule {
 
 impl GarpSchedule {
     pub fn new(g: &GarpArgs) -> Self {
-        let GarpArgs { garp_count, garp_interval, garp_refresh } = g;
+        let GarpArgs {
+            garp_count,
+            garp_interval,
+            garp_refresh,
+        } = g;
         Self {
             count: *garp_count,
             interval_ns: duration_ns(*garp_interval),
@@ -377,7 +404,11 @@ impl GarpSchedule {
         // millisecond late does not push the rest of the burst; but from the
         // send when we are a whole interval late, so what is left of the
         // burst is not sent all at once.
-        let base = if now_ns >= due.saturating_add(self.interval_ns) { now_ns } else { due };
+        let base = if now_ns >= due.saturating_add(self.interval_ns) {
+            now_ns
+        } else {
+            due
+        };
         self.schedule_after(base);
     }
 
@@ -509,7 +540,10 @@ fn serve(rt: &Runtime, s: Settings) -> anyhow::Result<()> {
                      (generic) mode, which costs more CPU per packet (use --xdp-mode skb to make this explicit)"
                 );
             } else {
-                log::info!("probe gate attached to {iface} in {} mode", gate.mode.as_str());
+                log::info!(
+                    "probe gate attached to {iface} in {} mode",
+                    gate.mode.as_str()
+                );
             }
             log::info!(
                 "health check: {check} every {} ms (unhealthy after {health_fall} failures, healthy again after \
@@ -518,7 +552,14 @@ fn serve(rt: &Runtime, s: Settings) -> anyhow::Result<()> {
             );
             let (tx, rx) = mpsc::channel(4);
             let task = rt.spawn(health_loop(check, health_interval, tx));
-            (Some(gate), Some(HealthFeed { rx, task, hysteresis: Hysteresis::new(health_fall, health_rise) }))
+            (
+                Some(gate),
+                Some(HealthFeed {
+                    rx,
+                    task,
+                    hysteresis: Hysteresis::new(health_fall, health_rise),
+                }),
+            )
         }
         None => {
             log::info!("no health check: holding {vip} for as long as vipwatch runs");
@@ -599,7 +640,14 @@ impl Waits {
     /// The next thing to act on. Every branch is a wake-up from the kernel
     /// or a timer: no polling.
     async fn next(&mut self) -> Wake {
-        let Self { sigint, sigterm, health, probe, recheck_at, garp_at } = self;
+        let Self {
+            sigint,
+            sigterm,
+            health,
+            probe,
+            recheck_at,
+            garp_at,
+        } = self;
         tokio::select! {
             _ = sigint.recv() => Wake::Signal("SIGINT"),
             _ = sigterm.recv() => Wake::Signal("SIGTERM"),
@@ -680,7 +728,9 @@ impl Daemon<'_> {
                 }
                 Wake::Health(Some(result)) => self.on_health(result)?,
                 Wake::Health(None) => {
-                    bail!("the health check task stopped unexpectedly (did it panic? see above); restart vipwatch")
+                    bail!(
+                        "the health check task stopped unexpectedly (did it panic? see above); restart vipwatch"
+                    )
                 }
                 Wake::Probed(result) => {
                     self.waits.probe = None;
@@ -743,7 +793,10 @@ impl Daemon<'_> {
                 self.probe_failures = 0;
                 match owner {
                     Some(mac) if self.machine.preempt => {
-                        log::info!("VIP currently answered by {}; claiming it (preempt)", mac_str(mac));
+                        log::info!(
+                            "VIP currently answered by {}; claiming it (preempt)",
+                            mac_str(mac)
+                        );
                         Ok(Owner::Host(mac))
                     }
                     Some(mac) => Ok(Owner::Host(mac)),
@@ -774,12 +827,17 @@ impl Daemon<'_> {
     /// Carries out one step's actions in order, then logs its transition
     /// and runs the hook.
     fn apply(&mut self, step: Step) -> anyhow::Result<()> {
-        let Step { actions, transition } = step;
+        let Step {
+            actions,
+            transition,
+        } = step;
         let mut effects = Effects::default();
         for action in actions {
             match action {
                 Action::Probe => self.start_probe(),
-                Action::RecheckLater => self.waits.recheck_at = Some(Instant::now() + RECHECK_EVERY),
+                Action::RecheckLater => {
+                    self.waits.recheck_at = Some(Instant::now() + RECHECK_EVERY)
+                }
                 Action::Claim => self.claim(&mut effects)?,
                 Action::Release => self.release(&mut effects)?,
                 Action::OpenGate => self.set_gate(false, &mut effects)?,
@@ -808,7 +866,10 @@ impl Daemon<'_> {
     fn claim(&mut self, effects: &mut Effects) -> anyhow::Result<()> {
         let added = self
             .rt
-            .block_on(self.netlink.add_address(self.ifindex, self.vip.addr, self.vip.prefix))
+            .block_on(
+                self.netlink
+                    .add_address(self.ifindex, self.vip.addr, self.vip.prefix),
+            )
             .with_context(|| format!("binding {} on {}", self.vip, self.iface))?;
         let bound_ns = clock::now_ns();
         self.held = true;
@@ -844,11 +905,18 @@ impl Daemon<'_> {
         // Without a health check there is no gate, and the machine never
         // asks for one (it only moves the gate on health verdicts).
         if let Some(gate) = self.gate.as_mut() {
-            gate.set_closed(closed)
-                .with_context(|| format!("{} the probe gate on {}", if closed { "closing" } else { "opening" }, self.iface))?;
+            gate.set_closed(closed).with_context(|| {
+                format!(
+                    "{} the probe gate on {}",
+                    if closed { "closing" } else { "opening" },
+                    self.iface
+                )
+            })?;
             effects.gate_closed = Some(closed);
             match gate.counters() {
-                Ok((seen, dropped)) => log::debug!("probe gate: {seen} probes seen, {dropped} dropped so far"),
+                Ok((seen, dropped)) => {
+                    log::debug!("probe gate: {seen} probes seen, {dropped} dropped so far")
+                }
                 Err(e) => log::debug!("probe gate counters unreadable: {e:#}"),
             }
         }
@@ -857,7 +925,11 @@ impl Daemon<'_> {
 
     fn announce(&mut self) {
         if let Err(e) = self.announcer.announce(self.vip.addr) {
-            log::warn!("gratuitous ARP for {} on {} failed: {e:#}", self.vip, self.iface);
+            log::warn!(
+                "gratuitous ARP for {} on {} failed: {e:#}",
+                self.vip,
+                self.iface
+            );
         }
     }
 
@@ -904,11 +976,13 @@ impl Daemon<'_> {
                 );
             }
             State::Unhealthy => {
-                let (what, at) = effects.released.map_or_else(
-                    || (format!("{vip} not bound"), clock::now_ns()),
-                    released,
+                let (what, at) = effects
+                    .released
+                    .map_or_else(|| (format!("{vip} not bound"), clock::now_ns()), released);
+                log::info!(
+                    "state -> UNHEALTHY: {what}{gate} (from {}, {why}) mono_ns={at}",
+                    from.name()
                 );
-                log::info!("state -> UNHEALTHY: {what}{gate} (from {}, {why}) mono_ns={at}", from.name());
             }
             State::Waiting => {
                 log::info!(
@@ -920,20 +994,25 @@ impl Daemon<'_> {
                 );
             }
             State::Stopped => {
-                let (what, at) = effects.released.map_or_else(
-                    || (format!("{vip} not bound"), clock::now_ns()),
-                    released,
-                );
+                let (what, at) = effects
+                    .released
+                    .map_or_else(|| (format!("{vip} not bound"), clock::now_ns()), released);
                 let counters = match self.gate.as_ref().map(Gate::counters) {
-                    Some(Ok((seen, dropped))) => format!("; probe gate saw {seen} probes, dropped {dropped}"),
+                    Some(Ok((seen, dropped))) => {
+                        format!("; probe gate saw {seen} probes, dropped {dropped}")
+                    }
                     Some(Err(e)) => format!("; probe gate counters unreadable ({e:#})"),
                     None => String::new(),
                 };
-                log::info!("state -> STOPPED: {what} (from {}, {why}{counters}) mono_ns={at}", from.name());
+                log::info!(
+                    "state -> STOPPED: {what} (from {}, {why}{counters}) mono_ns={at}",
+                    from.name()
+                );
             }
             State::Starting => log::info!("state -> STARTING (from {}, {why})", from.name()),
         }
-        self.hooks.notify(to.name(), &vip.to_string(), iface, reason.token());
+        self.hooks
+            .notify(to.name(), &vip.to_string(), iface, reason.token());
     }
 
     fn describe(&self, from: State, reason: Reason) -> String {
@@ -941,14 +1020,21 @@ impl Daemon<'_> {
         match reason {
             Reason::Claimed => format!("{token}: nobody else answers for {}", self.vip.addr),
             Reason::Preempted(mac) => format!("{token}: taken from {}", mac_str(mac)),
-            Reason::VipInUse(Some(mac)) => format!("{token}: {} answers for {}", mac_str(mac), self.vip.addr),
-            Reason::VipInUse(None) => format!("{token}: the ARP probe failed, so the VIP may be in use"),
+            Reason::VipInUse(Some(mac)) => {
+                format!("{token}: {} answers for {}", mac_str(mac), self.vip.addr)
+            }
+            Reason::VipInUse(None) => {
+                format!("{token}: the ARP probe failed, so the VIP may be in use")
+            }
             Reason::HealthFailed => {
                 let last = self.health_failure.as_deref().unwrap_or("no detail");
                 if from == State::Starting {
                     format!("{token}: the first check failed: {last}")
                 } else {
-                    format!("{token}: {} consecutive failed checks, last: {last}", self.health_fall)
+                    format!(
+                        "{token}: {} consecutive failed checks, last: {last}",
+                        self.health_fall
+                    )
                 }
             }
             Reason::HealthRecovered => {
@@ -969,13 +1055,23 @@ impl Drop for Daemon<'_> {
         }
         if self.held {
             self.garp.stop();
-            let removed = self
-                .rt
-                .block_on(self.netlink.del_address(self.ifindex, self.vip.addr, self.vip.prefix));
+            let removed = self.rt.block_on(self.netlink.del_address(
+                self.ifindex,
+                self.vip.addr,
+                self.vip.prefix,
+            ));
             let at = clock::now_ns();
             match removed {
-                Ok(true) => log::warn!("stopping on an error: released {} from {} mono_ns={at}", self.vip, self.iface),
-                Ok(false) => log::warn!("stopping on an error: {} was already gone from {}", self.vip, self.iface),
+                Ok(true) => log::warn!(
+                    "stopping on an error: released {} from {} mono_ns={at}",
+                    self.vip,
+                    self.iface
+                ),
+                Ok(false) => log::warn!(
+                    "stopping on an error: {} was already gone from {}",
+                    self.vip,
+                    self.iface
+                ),
                 Err(e) => log::error!(
                     "stopping on an error, and could not remove {} from {} ({e:#}); remove it with \
                      `vipwatch release --iface {} --vip {}`",
@@ -1008,13 +1104,23 @@ mod tests {
         assert_eq!(m.start(), step(&[Action::Probe], None));
         assert_eq!(
             m.handle(Event::Probed(Owner::Nobody)),
-            step(&[Action::Claim], Some((State::Starting, State::Holding, Reason::Claimed)))
+            step(
+                &[Action::Claim],
+                Some((State::Starting, State::Holding, Reason::Claimed))
+            )
         );
         assert_eq!(
             m.handle(Event::Shutdown),
-            step(&[Action::Release], Some((State::Holding, State::Stopped, Reason::Shutdown)))
+            step(
+                &[Action::Release],
+                Some((State::Holding, State::Stopped, Reason::Shutdown))
+            )
         );
-        assert_eq!(m.handle(Event::Probed(Owner::Nobody)), Step::default(), "nothing after stop");
+        assert_eq!(
+            m.handle(Event::Probed(Owner::Nobody)),
+            Step::default(),
+            "nothing after stop"
+        );
     }
 
     #[test]
@@ -1023,13 +1129,19 @@ mod tests {
         m.start();
         assert_eq!(
             m.handle(Event::Probed(Owner::Host(OTHER))),
-            step(&[Action::Claim], Some((State::Starting, State::Holding, Reason::Preempted(OTHER))))
+            step(
+                &[Action::Claim],
+                Some((State::Starting, State::Holding, Reason::Preempted(OTHER)))
+            )
         );
         let mut m = Machine::new(true, false);
         m.start();
         assert_eq!(
             m.handle(Event::Probed(Owner::Unknown)),
-            step(&[Action::Claim], Some((State::Starting, State::Holding, Reason::Claimed)))
+            step(
+                &[Action::Claim],
+                Some((State::Starting, State::Holding, Reason::Claimed))
+            )
         );
     }
 
@@ -1041,19 +1153,32 @@ mod tests {
             m.handle(Event::Probed(Owner::Host(OTHER))),
             step(
                 &[Action::RecheckLater],
-                Some((State::Starting, State::Waiting, Reason::VipInUse(Some(OTHER))))
+                Some((
+                    State::Starting,
+                    State::Waiting,
+                    Reason::VipInUse(Some(OTHER))
+                ))
             )
         );
         assert_eq!(m.handle(Event::RecheckDue), step(&[Action::Probe], None));
         // Still taken: keep waiting, quietly.
-        assert_eq!(m.handle(Event::Probed(Owner::Host(OTHER))), step(&[Action::RecheckLater], None));
+        assert_eq!(
+            m.handle(Event::Probed(Owner::Host(OTHER))),
+            step(&[Action::RecheckLater], None)
+        );
         m.handle(Event::RecheckDue);
         // A failed probe cannot prove the VIP free.
-        assert_eq!(m.handle(Event::Probed(Owner::Unknown)), step(&[Action::RecheckLater], None));
+        assert_eq!(
+            m.handle(Event::Probed(Owner::Unknown)),
+            step(&[Action::RecheckLater], None)
+        );
         m.handle(Event::RecheckDue);
         assert_eq!(
             m.handle(Event::Probed(Owner::Nobody)),
-            step(&[Action::Claim], Some((State::Waiting, State::Holding, Reason::Claimed)))
+            step(
+                &[Action::Claim],
+                Some((State::Waiting, State::Holding, Reason::Claimed))
+            )
         );
         // Shutdown while waiting releases nothing.
         let mut m = Machine::new(false, false);
@@ -1061,7 +1186,10 @@ mod tests {
         m.handle(Event::Probed(Owner::Host(OTHER)));
         assert_eq!(
             m.handle(Event::Shutdown),
-            step(&[], Some((State::Waiting, State::Stopped, Reason::Shutdown)))
+            step(
+                &[],
+                Some((State::Waiting, State::Stopped, Reason::Shutdown))
+            )
         );
     }
 
@@ -1070,10 +1198,16 @@ mod tests {
         let mut m = Machine::new(true, true);
         assert_eq!(m.start(), Step::default());
         assert_eq!(m.handle(Event::RecheckDue), Step::default());
-        assert_eq!(m.handle(Event::Health(Verdict::Healthy)), step(&[Action::Probe], None));
+        assert_eq!(
+            m.handle(Event::Health(Verdict::Healthy)),
+            step(&[Action::Probe], None)
+        );
         assert_eq!(
             m.handle(Event::Probed(Owner::Nobody)),
-            step(&[Action::Claim], Some((State::Starting, State::Holding, Reason::Claimed)))
+            step(
+                &[Action::Claim],
+                Some((State::Starting, State::Holding, Reason::Claimed))
+            )
         );
     }
 
@@ -1103,15 +1237,24 @@ mod tests {
             )
         );
         // Recovery: gate first, then the probe, then the claim.
-        assert_eq!(m.handle(Event::Health(Verdict::Healthy)), step(&[Action::OpenGate, Action::Probe], None));
+        assert_eq!(
+            m.handle(Event::Health(Verdict::Healthy)),
+            step(&[Action::OpenGate, Action::Probe], None)
+        );
         assert_eq!(
             m.handle(Event::Probed(Owner::Host(OTHER))),
-            step(&[Action::Claim], Some((State::Unhealthy, State::Holding, Reason::HealthRecovered)))
+            step(
+                &[Action::Claim],
+                Some((State::Unhealthy, State::Holding, Reason::HealthRecovered))
+            )
         );
         // Shutdown from HOLDING releases; the gate is left to the shell.
         assert_eq!(
             m.handle(Event::Shutdown),
-            step(&[Action::Release], Some((State::Holding, State::Stopped, Reason::Shutdown)))
+            step(
+                &[Action::Release],
+                Some((State::Holding, State::Stopped, Reason::Shutdown))
+            )
         );
     }
 
@@ -1119,13 +1262,22 @@ mod tests {
     fn a_relapse_during_the_recovery_probe_closes_the_gate_again() {
         let mut m = Machine::new(true, true);
         m.handle(Event::Health(Verdict::Unhealthy));
-        assert_eq!(m.handle(Event::Health(Verdict::Healthy)), step(&[Action::OpenGate, Action::Probe], None));
-        assert_eq!(m.handle(Event::Health(Verdict::Unhealthy)), step(&[Action::CloseGate], None));
+        assert_eq!(
+            m.handle(Event::Health(Verdict::Healthy)),
+            step(&[Action::OpenGate, Action::Probe], None)
+        );
+        assert_eq!(
+            m.handle(Event::Health(Verdict::Unhealthy)),
+            step(&[Action::CloseGate], None)
+        );
         // The probe that was out comes back stale: ignored.
         assert_eq!(m.handle(Event::Probed(Owner::Nobody)), Step::default());
         assert_eq!(m.state(), State::Unhealthy);
         // The next recovery probes again.
-        assert_eq!(m.handle(Event::Health(Verdict::Healthy)), step(&[Action::OpenGate, Action::Probe], None));
+        assert_eq!(
+            m.handle(Event::Health(Verdict::Healthy)),
+            step(&[Action::OpenGate, Action::Probe], None)
+        );
     }
 
     #[test]
@@ -1148,19 +1300,29 @@ mod tests {
         m.handle(Event::Health(Verdict::Healthy));
         m.handle(Event::Probed(Owner::Nobody));
         m.handle(Event::Health(Verdict::Unhealthy));
-        assert_eq!(m.handle(Event::Health(Verdict::Healthy)), step(&[Action::OpenGate, Action::Probe], None));
+        assert_eq!(
+            m.handle(Event::Health(Verdict::Healthy)),
+            step(&[Action::OpenGate, Action::Probe], None)
+        );
         // The backup took the VIP while we were unhealthy: leave it there.
         assert_eq!(
             m.handle(Event::Probed(Owner::Host(OTHER))),
             step(
                 &[Action::RecheckLater],
-                Some((State::Unhealthy, State::Waiting, Reason::VipInUse(Some(OTHER))))
+                Some((
+                    State::Unhealthy,
+                    State::Waiting,
+                    Reason::VipInUse(Some(OTHER))
+                ))
             )
         );
         // Failing while waiting: nothing to release, gate closes.
         assert_eq!(
             m.handle(Event::Health(Verdict::Unhealthy)),
-            step(&[Action::CloseGate], Some((State::Waiting, State::Unhealthy, Reason::HealthFailed)))
+            step(
+                &[Action::CloseGate],
+                Some((State::Waiting, State::Unhealthy, Reason::HealthFailed))
+            )
         );
         // A recheck that fires while unhealthy does nothing.
         assert_eq!(m.handle(Event::RecheckDue), Step::default());
@@ -1255,10 +1417,15 @@ mod tests {
         for (reason, token) in table {
             assert_eq!(reason.token(), token);
         }
-        let names: Vec<_> = [State::Waiting, State::Holding, State::Unhealthy, State::Stopped]
-            .iter()
-            .map(|s| s.name())
-            .collect();
+        let names: Vec<_> = [
+            State::Waiting,
+            State::Holding,
+            State::Unhealthy,
+            State::Stopped,
+        ]
+        .iter()
+        .map(|s| s.name())
+        .collect();
         assert_eq!(names, ["WAITING", "HOLDING", "UNHEALTHY", "STOPPED"]);
     }
 }

@@ -1,0 +1,142 @@
+//! End to end: bad input gets one clear line, a non-zero exit, and leaves
+//! nothing attached or pinned.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use common::*;
+use vipwatch_tests::{Lab, require_root, vipwatch_bin};
+
+/// Runs vipwatch in the backup namespace and returns (exit ok, stderr).
+fn vipwatch(lab: &Lab, args: &[&str]) -> Result<(bool, String)> {
+    let out = lab.output("backup", vipwatch_bin()?, args, Duration::from_secs(20))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+/// No XDP program on any of the backup's links and nothing pinned for its
+/// namespace.
+fn assert_nothing_left(lab: &Lab) -> Result<()> {
+    let links = lab.run("backup", "ip", ["-d", "link", "show"])?;
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("prog/xdp"), "an XDP program was left attached:\n{links}");
+    let pins = lab.in_netns("backup", || -> Vec<String> {
+        let dir = vipwatch::ebpf::pin_dir("eth0");
+        let dummy = vipwatch::ebpf::pin_dir("dummy0");
+        [dir, dummy].iter().filter(|d| d.exists()).map(|d| d.display().to_string()).collect()
+    })?;
+    assert!(pins.is_empty(), "pins were left behind: {pins:?}");
+    Ok(())
+}
+
+fn assert_one_clear_line(stderr: &str, expect: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(
+        lines[0].to_lowercase().contains(&expect.to_lowercase()),
+        "{:?} does not mention {expect:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_with_one_line() -> Result<()> {
+    let lab = standard_lab("bad")?;
+    let base = ["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR];
+    let with = |over: &[(&str, &str)]| -> Vec<String> {
+        let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        for (flag, value) in over {
+            match args.iter().position(|a| a == flag) {
+                Some(i) => args[i + 1] = value.to_string(),
+                None => {
+                    args.push(flag.to_string());
+                    args.push(value.to_string());
+                }
+            }
+        }
+        args
+    };
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("--iface", "eth9")], "eth9 does not exist"),
+        (&[("--master", "224.0.0.1")], "unicast"),
+        (&[("--master", "255.255.255.255")], "unicast"),
+        (&[("--master", "2001:db8::1")], "master"),
+        (&[("--master", "not-an-ip")], "master"),
+        (&[("--vip", "192.0.2.100")], "ADDRESS/PREFIX"),
+        (&[("--vip", "192.0.2.100/33")], "prefix"),
+        (&[("--vip", "192.0.2/24")], "not an IP address"),
+        (&[("--interval", "0ms")], "interval"),
+        (&[("--interval", "0")], "unit"),
+        (&[("--interval", "1h")], "interval"),
+        (&[("--interval", "10us")], "interval"),
+        (&[("--dead-after", "1ms")], "dead-after"),
+        (&[("--xdp-mode", "offload")], "xdp-mode"),
+    ];
+    for (over, expect) in cases {
+        let args = with(over);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stderr) = vipwatch(&lab, &args)?;
+        assert!(!ok, "{over:?} was accepted");
+        assert_one_clear_line(&stderr, expect);
+        assert_nothing_left(&lab)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn not_root_is_refused_before_anything_is_attached() -> Result<()> {
+    let lab = standard_lab("badroot")?;
+    let bin = vipwatch_bin()?;
+    let bin = bin.to_string_lossy();
+    let out = lab.output(
+        "backup",
+        "setpriv",
+        [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &bin,
+            "backup",
+            "--iface",
+            "eth0",
+            "--master",
+            MASTER,
+            "--vip",
+            VIP_CIDR,
+        ],
+        Duration::from_secs(20),
+    )?;
+    assert!(!out.status.success());
+    assert_one_clear_line(&String::from_utf8_lossy(&out.stderr), "needs root");
+    assert_nothing_left(&lab)
+}
+
+#[test]
+fn a_refused_attach_mode_is_an_error_not_a_silent_fallback() -> Result<()> {
+    require_root()?;
+    let lab = standard_lab("badmode")?;
+    // A bridge device has no native XDP support (no ndo_bpf); this
+    // kernel has no `dummy` link type.
+    lab.run("backup", "ip", ["link", "add", "name", "dummy0", "type", "bridge"])?;
+    lab.run("backup", "ip", ["link", "set", "dev", "dummy0", "up"])?;
+    let (ok, stderr) = vipwatch(
+        &lab,
+        &["backup", "--iface", "dummy0", "--master", MASTER, "--vip", VIP_CIDR, "--xdp-mode", "driver"],
+    )?;
+    assert!(!ok, "driver mode on a dummy interface was accepted");
+    assert_one_clear_line(&stderr, "refused to attach XDP in driver mode");
+    assert_nothing_left(&lab)
+}
+
+#[test]
+fn stats_without_a_daemon_says_so() -> Result<()> {
+    let lab = standard_lab("badstats")?;
+    let (ok, stderr) = vipwatch(&lab, &["stats", "--iface", "eth0"])?;
+    assert!(!ok);
+    assert_one_clear_line(&stderr, "no vipwatch backup is running on eth0");
+    let (ok, stderr) = vipwatch(&lab, &["stats"])?;
+    assert!(!ok);
+    assert_one_clear_line(&stderr, "no vipwatch backup is running");
+    Ok(())
+}

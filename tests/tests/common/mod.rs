@@ -1,0 +1,172 @@
+//! Helpers shared by the end-to-end test files: the standard lab, running
+//! vipwatch in it, and reading `vipwatch stats --json`.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use vipwatch_tests::{Lab, Proc, require_root, vipwatch_bin, wait_until};
+
+pub const MASTER: &str = "192.0.2.1";
+pub const BACKUP: &str = "192.0.2.2";
+pub const CLIENT: &str = "192.0.2.10";
+pub const ATTACKER: &str = "192.0.2.66";
+pub const GATEWAY: &str = "192.0.2.254";
+pub const VIP: &str = "192.0.2.100";
+pub const VIP_CIDR: &str = "192.0.2.100/24";
+
+/// master, backup, client and attacker on one bridge; the bridge itself
+/// answers as the gateway (a witness).
+pub fn standard_lab(tag: &str) -> Result<Lab> {
+    require_root()?;
+    Lab::builder(tag)
+        .host("master", &format!("{MASTER}/24"))
+        .host("backup", &format!("{BACKUP}/24"))
+        .host("client", &format!("{CLIENT}/24"))
+        .host("attacker", &format!("{ATTACKER}/24"))
+        .gateway(&format!("{GATEWAY}/24"))
+        .build()
+}
+
+/// Starts `vipwatch backup` on the backup's eth0 with `extra` arguments and
+/// waits until it has attached.
+pub fn start_backup(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    let mut args = vec!["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR];
+    args.extend_from_slice(extra);
+    let p = lab.spawn("backup", vipwatch_bin()?, &args)?;
+    p.wait_for_line("XDP attached", Duration::from_secs(10))
+        .with_context(|| format!("vipwatch backup did not start:\n{}", p.output()))?;
+    Ok(p)
+}
+
+/// `vipwatch stats --json` run as a separate process in `host`'s namespace.
+pub fn stats(lab: &Lab, host: &str) -> Result<Value> {
+    let out = lab.output(host, vipwatch_bin()?, ["stats", "--iface", "eth0", "--json"], Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!("vipwatch stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("stats --json is not JSON")
+}
+
+pub fn u(v: &Value, path: &str) -> u64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} missing or not a number in {v}"))
+}
+
+pub fn f(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} missing or not a number in {v}"))
+}
+
+pub fn s<'a>(v: &'a Value, path: &str) -> &'a str {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} missing or not a string in {v}"))
+}
+
+/// Waits until the backup's stats satisfy `cond`.
+pub fn wait_stats(lab: &Lab, what: &str, timeout: Duration, mut cond: impl FnMut(&Value) -> bool) -> Result<Value> {
+    let mut last = Value::Null;
+    wait_until(what, timeout, || {
+        // A daemon still starting has no stats yet: retry until the timeout.
+        Ok(match stats(lab, "backup") {
+            Ok(st) => {
+                last = st;
+                cond(&last)
+            }
+            Err(e) => {
+                last = Value::String(format!("{e:#}"));
+                false
+            }
+        })
+    })
+    .with_context(|| format!("last stats: {last}"))?;
+    Ok(last)
+}
+
+/// The CLOCK_MONOTONIC ns a vipwatch log line carries (`mono_ns=...`).
+pub fn mono_ns(line: &str) -> Result<u64> {
+    line.rsplit_once("mono_ns=")
+        .and_then(|(_, n)| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no mono_ns= in {line:?}"))
+}
+
+/// Sends one forged ICMP echo reply "from" `src` to `dst` with vipwatch's
+/// payload magic and the given nonce, from inside `host` (a raw IP socket
+/// with IP_HDRINCL, so the source address can be anything).
+pub fn send_echo_reply(lab: &Lab, host: &str, src: Ipv4Addr, dst: Ipv4Addr, id: u16, nonce: u64, count: usize) -> Result<()> {
+    lab.in_netns(host, move || -> Result<()> {
+        // SAFETY: plain socket(2); closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            bail!("raw socket: {}", std::io::Error::last_os_error());
+        }
+        for seq in 0..count {
+            let pkt = forged_reply(src, dst, id, nonce, seq as u64);
+            // SAFETY: zeroed sockaddr_in is valid; fields set below.
+            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+            // SAFETY: pkt and addr are valid for their lengths.
+            let rc = unsafe {
+                libc::sendto(
+                    fd,
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                // SAFETY: fd is ours.
+                unsafe { libc::close(fd) };
+                bail!("sendto: {}", std::io::Error::last_os_error());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        Ok(())
+    })?
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, nonce: u64, seq: u64) -> Vec<u8> {
+    let mut icmp = vec![0u8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&(seq as u16).to_be_bytes());
+    icmp.extend_from_slice(b"VPW1");
+    icmp.extend_from_slice(&nonce.to_be_bytes());
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(&0u64.to_be_bytes());
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&icmp);
+    ip
+}

@@ -1,0 +1,124 @@
+//! End to end: the backup's XDP program counts the master's heartbeat
+//! replies, and `vipwatch stats` shows what the kernel counted.
+
+mod common;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::Result;
+use common::*;
+use vipwatch_common::RTT_BUCKETS;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[test]
+fn every_probe_is_answered_and_counted_with_its_rtt() -> Result<()> {
+    let lab = standard_lab("hb")?;
+    let _backup = start_backup(&lab, &["--count", "300"])?;
+    let st = wait_stats(&lab, "300 probes are sent and answered", WAIT, |s| {
+        u(s, "master.probes_sent") == 300 && u(s, "master.replies") == 300
+    })?;
+    // Nothing else arrives later: the lab drops nothing, so every probe
+    // got exactly one reply.
+    std::thread::sleep(Duration::from_millis(100));
+    let st2 = stats(&lab, "backup")?;
+    assert_eq!(u(&st2, "master.replies"), 300, "{st2}");
+    assert_eq!(u(&st, "master.forged"), 0);
+    assert_eq!(f(&st, "master.loss_pct"), 0.0);
+    assert_eq!(s(&st, "state"), "STANDBY");
+    // veth supports native XDP: no silent fallback to generic mode.
+    assert_eq!(s(&st, "xdp_mode"), "driver");
+    assert_eq!(st["xdp_fallback"], false);
+    let hist_total: u64 = st["master"]["rtt_histogram"]
+        .as_array()
+        .expect("histogram")
+        .iter()
+        .map(|b| u(b, "count"))
+        .sum();
+    assert_eq!(hist_total, 300, "every reply lands in the RTT histogram: {st}");
+    assert!(u(&st, "master.rtt_p50_us") <= u(&st, "master.rtt_p99_us"));
+    assert!(u(&st, "master.rtt_p99_us") <= u(&st, "master.rtt_max_us"));
+    // A LAN of veths answers in well under 100 ms even on a loaded VM.
+    assert!(u(&st, "master.rtt_p50_us") < 100_000, "{st}");
+    Ok(())
+}
+
+#[test]
+fn stats_from_another_process_match_the_maps() -> Result<()> {
+    let lab = standard_lab("hbmap")?;
+    let _backup = start_backup(&lab, &["--count", "200"])?;
+    wait_stats(&lab, "probing finished", WAIT, |s| {
+        u(s, "master.probes_sent") == 200 && u(s, "master.replies") == 200
+    })?;
+    let json = stats(&lab, "backup")?;
+    // Read the pinned maps directly, as a third process would, from the
+    // backup's network namespace (pins are named per namespace).
+    let (snap, status) = lab.in_netns("backup", || -> Result<_> {
+        let maps = vipwatch::ebpf::WatchMaps::open_pinned("eth0")?;
+        Ok((maps.snapshot()?, maps.status()?))
+    })??;
+    assert_eq!(u(&json, "master.replies"), snap.master.replies);
+    assert_eq!(u(&json, "master.forged"), snap.master.forged);
+    assert_eq!(u(&json, "master.probes_sent"), status.probes_sent);
+    assert_eq!(u(&json, "pid"), u64::from(status.pid));
+    let buckets: Vec<(u64, u64)> = json["master"]["rtt_histogram"]
+        .as_array()
+        .expect("histogram")
+        .iter()
+        .map(|b| (u(b, "lt_us"), u(b, "count")))
+        .collect();
+    let expected: Vec<(u64, u64)> = (0..RTT_BUCKETS)
+        .filter(|k| snap.master.rtt_hist[*k] > 0)
+        .map(|k| (1u64 << k, snap.master.rtt_hist[k]))
+        .collect();
+    assert_eq!(buckets, expected);
+    Ok(())
+}
+
+#[test]
+fn spoofed_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
+    let lab = standard_lab("hbfg")?;
+    let _backup = start_backup(&lab, &["--count", "100"])?;
+    wait_stats(&lab, "probing finished", WAIT, |s| u(s, "master.replies") == 100)?;
+
+    let master: Ipv4Addr = MASTER.parse()?;
+    let backup: Ipv4Addr = BACKUP.parse()?;
+    let attacker: Ipv4Addr = ATTACKER.parse()?;
+    // The attacker answers in the master's name without knowing our nonce.
+    send_echo_reply(&lab, "attacker", master, backup, 0x1234, 0xdead_beef, 25)?;
+    let st = wait_stats(&lab, "25 forged replies", WAIT, |s| u(s, "master.forged") == 25)?;
+    assert_eq!(u(&st, "master.replies"), 100, "a forged reply must never count: {st}");
+
+    // Echo replies from a host that is not the master count nowhere.
+    send_echo_reply(&lab, "attacker", attacker, backup, 0x1234, 0xdead_beef, 25)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let st = stats(&lab, "backup")?;
+    assert_eq!(u(&st, "master.forged"), 25, "{st}");
+    assert_eq!(u(&st, "master.replies"), 100, "{st}");
+    // And the forged replies did not make the master look alive or dead:
+    // no takeover happened.
+    assert_eq!(u(&st, "takeovers"), 0);
+    Ok(())
+}
+
+#[test]
+fn master_link_down_stops_replies_while_probes_keep_counting() -> Result<()> {
+    let lab = standard_lab("hbld")?;
+    let _backup = start_backup(&lab, &[])?;
+    wait_stats(&lab, "the master answers", WAIT, |s| u(s, "master.replies") > 50)?;
+    lab.link_down("master")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = stats(&lab, "backup")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = stats(&lab, "backup")?;
+    assert_eq!(
+        u(&after, "master.replies"),
+        u(&before, "master.replies"),
+        "no reply may arrive from a master whose link is down"
+    );
+    let sent = u(&after, "master.probes_sent") - u(&before, "master.probes_sent");
+    // 300 ms at 2 ms: ~150 probes; be generous about scheduling.
+    assert!(sent >= 50, "probes must keep going out: only {sent} in 300 ms");
+    assert!(f(&after, "master.last_reply_age_ms") >= 500.0, "{after}");
+    Ok(())
+}
