@@ -22,6 +22,7 @@ mod exec;
 mod lab;
 mod netns;
 mod record;
+pub mod scenario;
 mod udp;
 
 use std::{

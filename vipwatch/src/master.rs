@@ -546,8 +546,8 @@ fn serve(rt: &Runtime, s: Settings) -> anyhow::Result<()> {
                 );
             }
             log::info!(
-                "health check: {check} every {} ms (unhealthy after {health_fall} failures, healthy again after \
-                 {health_rise} successes); the VIP is claimed only once it passes",
+                "health check: {check} every {} ms (--health-fall {health_fall}, --health-rise {health_rise} \
+                 consecutive checks); the VIP is claimed only once it passes",
                 health_interval.as_millis()
             );
             let (tx, rx) = mpsc::channel(4);
@@ -760,12 +760,17 @@ impl Daemon<'_> {
         if changed.is_none() {
             // Quiet unless it changes the verdict: debug only.
             let (against, needed) = feed.hysteresis.progress();
-            match &result {
-                Err(why) => log::debug!("health check failed ({against}/{needed}): {why}"),
-                Ok(()) if feed.hysteresis.verdict() == Some(Verdict::Unhealthy) => {
-                    log::debug!("health check passed ({against}/{needed})");
+            match (&result, feed.hysteresis.verdict()) {
+                (Err(why), Some(Verdict::Healthy)) => {
+                    log::debug!(
+                        "health check failed ({against}/{needed} towards unhealthy): {why}"
+                    );
                 }
-                Ok(()) => {}
+                (Err(why), _) => log::debug!("health check failed (still unhealthy): {why}"),
+                (Ok(()), Some(Verdict::Unhealthy)) => {
+                    log::debug!("health check passed ({against}/{needed} towards healthy)");
+                }
+                (Ok(()), _) => {}
             }
         }
         if let Err(why) = result {
@@ -1018,6 +1023,9 @@ impl Daemon<'_> {
     fn describe(&self, from: State, reason: Reason) -> String {
         let token = reason.token();
         match reason {
+            Reason::Claimed if self.vip.addr.is_ipv6() => {
+                format!("{token}: IPv6 VIP, claimed without probing")
+            }
             Reason::Claimed => format!("{token}: nobody else answers for {}", self.vip.addr),
             Reason::Preempted(mac) => format!("{token}: taken from {}", mac_str(mac)),
             Reason::VipInUse(Some(mac)) => {

@@ -1,0 +1,329 @@
+//! The failover scenario shared by the end-to-end tests, `cargo xtask demo`
+//! and `cargo xtask bench`: a master and a backup running vipwatch, an echo
+//! service on both, and a client sending to the VIP every 200 µs and
+//! recording who answers.
+//!
+//! Tests bound the numbers generously; the demo prints them; the benchmark
+//! repeats them and reports distributions. One implementation, so all three
+//! measure the same thing.
+
+use std::{
+    net::SocketAddrV4,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{Client, EchoServer, Lab, Proc, clock, require_root, wait_until};
+
+pub const MASTER: &str = "192.0.2.1";
+pub const BACKUP: &str = "192.0.2.2";
+pub const CLIENT: &str = "192.0.2.10";
+pub const GATEWAY: &str = "192.0.2.254";
+pub const VIP: &str = "192.0.2.100";
+pub const VIP_CIDR: &str = "192.0.2.100/24";
+pub const ECHO_PORT: u16 = 7007;
+
+/// How the master fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Its link goes down (the cable is pulled).
+    CablePull,
+    /// All its traffic is dropped upstream (the host hangs).
+    Freeze,
+    /// Its service health check starts failing.
+    Unhealthy,
+}
+
+impl Fault {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::CablePull => "master cable pulled",
+            Self::Freeze => "master frozen (all its frames dropped)",
+            Self::Unhealthy => "master service unhealthy",
+        }
+    }
+}
+
+pub struct Options {
+    pub tag: String,
+    /// The vipwatch binary to run.
+    pub bin: PathBuf,
+    /// Extra `vipwatch backup` arguments.
+    pub backup_args: Vec<String>,
+    /// Extra `vipwatch master` arguments.
+    pub master_args: Vec<String>,
+    /// Give the master a health check (a file that must exist).
+    pub health: bool,
+    /// The client's send interval.
+    pub client_interval: Duration,
+    /// Print every daemon log line live.
+    pub echo: bool,
+}
+
+impl Options {
+    pub fn new(tag: &str, bin: PathBuf) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            bin,
+            backup_args: Vec::new(),
+            master_args: Vec::new(),
+            health: false,
+            client_interval: Duration::from_micros(200),
+            echo: false,
+        }
+    }
+}
+
+/// What a client saw of one takeover, and what the backup recorded.
+#[derive(Debug)]
+pub struct Takeover {
+    pub fault: Fault,
+    pub injected: Instant,
+    /// Failure injection → first answer from the backup.
+    pub outage: Duration,
+    /// `vipwatch stats --json` of the backup right after.
+    pub stats: Value,
+    /// Backup's first client answer, CLOCK_MONOTONIC ns.
+    pub first_answer_ns: u64,
+}
+
+/// What happened when the master came back.
+#[derive(Debug)]
+pub struct Failback {
+    pub repaired: Instant,
+    /// How long both hosts had the VIP bound, from the daemons' own
+    /// timestamps: master reachable with the VIP → backup released it.
+    pub dual_bound: Duration,
+    /// How long the client got answers from both (split brain as seen from
+    /// outside).
+    pub client_both: Duration,
+    /// The longest stretch without any answer after the repair.
+    pub client_outage: Duration,
+}
+
+pub struct Scenario {
+    pub lab: Lab,
+    pub master: Option<Proc>,
+    pub backup: Proc,
+    pub client: Client,
+    _servers: Vec<EchoServer>,
+    health_file: Option<PathBuf>,
+    opts: Options,
+}
+
+impl Scenario {
+    /// Builds the lab, starts `vipwatch master` (holding the VIP), `vipwatch
+    /// backup`, the echo services and the client, and waits until the
+    /// master answers the client.
+    pub fn start(opts: Options) -> Result<Self> {
+        require_root()?;
+        let lab = Lab::builder(&opts.tag)
+            .host("master", &format!("{MASTER}/24"))
+            .host("backup", &format!("{BACKUP}/24"))
+            .host("client", &format!("{CLIENT}/24"))
+            .gateway(&format!("{GATEWAY}/24"))
+            .echo_output(opts.echo)
+            .build()?;
+        let health_file = opts
+            .health
+            .then(|| std::env::temp_dir().join(format!("vipwatch-health-{}", lab.prefix())));
+        if let Some(f) = &health_file {
+            std::fs::write(f, b"ok").with_context(|| format!("creating {}", f.display()))?;
+        }
+        let servers = vec![
+            EchoServer::start(&lab, "master", ECHO_PORT, "master")?,
+            EchoServer::start(&lab, "backup", ECHO_PORT, "backup")?,
+        ];
+        let vip: std::net::Ipv4Addr = VIP.parse()?;
+        let client = Client::builder(SocketAddrV4::new(vip, ECHO_PORT), opts.client_interval)
+            .max_duration(Duration::from_secs(3600))
+            .start(&lab, "client")?;
+        let mut s = Self {
+            master: None,
+            backup: spawn_backup(&lab, &opts)?,
+            lab,
+            client,
+            _servers: servers,
+            health_file,
+            opts,
+        };
+        s.start_master()?;
+        s.wait_state("STANDBY", Duration::from_secs(10))?;
+        s.client
+            .wait_for_answer_from("master", Instant::now(), Duration::from_secs(10))
+            .context("the client never reached the master through the VIP")?;
+        Ok(s)
+    }
+
+    /// Starts (or restarts) `vipwatch master` and waits until it holds the
+    /// VIP.
+    pub fn start_master(&mut self) -> Result<()> {
+        let mut args: Vec<String> = ["master", "--iface", "eth0", "--vip", VIP_CIDR]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(f) = &self.health_file {
+            args.push("--health-cmd".into());
+            args.push(format!("test -f {}", f.display()));
+        }
+        args.extend(self.opts.master_args.iter().cloned());
+        let p = self.lab.spawn("master", &self.opts.bin, &args)?;
+        p.wait_for_line("state -> HOLDING", Duration::from_secs(10))
+            .with_context(|| format!("vipwatch master did not claim the VIP:\n{}", p.output()))?;
+        self.master = Some(p);
+        Ok(())
+    }
+
+    /// `vipwatch stats --json` of the backup.
+    pub fn backup_stats(&self) -> Result<Value> {
+        let out = self.lab.output(
+            "backup",
+            &self.opts.bin,
+            ["stats", "--iface", "eth0", "--json"],
+            Duration::from_secs(10),
+        )?;
+        if !out.status.success() {
+            bail!("vipwatch stats failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("stats --json is not JSON")
+    }
+
+    /// Waits until the backup reports `state`.
+    pub fn wait_state(&self, state: &str, timeout: Duration) -> Result<Value> {
+        let mut last = Value::Null;
+        wait_until(&format!("the backup is {state}"), timeout, || {
+            Ok(match self.backup_stats() {
+                Ok(st) => {
+                    let ok = st["state"] == state;
+                    last = st;
+                    ok
+                }
+                Err(_) => false,
+            })
+        })
+        .with_context(|| format!("last stats: {last}\nbackup log:\n{}", self.backup.output()))?;
+        Ok(last)
+    }
+
+    /// Breaks the master; returns when it happened.
+    pub fn inject(&self, fault: Fault) -> Result<Instant> {
+        let t0 = Instant::now();
+        match fault {
+            Fault::CablePull => self.lab.link_down("master")?,
+            Fault::Freeze => self.lab.blackhole("master")?,
+            Fault::Unhealthy => {
+                let f = self.health_file.as_ref().context("this scenario has no health check")?;
+                std::fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
+            }
+        }
+        Ok(t0)
+    }
+
+    /// Waits for the client to be answered by the backup after `t0`.
+    pub fn await_takeover(&self, fault: Fault, t0: Instant, timeout: Duration) -> Result<Takeover> {
+        let answer = self
+            .client
+            .wait_for_answer_from("backup", t0, timeout)
+            .with_context(|| format!("no takeover after {}\nbackup log:\n{}", fault.describe(), self.backup.output()))?;
+        let stats = self.wait_state("ACTIVE", Duration::from_secs(5))?;
+        Ok(Takeover {
+            fault,
+            injected: t0,
+            outage: answer.received_at.saturating_duration_since(t0),
+            stats,
+            first_answer_ns: clock::to_monotonic_ns(answer.received_at),
+        })
+    }
+
+    /// Repairs the master; returns when it happened.
+    pub fn repair(&self, fault: Fault) -> Result<Instant> {
+        let t = Instant::now();
+        match fault {
+            Fault::CablePull => self.lab.link_up("master")?,
+            Fault::Freeze => self.lab.unblackhole("master")?,
+            Fault::Unhealthy => {
+                let f = self.health_file.as_ref().context("this scenario has no health check")?;
+                std::fs::write(f, b"ok").with_context(|| format!("creating {}", f.display()))?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Waits until the backup has handed the VIP back and the client is
+    /// answered by the master again.
+    pub fn await_failback(&self, fault: Fault, repaired: Instant, timeout: Duration) -> Result<Failback> {
+        let released = self
+            .backup
+            .wait_for_line_after("released", repaired, timeout)
+            .with_context(|| format!("the backup never released the VIP\nbackup log:\n{}", self.backup.output()))?;
+        let released_ns = mono_ns(&released.text)?;
+        // When did both hosts have the VIP? After a cable pull or a freeze
+        // the master kept it bound all along, so from the repair; after a
+        // health failure it re-binds it, so from its HOLDING line.
+        let dual_from_ns = match fault {
+            Fault::Unhealthy => {
+                let master = self.master.as_ref().context("no master")?;
+                let holding = master.wait_for_line_after("state -> HOLDING", repaired, timeout)?;
+                mono_ns(&holding.text)?
+            }
+            Fault::CablePull | Fault::Freeze => clock::to_monotonic_ns(repaired),
+        };
+        let answer = self
+            .client
+            .wait_for_answer_from("master", repaired, timeout)
+            .context("the client never got back to the master")?;
+        // Let the client record a little more before judging the window.
+        std::thread::sleep(Duration::from_millis(100));
+        let rec = self.client.snapshot();
+        let end = answer.received_at + Duration::from_millis(100);
+        Ok(Failback {
+            repaired,
+            dual_bound: Duration::from_nanos(released_ns.saturating_sub(dual_from_ns)),
+            client_both: rec.answered_by_both_window("backup", "master", repaired, end),
+            client_outage: rec.longest_gap(repaired, end).duration(),
+        })
+    }
+
+    /// The backup's and master's logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- backup ---\n{}\n--- master ---\n{}",
+            self.backup.output(),
+            self.master.as_ref().map(Proc::output).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if let Some(f) = &self.health_file
+            && let Err(e) = std::fs::remove_file(f)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not remove {}: {e}", f.display());
+        }
+    }
+}
+
+fn spawn_backup(lab: &Lab, opts: &Options) -> Result<Proc> {
+    let mut args: Vec<String> = ["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(opts.backup_args.iter().cloned());
+    let p = lab.spawn("backup", &opts.bin, &args)?;
+    p.wait_for_line("XDP attached", Duration::from_secs(10))
+        .with_context(|| format!("vipwatch backup did not start:\n{}", p.output()))?;
+    Ok(p)
+}
+
+/// The CLOCK_MONOTONIC ns a vipwatch log line carries (`mono_ns=...`).
+pub fn mono_ns(line: &str) -> Result<u64> {
+    line.rsplit_once("mono_ns=")
+        .and_then(|(_, n)| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no mono_ns= in {line:?}"))
+}

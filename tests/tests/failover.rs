@@ -1,0 +1,203 @@
+//! End to end: takeover, failback, witness, health gate and no false
+//! takeovers, as a client sending to the VIP sees them.
+//!
+//! Bounds here are generous on purpose (a loaded 2-core VM must not make
+//! them flake); `cargo xtask bench` holds the tight numbers.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use vipwatch_tests::{
+    Lab, Signal,
+    scenario::{Fault, Options, Scenario},
+    vipwatch_bin,
+};
+
+const TAKEOVER_BOUND: Duration = Duration::from_millis(500);
+const DUAL_BOUND: Duration = Duration::from_millis(200);
+
+fn scenario(tag: &str, health: bool, backup_args: &[&str]) -> Result<Scenario> {
+    let mut opts = Options::new(tag, vipwatch_bin()?);
+    opts.health = health;
+    opts.backup_args = backup_args.iter().map(|s| s.to_string()).collect();
+    Scenario::start(opts)
+}
+
+fn takeover_then_failback(tag: &str, fault: Fault, health: bool) -> Result<()> {
+    let s = scenario(tag, health, &[])?;
+    let t0 = s.inject(fault)?;
+    let t = s.await_takeover(fault, t0, Duration::from_secs(5))?;
+    let tl = &t.stats["last_takeover"];
+    eprintln!(
+        "{}: client outage {:.2} ms; backup: silence->decision {:.3} ms, decision->first GARP {:.3} ms",
+        fault.describe(),
+        t.outage.as_secs_f64() * 1e3,
+        tl["silence_to_decision_ms"].as_f64().unwrap_or(f64::NAN),
+        tl["decision_to_first_garp_ms"].as_f64().unwrap_or(f64::NAN),
+    );
+    assert!(t.outage < TAKEOVER_BOUND + health_slack(fault), "outage {:?}\n{}", t.outage, s.logs());
+    assert_eq!(t.stats["takeovers"], 1, "{}", t.stats);
+    assert!(s.lab.has_address("backup", VIP())?, "the backup must hold the VIP");
+
+    let r = s.repair(fault)?;
+    let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
+    eprintln!(
+        "failback: both hosts bound the VIP for {:.2} ms; client saw both for {:.2} ms; longest client gap {:.2} ms",
+        fb.dual_bound.as_secs_f64() * 1e3,
+        fb.client_both.as_secs_f64() * 1e3,
+        fb.client_outage.as_secs_f64() * 1e3,
+    );
+    assert!(fb.dual_bound < DUAL_BOUND + repair_slack(fault), "dual {:?}\n{}", fb.dual_bound, s.logs());
+    assert!(!s.lab.has_address("backup", VIP())?, "the backup must have released the VIP");
+    assert!(s.lab.has_address("master", VIP())?, "the master must hold the VIP");
+    let st = s.wait_state("STANDBY", Duration::from_secs(5))?;
+    assert_eq!(st["releases"], 1, "{st}");
+    Ok(())
+}
+
+#[expect(non_snake_case, reason = "reads like the constant it wraps")]
+fn VIP() -> std::net::Ipv4Addr {
+    vipwatch_tests::scenario::VIP.parse().expect("constant")
+}
+
+/// A health check runs every 200 ms and needs 2 failures: that is part of
+/// the outage when the service, not the host, fails.
+fn health_slack(fault: Fault) -> Duration {
+    match fault {
+        Fault::Unhealthy => Duration::from_millis(1000),
+        _ => Duration::ZERO,
+    }
+}
+
+/// After a cable pull or a freeze the master kept the VIP bound, so "both
+/// bound" runs from the repair until the backup has seen `rise` replies and
+/// the master's answer to its solicitation.
+fn repair_slack(fault: Fault) -> Duration {
+    match fault {
+        Fault::CablePull => Duration::from_millis(300),
+        _ => Duration::ZERO,
+    }
+}
+
+#[test]
+fn cable_pull_moves_the_vip_to_the_backup_and_back() -> Result<()> {
+    takeover_then_failback("fcable", Fault::CablePull, false)
+}
+
+#[test]
+fn frozen_master_is_taken_over_and_thawed_master_gets_it_back() -> Result<()> {
+    takeover_then_failback("ffreeze", Fault::Freeze, false)
+}
+
+#[test]
+fn unhealthy_master_steps_down_and_reclaims_when_healthy() -> Result<()> {
+    takeover_then_failback("fhealth", Fault::Unhealthy, true)
+}
+
+#[test]
+fn restarted_master_claims_and_the_backup_releases_at_once() -> Result<()> {
+    // The classic "run master.sh again": the master process dies (and its
+    // host keeps running), the backup takes over, a new master claims.
+    let mut s = scenario("frestart", false, &[])?;
+    let master = s.master.take().context("master")?;
+    master.stop(Duration::from_secs(5))?;
+    // A stopped master releases the VIP but its kernel still answers our
+    // probes: the host is alive, so the backup must NOT take over.
+    std::thread::sleep(Duration::from_millis(300));
+    let st = s.backup_stats()?;
+    assert_eq!(st["state"], "STANDBY", "{st}");
+    s.start_master()?;
+    let st = s.backup_stats()?;
+    assert_eq!(st["takeovers"], 0, "{st}");
+    Ok(())
+}
+
+#[test]
+fn witness_keeps_a_cut_off_backup_from_taking_over() -> Result<()> {
+    let s = scenario("fwit", false, &["--witness", vipwatch_tests::scenario::GATEWAY])?;
+    // Cut the backup from the LAN (master and witness both unreachable),
+    // upstream of its XDP program.
+    s.lab.blackhole("backup")?;
+    let st = s.wait_state("ISOLATED", Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!s.lab.has_address("backup", VIP())?, "a cut-off backup must not bind the VIP");
+    let st2 = s.backup_stats()?;
+    assert_eq!(st2["takeovers"], 0, "{st} / {st2}");
+    assert_eq!(st2["state"], "ISOLATED");
+    s.lab.unblackhole("backup")?;
+    s.wait_state("STANDBY", Duration::from_secs(5))?;
+
+    // With the witness answering, a real master failure is still taken over.
+    let t0 = s.inject(Fault::CablePull)?;
+    let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
+    assert!(t.outage < TAKEOVER_BOUND, "outage {:?}", t.outage);
+    Ok(())
+}
+
+#[test]
+fn manual_failback_keeps_the_vip_until_release() -> Result<()> {
+    let s = scenario("fmanual", false, &["--failback", "manual"])?;
+    let t0 = s.inject(Fault::CablePull)?;
+    s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
+    s.repair(Fault::CablePull)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let st = s.backup_stats()?;
+    assert_eq!(st["state"], "ACTIVE", "manual failback must keep the VIP: {st}");
+    assert!(s.lab.has_address("backup", VIP())?);
+    let out = s.lab.output(
+        "backup",
+        vipwatch_bin()?,
+        ["release", "--iface", "eth0", "--vip", vipwatch_tests::scenario::VIP_CIDR],
+        Duration::from_secs(10),
+    )?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.wait_state("STANDBY", Duration::from_secs(5))?;
+    assert!(!s.lab.has_address("backup", VIP())?);
+    Ok(())
+}
+
+#[test]
+fn no_false_takeover_with_5_percent_loss_for_10_s() -> Result<()> {
+    let s = scenario("floss", false, &[])?;
+    // 5 % of the frames from the master toward the backup are lost: one
+    // direction, like netem on one interface.
+    loss_from(&s.lab, "master", 5)?;
+    std::thread::sleep(Duration::from_secs(10));
+    let st = s.backup_stats()?;
+    eprintln!(
+        "10 s at 5 % loss: {} probes, {} replies, {:.2} % lost, longest silence {:.2} ms, deferred {}",
+        st["master"]["probes_sent"], st["master"]["replies"], st["master"]["loss_pct"], st["master"]["max_gap_ms"], st["deferred"]
+    );
+    let loss = st["master"]["loss_pct"].as_f64().unwrap_or(0.0);
+    assert!(loss > 2.0, "the loss was not applied: {st}");
+    assert_eq!(st["takeovers"], 0, "false takeover under 5 % loss: {st}\n{}", s.logs());
+    Ok(())
+}
+
+#[test]
+fn no_false_takeover_when_the_backup_is_stopped_for_200_ms() -> Result<()> {
+    let s = scenario("fstop", false, &[])?;
+    for _ in 0..3 {
+        s.backup.signal(Signal::Stop)?;
+        std::thread::sleep(Duration::from_millis(200));
+        s.backup.signal(Signal::Cont)?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let st = s.backup_stats()?;
+    eprintln!("after 3 × SIGSTOP 200 ms: deferred deadlines {}, takeovers {}", st["deferred"], st["takeovers"]);
+    assert_eq!(st["takeovers"], 0, "a stopped backup concluded the master died: {st}\n{}", s.logs());
+    assert_eq!(st["state"], "STANDBY");
+    assert!(!s.lab.has_address("backup", VIP())?);
+    Ok(())
+}
+
+/// Drops `percent` % of the frames entering the bridge from `host`'s port.
+fn loss_from(lab: &Lab, host: &str, percent: u32) -> Result<()> {
+    let rule = format!(
+        "add table bridge vwloss; \
+         add chain bridge vwloss lossy {{ type filter hook forward priority 0; policy accept; }}; \
+         add rule bridge vwloss lossy iifname \"{host}\" numgen random mod 100 lt {percent} counter drop"
+    );
+    lab.run(Lab::BRIDGE, "nft", [rule.as_str()])?;
+    Ok(())
+}
