@@ -35,6 +35,8 @@ pub enum Fault {
     Freeze,
     /// Its service health check starts failing.
     Unhealthy,
+    /// `vipwatch master` is stopped (planned maintenance): it hands over.
+    Stopped,
 }
 
 impl Fault {
@@ -43,6 +45,7 @@ impl Fault {
             Self::CablePull => "master cable pulled",
             Self::Freeze => "master frozen (all its frames dropped)",
             Self::Unhealthy => "master service unhealthy",
+            Self::Stopped => "vipwatch master stopped",
         }
     }
 }
@@ -218,6 +221,7 @@ impl Scenario {
                 let f = self.health_file.as_ref().context("this scenario has no health check")?;
                 std::fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
             }
+            Fault::Stopped => self.master.as_ref().context("no master running")?.signal(crate::Signal::Term)?,
         }
         Ok(t0)
     }
@@ -239,7 +243,13 @@ impl Scenario {
     }
 
     /// Repairs the master; returns when it happened.
-    pub fn repair(&self, fault: Fault) -> Result<Instant> {
+    pub fn repair(&mut self, fault: Fault) -> Result<Instant> {
+        if fault == Fault::Stopped {
+            // The old master finishes its handover, then a new one starts.
+            if let Some(old) = self.master.take() {
+                old.wait(Duration::from_secs(5)).context("vipwatch master did not stop")?;
+            }
+        }
         let t = Instant::now();
         match fault {
             Fault::CablePull => self.lab.link_up("master")?,
@@ -248,6 +258,7 @@ impl Scenario {
                 let f = self.health_file.as_ref().context("this scenario has no health check")?;
                 std::fs::write(f, b"ok").with_context(|| format!("creating {}", f.display()))?;
             }
+            Fault::Stopped => self.start_master()?,
         }
         Ok(t)
     }
@@ -264,7 +275,7 @@ impl Scenario {
         // the master kept it bound all along, so from the repair; after a
         // health failure it re-binds it, so from its HOLDING line.
         let dual_from_ns = match fault {
-            Fault::Unhealthy => {
+            Fault::Unhealthy | Fault::Stopped => {
                 let master = self.master.as_ref().context("no master")?;
                 let holding = master.wait_for_line_after("state -> HOLDING", repaired, timeout)?;
                 mono_ns(&holding.text)?

@@ -317,11 +317,14 @@ impl Daemon {
                 self.announce()?;
                 self.garp.sent(clock::now_ns());
             }
-            // The status map is for humans and `stats`: refreshing it every
-            // 10 ms (and at once when probing ends or the state changes)
-            // costs 100 syscalls/s instead of one per probe.
+            // `stats` compares probes sent with replies counted by the
+            // kernel, so the count is published as soon as it changes (one
+            // map update per probe), and the rest at least every 10 ms.
             let now = clock::now_ns();
-            if self.status_dirty || now >= self.last_publish_ns + PUBLISH_EVERY_NS || !self.probing() && self.status.probes_sent != self.published_probes {
+            if self.status_dirty
+                || self.status.probes_sent != self.published_probes
+                || now >= self.last_publish_ns + PUBLISH_EVERY_NS
+            {
                 self.publish();
             }
         }

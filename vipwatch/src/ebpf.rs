@@ -25,7 +25,7 @@ use vipwatch_common::{
 };
 
 /// The XDP object built by `build.rs`; empty when built without bpf-linker.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vipwatch"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vipwatch-xdp"));
 
 /// Where bpffs is (and where we mount it if it is not).
 pub const BPFFS: &str = "/sys/fs/bpf";

@@ -38,14 +38,27 @@ pub fn build_with(toolchain: &Toolchain, options: Options) -> anyhow::Result<Pat
     // `--bins` with the test crate builds its helper binaries, if it has
     // any, and nothing of it otherwise.
     cargo
-        .args(["build", "--package", "vipwatch", "--package", "vipwatch-tests", "--bins"])
+        .args([
+            "build",
+            "--package",
+            "vipwatch",
+            "--package",
+            "vipwatch-tests",
+            "--bins",
+        ])
         .arg("--message-format=json-render-diagnostics")
         .args(release.then_some("--release"))
         .stdout(Stdio::piped());
-    let mut child = cargo
-        .spawn()
-        .with_context(|| format!("could not start `{}`; is cargo on PATH?", util::display(&cargo)))?;
-    let stdout = child.stdout.take().context("cargo's stdout was not captured")?;
+    let mut child = cargo.spawn().with_context(|| {
+        format!(
+            "could not start `{}`; is cargo on PATH?",
+            util::display(&cargo)
+        )
+    })?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("cargo's stdout was not captured")?;
 
     let manifest = util::workspace_root().join("vipwatch").join("Cargo.toml");
     let mut vipwatch = None;
@@ -66,7 +79,10 @@ pub fn build_with(toolchain: &Toolchain, options: Options) -> anyhow::Result<Pat
     }
     let status = child.wait().context("waiting for cargo build")?;
     if !status.success() {
-        bail!("`{}` failed ({status}); the errors are above", util::display(&cargo));
+        bail!(
+            "`{}` failed ({status}); the errors are above",
+            util::display(&cargo)
+        );
     }
     vipwatch.context("cargo built the vipwatch package but reported no `vipwatch` executable; check vipwatch/Cargo.toml's [[bin]]")
 }

@@ -8,10 +8,13 @@ use crate::{prerequisites, util};
 
 pub fn clippy() -> anyhow::Result<()> {
     let toolchain = prerequisites::ensure()?;
-    util::run_status(
-        toolchain
-            .cargo()
-            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
-    )
+    util::run_status(toolchain.cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
     .context("clippy found problems (shown above)")
 }

@@ -5,8 +5,11 @@
 //!
 //! `main` only parses the command line and dispatches.
 
+mod bench;
 mod build;
 mod clippy;
+mod demo;
+mod interrupt;
 mod prerequisites;
 mod run;
 mod test;
@@ -17,7 +20,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, run and test vipwatch")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test vipwatch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +41,11 @@ enum Command {
     Test(test::Options),
     /// Run clippy on every crate and target, with warnings as errors.
     Clippy,
+    /// Build, then play a failover on a lab of network namespaces:
+    /// cable pull, takeover, failback, and a cut-off backup.
+    Demo,
+    /// Build (release), then measure failover and print a Markdown report.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +55,8 @@ fn main() -> ExitCode {
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::test(options),
         Command::Clippy => clippy::clippy(),
+        Command::Demo => demo::demo(),
+        Command::Bench(options) => bench::bench(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

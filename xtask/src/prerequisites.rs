@@ -75,6 +75,25 @@ const TEST_TOOL_PACKAGES: &[Package] = &[
     },
 ];
 
+/// The classic ping-loop baseline of `cargo xtask bench`.
+const BENCH_TOOL_PACKAGES: &[Package] = &[
+    Package {
+        name: "iputils-ping",
+        why: "`ping`, for the ping-loop baseline of the benchmark",
+        probe: "ping",
+    },
+    Package {
+        name: "iputils-arping",
+        why: "`arping`, for the ping-loop baseline of the benchmark",
+        probe: "arping",
+    },
+];
+
+/// Installs what the benchmark's baseline script needs.
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    ensure_packages(&BENCH_TOOL_PACKAGES.iter().collect::<Vec<_>>())
+}
+
 /// What the checks found, for the commands that run cargo afterwards.
 pub struct Toolchain {
     /// `PATH` for child processes when the right bpf-linker is not the one
@@ -109,11 +128,22 @@ pub fn ensure() -> anyhow::Result<Toolchain> {
     }
     ensure_packages(&packages)?;
 
-    let linker = match linker {
-        Some(linker) => linker,
-        None => install_bpf_linker()?,
+    let (linker, installed) = match linker {
+        Some(linker) => (linker, false),
+        None => (install_bpf_linker()?, true),
     };
-    Ok(Toolchain { path: path_for(&linker)? })
+    let toolchain = Toolchain {
+        path: path_for(&linker)?,
+    };
+    if installed {
+        // Without bpf-linker, vipwatch's build script embeds an empty stub,
+        // and it is not rerun when bpf-linker appears (it watches the eBPF
+        // sources and PATH only): forget any such build so the next one
+        // embeds the real XDP object.
+        util::run_quiet(toolchain.cargo().args(["clean", "--package", "vipwatch"]))
+            .context("could not clean vipwatch's earlier build after installing bpf-linker; run `cargo clean`")?;
+    }
+    Ok(toolchain)
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {
@@ -135,7 +165,9 @@ fn ensure_rust_src() -> anyhow::Result<()> {
     if installed.lines().any(|line| line.trim() == "rust-src") {
         return Ok(());
     }
-    eprintln!("{TAG} installing rust-src for the nightly toolchain (aya-build rebuilds `core` for BPF from it)");
+    eprintln!(
+        "{TAG} installing rust-src for the nightly toolchain (aya-build rebuilds `core` for BPF from it)"
+    );
     util::run_quiet(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
         .context("could not add rust-src to the nightly toolchain; run `rustup component add rust-src --toolchain nightly` by hand")?;
     Ok(())
@@ -145,14 +177,20 @@ fn ensure_rust_src() -> anyhow::Result<()> {
 /// `PATH`, else the one `cargo install` leaves in `$CARGO_HOME/bin`.
 fn find_bpf_linker() -> Option<PathBuf> {
     let installed = cargo_home().map(|home| home.join("bin").join("bpf-linker"));
-    util::which("bpf-linker").into_iter().chain(installed).find(|linker| {
-        Command::new(linker).arg("--version").output().is_ok_and(|output| {
-            output.status.success()
-                && String::from_utf8_lossy(&output.stdout)
-                    .split_whitespace()
-                    .any(|word| word == BPF_LINKER_VERSION)
+    util::which("bpf-linker")
+        .into_iter()
+        .chain(installed)
+        .find(|linker| {
+            Command::new(linker)
+                .arg("--version")
+                .output()
+                .is_ok_and(|output| {
+                    output.status.success()
+                        && String::from_utf8_lossy(&output.stdout)
+                            .split_whitespace()
+                            .any(|word| word == BPF_LINKER_VERSION)
+                })
         })
-    })
 }
 
 fn cargo_home() -> Option<PathBuf> {
@@ -166,10 +204,19 @@ fn path_for(linker: &Path) -> anyhow::Result<Option<OsString>> {
     if util::which("bpf-linker").as_deref() == Some(linker) {
         return Ok(None);
     }
-    let dir = linker.parent().context("bpf-linker's path has no directory")?;
+    let dir = linker
+        .parent()
+        .context("bpf-linker's path has no directory")?;
     let rest = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)))
-        .with_context(|| format!("cannot put {} on PATH (does it contain ':'?)", dir.display()))?;
+    let path = std::env::join_paths(
+        std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)),
+    )
+    .with_context(|| {
+        format!(
+            "cannot put {} on PATH (does it contain ':'?)",
+            dir.display()
+        )
+    })?;
     Ok(Some(path))
 }
 
@@ -190,13 +237,18 @@ fn install_bpf_linker() -> anyhow::Result<PathBuf> {
         // bpf-linker's own Cargo.lock can stop resolving (a yanked crate);
         // only then is a fresh resolution worth a try.
         let message = format!("{locked_error:#}");
-        if !["--locked", "Cargo.lock", "lock file", "failed to select"].iter().any(|hint| message.contains(hint)) {
+        if !["--locked", "Cargo.lock", "lock file", "failed to select"]
+            .iter()
+            .any(|hint| message.contains(hint))
+        {
             return Err(locked_error).context(
                 "could not build bpf-linker; check that the LLVM 22 packages (llvm-22-dev libpolly-22-dev \
                  libclang-22-dev) are installed under /usr/lib/llvm-22",
             );
         }
-        eprintln!("{TAG} bpf-linker's lock file does not resolve; retrying `cargo install` without --locked");
+        eprintln!(
+            "{TAG} bpf-linker's lock file does not resolve; retrying `cargo install` without --locked"
+        );
         install(false).context("could not build bpf-linker, with or without its lock file")?;
     }
     find_bpf_linker().with_context(|| {
@@ -226,11 +278,16 @@ fn ensure_packages(packages: &[&Package]) -> anyhow::Result<()> {
         );
     }
     if !util::is_root() {
-        bail!("missing Debian packages:{list}\ninstall them with `sudo apt-get update && sudo {install}`, then rerun this command");
+        bail!(
+            "missing Debian packages:{list}\ninstall them with `sudo apt-get update && sudo {install}`, then rerun this command"
+        );
     }
 
     for package in &missing {
-        eprintln!("{TAG} installing Debian package {} ({})", package.name, package.why);
+        eprintln!(
+            "{TAG} installing Debian package {} ({})",
+            package.name, package.why
+        );
     }
     util::run_quiet(Command::new("apt-get").arg("update"))
         .context("`apt-get update` failed; check the network and the apt sources under /etc/apt")?;
@@ -245,7 +302,10 @@ fn ensure_packages(packages: &[&Package]) -> anyhow::Result<()> {
     let still_missing = missing_packages(&missing);
     if !still_missing.is_empty() {
         let names: Vec<&str> = still_missing.iter().map(|package| package.name).collect();
-        bail!("apt-get reported success but {} are still not installed; try `{install}` by hand", names.join(" "));
+        bail!(
+            "apt-get reported success but {} are still not installed; try `{install}` by hand",
+            names.join(" ")
+        );
     }
     Ok(())
 }

@@ -39,7 +39,14 @@ pub fn test(options: Options) -> anyhow::Result<()> {
     util::run_status(
         toolchain
             .cargo()
-            .args(["test", "--workspace", "--exclude", E2E_PACKAGE, "--all-targets", "--"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                E2E_PACKAGE,
+                "--all-targets",
+                "--",
+            ])
             .args(&args)
             .env("VIPWATCH_BIN", &vipwatch),
     )
@@ -48,7 +55,14 @@ pub fn test(options: Options) -> anyhow::Result<()> {
     util::run_status(
         toolchain
             .cargo()
-            .args(["test", "--package", E2E_PACKAGE, "--all-targets", "--", "--test-threads=1"])
+            .args([
+                "test",
+                "--package",
+                E2E_PACKAGE,
+                "--all-targets",
+                "--",
+                "--test-threads=1",
+            ])
             .args(&args)
             .env("VIPWATCH_BIN", &vipwatch),
     )

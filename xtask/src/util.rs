@@ -38,9 +38,12 @@ pub fn display(command: &Command) -> String {
 
 /// Runs `command` with inherited stdio and fails if it does not exit 0.
 pub fn run_status(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("could not start `{}`; is it installed and on PATH?", display(command)))?;
+    let status = command.status().with_context(|| {
+        format!(
+            "could not start `{}`; is it installed and on PATH?",
+            display(command)
+        )
+    })?;
     if !status.success() {
         bail!("`{}` failed ({status})", display(command));
     }
@@ -51,9 +54,12 @@ pub fn run_status(command: &mut Command) -> anyhow::Result<()> {
 /// end of it) if it does not exit 0. Used for installers, whose chatter is
 /// only worth showing when they fail.
 pub fn run_quiet(command: &mut Command) -> anyhow::Result<Output> {
-    let output = command
-        .output()
-        .with_context(|| format!("could not start `{}`; is it installed and on PATH?", display(command)))?;
+    let output = command.output().with_context(|| {
+        format!(
+            "could not start `{}`; is it installed and on PATH?",
+            display(command)
+        )
+    })?;
     if !output.status.success() {
         bail!(
             "`{}` failed ({}):\n{}{}",
@@ -72,7 +78,10 @@ pub fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(LINES);
-    lines[start..].iter().map(|line| format!("    {line}\n")).collect()
+    lines[start..]
+        .iter()
+        .map(|line| format!("    {line}\n"))
+        .collect()
 }
 
 /// Finds `name` in the directories of `$PATH`, as a shell would.
@@ -80,9 +89,11 @@ pub fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
 
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| {
-        candidate
-            .metadata()
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    })
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
 }

@@ -1,0 +1,473 @@
+//! `cargo xtask bench`: failover measured the way a client sees it, with
+//! the daemon's own timeline, an interval sweep, a false-takeover soak and
+//! the classic ping-loop script as a baseline in the same run.
+//!
+//! Every number comes from a lab of network namespaces built here (see
+//! `vipwatch_tests::scenario`): a client sends a UDP request to the VIP
+//! every 0.2 ms and records who answers; outage = failure injection → first
+//! answer from the backup. The report is Markdown on stdout, and JSON with
+//! `--json FILE`.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+use vipwatch_tests::{
+    Client, EchoServer, Lab, Proc,
+    scenario::{self, BACKUP, ECHO_PORT, Fault, MASTER, Options as ScenarioOptions, Scenario, VIP, VIP_CIDR},
+};
+
+use crate::{build, interrupt, prerequisites, util};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// A short run (5 trials per mode, 30 s soak) for a quick check.
+    #[arg(long)]
+    pub quick: bool,
+    /// Trials per failure mode (default 20, 5 with --quick).
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Soak duration in seconds (default 600, 30 with --quick).
+    #[arg(long)]
+    pub soak_secs: Option<u64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Percentile summary of a set of durations, in ms.
+#[derive(Clone, Copy, Debug)]
+struct Summary {
+    n: usize,
+    min: f64,
+    median: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Summary {
+    fn of(values: &[f64]) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        // Nearest-rank percentile: with fewer than 100 samples p99 is the
+        // maximum, which is the honest answer.
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Self {
+            n: v.len(),
+            min: v[0],
+            median: rank(0.5),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+        })
+    }
+
+    fn json(s: Option<Self>) -> Value {
+        match s {
+            Some(Summary { n, min, median, p99, max }) => {
+                json!({"n": n, "min_ms": min, "median_ms": median, "p99_ms": p99, "max_ms": max})
+            }
+            None => Value::Null,
+        }
+    }
+
+    fn row(label: &str, s: Option<Self>) -> String {
+        match s {
+            Some(Summary { n, min, median, p99, max }) => {
+                format!("| {label} | {n} | {min:.2} | {median:.2} | {p99:.2} | {max:.2} |\n")
+            }
+            None => format!("| {label} | 0 | - | - | - | - |\n"),
+        }
+    }
+}
+
+const TABLE_HEAD: &str = "| | n | min ms | median ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n";
+
+/// The per-takeover breakdown, ms, from the daemon's timeline and the
+/// client's first answer.
+#[derive(Default)]
+struct Breakdown {
+    deadline: Vec<f64>,
+    deadline_to_decision: Vec<f64>,
+    decision_to_bound: Vec<f64>,
+    bound_to_garp: Vec<f64>,
+    decision_to_garp: Vec<f64>,
+    garp_to_answer: Vec<f64>,
+}
+
+impl Breakdown {
+    fn add(&mut self, tl: &Value, first_answer_ns: u64) {
+        let get = |k: &str| tl[k].as_u64().map(|v| v as f64 / 1e6);
+        let (Some(last), Some(deadline), Some(decision), Some(bound), Some(garp)) = (
+            get("last_reply_ns"),
+            get("deadline_ns"),
+            get("decision_ns"),
+            get("vip_bound_ns"),
+            get("first_garp_ns"),
+        ) else {
+            return;
+        };
+        self.deadline.push(deadline - last);
+        self.deadline_to_decision.push(decision - deadline);
+        self.decision_to_bound.push(bound - decision);
+        self.bound_to_garp.push(garp - bound);
+        self.decision_to_garp.push(garp - decision);
+        self.garp_to_answer.push(first_answer_ns as f64 / 1e6 - garp);
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::from(TABLE_HEAD);
+        for (label, v) in [
+            ("last reply → deadline (= dead-after)", &self.deadline),
+            ("deadline → decision", &self.deadline_to_decision),
+            ("decision → VIP bound (rtnetlink)", &self.decision_to_bound),
+            ("VIP bound → first GARP", &self.bound_to_garp),
+            ("**decision → first GARP**", &self.decision_to_garp),
+            ("first GARP → first client answer", &self.garp_to_answer),
+        ] {
+            out += &Summary::row(label, Summary::of(v));
+        }
+        out
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "last_reply_to_deadline": Summary::json(Summary::of(&self.deadline)),
+            "deadline_to_decision": Summary::json(Summary::of(&self.deadline_to_decision)),
+            "decision_to_vip_bound": Summary::json(Summary::of(&self.decision_to_bound)),
+            "vip_bound_to_first_garp": Summary::json(Summary::of(&self.bound_to_garp)),
+            "decision_to_first_garp": Summary::json(Summary::of(&self.decision_to_garp)),
+            "first_garp_to_first_answer": Summary::json(Summary::of(&self.garp_to_answer)),
+        })
+    }
+}
+
+pub fn bench(options: Options) -> Result<()> {
+    if !util::is_root() {
+        bail!("the benchmark builds network namespaces and loads XDP: run it as root");
+    }
+    let Options {
+        quick,
+        trials,
+        soak_secs,
+        json: json_path,
+    } = options;
+    let trials = trials.unwrap_or(if quick { 5 } else { 20 });
+    let soak_secs = soak_secs.unwrap_or(if quick { 30 } else { 600 });
+    prerequisites::ensure_bench_tools()?;
+    let bin = build::build(build::Options { release: true })?;
+    interrupt::install()?;
+    let started = Instant::now();
+    let mut md = String::new();
+    let mut js = json!({"machine": machine(), "trials": trials, "soak_secs": soak_secs, "quick": quick});
+
+    // 1 + 2 + 5: outage by failure mode, where the time goes, failback.
+    let mut breakdown = Breakdown::default();
+    let mut dual = Vec::new();
+    let mut failback_outage = Vec::new();
+    let mut client_both = Vec::new();
+    let mut by_mode = String::from(TABLE_HEAD);
+    let mut modes_json = serde_json::Map::new();
+    for fault in [Fault::CablePull, Fault::Freeze, Fault::Unhealthy, Fault::Stopped] {
+        eprintln!("{} {}: {trials} trials", util::TAG, fault.describe());
+        let mut opts = ScenarioOptions::new(&format!("bench{}", mode_tag(fault)), bin.clone());
+        if fault == Fault::Unhealthy {
+            opts.health = true;
+            opts.master_args = health_args();
+        }
+        let mut s = Scenario::start(opts)?;
+        let mut outages = Vec::new();
+        for trial in 0..trials {
+            interrupt::check()?;
+            // Break at a random phase of the probe interval.
+            std::thread::sleep(Duration::from_micros(200 + (trial as u64 * 379) % 2000));
+            let t0 = s.inject(fault)?;
+            let t = s
+                .await_takeover(fault, t0, Duration::from_secs(10))
+                .with_context(|| format!("trial {trial}\n{}", s.logs()))?;
+            outages.push(ms(t.outage));
+            if fault == Fault::CablePull {
+                breakdown.add(&t.stats["last_takeover"], t.first_answer_ns);
+            }
+            let r = s.repair(fault)?;
+            let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
+            dual.push(ms(fb.dual_bound));
+            client_both.push(ms(fb.client_both));
+            failback_outage.push(ms(fb.client_outage));
+            s.wait_state("STANDBY", Duration::from_secs(10))?;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let summary = Summary::of(&outages);
+        by_mode += &Summary::row(fault.describe(), summary);
+        modes_json.insert(mode_tag(fault).into(), json!({"outage": Summary::json(summary), "samples_ms": outages}));
+    }
+    writeln!(md, "## 1. Client outage by failure mode (default settings: 2 ms interval, 10 ms dead-after)\n")?;
+    writeln!(
+        md,
+        "Outage = failure injected → first answer from the backup, seen by a client sending every 0.2 ms. \
+         The health gate checks every {} and needs 2 failures, so its row includes that detection time.\n",
+        "20 ms"
+    )?;
+    md += &by_mode;
+    js["outage_by_mode"] = Value::Object(modes_json);
+
+    writeln!(md, "\n## 2. Where the time goes (cable pull, from the backup's own timeline)\n")?;
+    md += &breakdown.markdown();
+    js["breakdown"] = breakdown.json();
+
+    // 3: interval sweep.
+    writeln!(md, "\n## 3. Interval sweep (cable pull, dead-after = 5 intervals)\n")?;
+    writeln!(
+        md,
+        "CPU = backup daemon user+sys time per second of wall time while standing by (from /proc), in % of one core.\n"
+    )?;
+    md += "| interval | dead-after | n | outage median ms | outage p99 ms | backup CPU % |\n|---:|---:|---:|---:|---:|---:|\n";
+    let sweep_trials = if quick { 3 } else { trials.div_ceil(2).max(5) };
+    let cpu_secs = if quick { 3 } else { 10 };
+    let mut sweep_json = Vec::new();
+    for interval_us in [500u64, 1000, 2000, 5000, 10000] {
+        interrupt::check()?;
+        eprintln!("{} interval {} µs: {sweep_trials} trials", util::TAG, interval_us);
+        let mut opts = ScenarioOptions::new(&format!("sw{interval_us}"), bin.clone());
+        opts.backup_args = vec![
+            "--interval".into(),
+            format!("{interval_us}us"),
+            "--dead-after".into(),
+            format!("{}us", interval_us * 5),
+        ];
+        let mut s = Scenario::start(opts)?;
+        let cpu = backup_cpu(&s.backup, Duration::from_secs(cpu_secs))?;
+        let mut outages = Vec::new();
+        for trial in 0..sweep_trials {
+            interrupt::check()?;
+            std::thread::sleep(Duration::from_micros(200 + (trial as u64 * 379) % interval_us.max(1)));
+            let t0 = s.inject(Fault::CablePull)?;
+            let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(10))?;
+            outages.push(ms(t.outage));
+            let r = s.repair(Fault::CablePull)?;
+            s.await_failback(Fault::CablePull, r, Duration::from_secs(10))?;
+            s.wait_state("STANDBY", Duration::from_secs(10))?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let sum = Summary::of(&outages);
+        let (med, p99) = sum.map_or((f64::NAN, f64::NAN), |s| (s.median, s.p99));
+        writeln!(
+            md,
+            "| {:.1} ms | {:.1} ms | {} | {med:.2} | {p99:.2} | {cpu:.2} |",
+            interval_us as f64 / 1000.0,
+            interval_us as f64 * 5.0 / 1000.0,
+            outages.len()
+        )?;
+        sweep_json.push(json!({"interval_us": interval_us, "dead_after_us": interval_us * 5, "outage": Summary::json(sum), "backup_cpu_pct": cpu}));
+    }
+    js["interval_sweep"] = Value::Array(sweep_json);
+
+    // 4: false-takeover soak.
+    interrupt::check()?;
+    eprintln!("{} soak: {soak_secs} s with 1 % loss and a CPU hog", util::TAG);
+    let soak = soak(&bin, Duration::from_secs(soak_secs))?;
+    writeln!(md, "\n## 4. False-takeover soak ({soak_secs} s, default settings)\n")?;
+    writeln!(
+        md,
+        "Master alive; 1 % random loss on every frame crossing the bridge (both directions, so ~2 % of probes \
+         unanswered); two busy-loop processes (one per core) in the backup's namespace. This kernel has no \
+         netem, so there is no delay jitter: the CPU hog is the jitter source (it delays the daemon, not the \
+         packets).\n"
+    )?;
+    writeln!(md, "| false takeovers | probes | replies | loss % | longest silence ms | closest call (dead-after − longest silence) ms | deferred deadlines |")?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| **{}** | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
+        soak["takeovers"], soak["probes"], soak["replies"], soak["loss_pct"].as_f64().unwrap_or(f64::NAN),
+        soak["max_gap_ms"].as_f64().unwrap_or(f64::NAN), soak["closest_call_ms"].as_f64().unwrap_or(f64::NAN), soak["deferred"]
+    )?;
+    js["soak"] = soak;
+
+    // 5: failback.
+    writeln!(md, "\n## 5. Failback (on-claim), over all trials of section 1\n")?;
+    writeln!(
+        md,
+        "Both bound = the time both hosts had the VIP bound, from the daemons' own CLOCK_MONOTONIC timestamps \
+         (master reachable again with the VIP, or master re-bound it → backup released it). Client saw both = \
+         how long the client got answers from both hosts. Client gap = the longest stretch without any answer \
+         after the repair.\n"
+    )?;
+    md += TABLE_HEAD;
+    md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
+    md += &Summary::row("client answered by both", Summary::of(&client_both));
+    md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
+    js["failback"] = json!({
+        "dual_bound": Summary::json(Summary::of(&dual)),
+        "client_answered_by_both": Summary::json(Summary::of(&client_both)),
+        "client_gap": Summary::json(Summary::of(&failback_outage)),
+    });
+
+    // 6: baseline.
+    interrupt::check()?;
+    let baseline_trials = if quick { 2 } else { 3 };
+    eprintln!("{} baseline ping loop: {baseline_trials} trials", util::TAG);
+    let mut base = Vec::new();
+    for trial in 0..baseline_trials {
+        interrupt::check()?;
+        base.push(ms(baseline_trial(trial)?));
+    }
+    writeln!(md, "\n## 6. Baseline: the classic ping-loop script, same lab, same cable pull\n")?;
+    writeln!(
+        md,
+        "`while sleep 5; do ping -c 3 -W 1 master || {{ ip addr add VIP; arping -U -c 3 VIP; break; }}; done` on the \
+         backup; the master binds the VIP with `ip addr add` + `arping -U`.\n"
+    )?;
+    md += TABLE_HEAD;
+    md += &Summary::row("ping-loop outage (cable pull)", Summary::of(&base));
+    js["baseline"] = json!({"outage": Summary::json(Summary::of(&base)), "samples_ms": base});
+
+    let header = format!(
+        "# vipwatch benchmark\n\n{}\n\nRun: `cargo xtask bench{}` ({} trials per mode), {:.0} s in all.\n\n",
+        machine_markdown(),
+        if quick { " --quick" } else { "" },
+        trials,
+        started.elapsed().as_secs_f64()
+    );
+    let report = header + &md;
+    println!("{report}");
+    if let Some(path) = json_path {
+        fs::write(&path, serde_json::to_string_pretty(&js)?).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("{} JSON written to {}", util::TAG, path.display());
+    }
+    Ok(())
+}
+
+fn mode_tag(fault: Fault) -> &'static str {
+    match fault {
+        Fault::CablePull => "cable",
+        Fault::Freeze => "freeze",
+        Fault::Unhealthy => "health",
+        Fault::Stopped => "stop",
+    }
+}
+
+/// Health gate settings used for the "unhealthy" mode.
+fn health_args() -> Vec<String> {
+    ["--health-interval", "20ms", "--health-fall", "2", "--health-rise", "3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The backup daemon's CPU (user + sys) over `window`, in % of one core.
+fn backup_cpu(backup: &Proc, window: Duration) -> Result<f64> {
+    let read = || -> Result<u64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", backup.pid()))?;
+        // Fields after the command name (which may hold spaces): utime is
+        // the 14th field, stime the 15th.
+        let rest = stat.rsplit_once(") ").context("malformed /proc stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (a, t0) = (read()?, Instant::now());
+    std::thread::sleep(window);
+    let (b, t1) = (read()?, Instant::now());
+    Ok((b - a) as f64 / ticks / (t1 - t0).as_secs_f64() * 100.0)
+}
+
+fn soak(bin: &std::path::Path, duration: Duration) -> Result<Value> {
+    let s = Scenario::start(ScenarioOptions::new("soak", bin.to_path_buf()))?;
+    s.lab.loss(1)?;
+    let hogs: Vec<Proc> = (0..2)
+        .map(|_| s.lab.spawn("backup", "sh", ["-c", "while :; do :; done"]))
+        .collect::<Result<_>>()?;
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(500).min(end.saturating_duration_since(Instant::now())));
+    }
+    let st = s.backup_stats()?;
+    drop(hogs);
+    let dead_after = st["dead_after_ms"].as_f64().unwrap_or(f64::NAN);
+    let gap = st["master"]["max_gap_ms"].as_f64().unwrap_or(f64::NAN);
+    Ok(json!({
+        "takeovers": st["takeovers"],
+        "probes": st["master"]["probes_sent"],
+        "replies": st["master"]["replies"],
+        "loss_pct": st["master"]["loss_pct"],
+        "max_gap_ms": gap,
+        "closest_call_ms": dead_after - gap,
+        "deferred": st["deferred"],
+    }))
+}
+
+/// One cable pull against the classic scripts: master.sh binds the VIP and
+/// arpings; backup.sh pings every 5 s and takes over on failure.
+fn baseline_trial(trial: usize) -> Result<Duration> {
+    let lab = Lab::builder(&format!("base{trial}"))
+        .host("master", &format!("{MASTER}/24"))
+        .host("backup", &format!("{BACKUP}/24"))
+        .host("client", &format!("{}/24", scenario::CLIENT))
+        .build()?;
+    let _servers = [
+        EchoServer::start(&lab, "master", ECHO_PORT, "master")?,
+        EchoServer::start(&lab, "backup", ECHO_PORT, "backup")?,
+    ];
+    lab.run("master", "sh", ["-c", &format!("ip addr add {VIP_CIDR} dev eth0 && arping -q -U -c 3 -I eth0 {VIP}")])?;
+    let client = Client::builder(SocketAddrV4::new(VIP.parse::<Ipv4Addr>()?, ECHO_PORT), Duration::from_micros(200))
+        .max_duration(Duration::from_secs(120))
+        .start(&lab, "client")?;
+    client.wait_for_answer_from("master", Instant::now(), Duration::from_secs(10))?;
+    let script = format!(
+        "while :; do if ! ping -q -c 3 -W 1 {MASTER} >/dev/null 2>&1; then ip addr add {VIP_CIDR} dev eth0; \
+         arping -q -U -c 3 -I eth0 {VIP}; echo TOOK_OVER; exit 0; fi; sleep 5; done"
+    );
+    let backup = lab.spawn("backup", "sh", ["-c", &script])?;
+    // Pull the cable at a random point of the script's 5 s cycle.
+    std::thread::sleep(Duration::from_millis(1000 + (trial as u64 * 1777) % 5000));
+    let t0 = Instant::now();
+    lab.link_down("master")?;
+    let answer = client
+        .wait_for_answer_from("backup", t0, Duration::from_secs(30))
+        .with_context(|| format!("the ping-loop backup never took over:\n{}", backup.output()))?;
+    Ok(answer.received_at.saturating_duration_since(t0))
+}
+
+fn machine() -> Value {
+    json!({
+        "kernel": read_trim("/proc/sys/kernel/osrelease"),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model(),
+        "mem_total": fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(str::to_owned)),
+    })
+}
+
+fn machine_markdown() -> String {
+    format!(
+        "Machine: {} CPU(s) ({}), Linux {}, network: veth pairs on a Linux bridge in network namespaces (XDP in driver mode on veth).",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model(),
+        read_trim("/proc/sys/kernel/osrelease")
+    )
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn read_trim(path: &str) -> String {
+    fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
