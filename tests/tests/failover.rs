@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use vipwatch_tests::{
     Lab, Signal,
     scenario::{Fault, Options, Scenario},
@@ -189,5 +189,24 @@ fn loss_from(lab: &Lab, host: &str, percent: u32) -> Result<()> {
          add rule bridge vwloss lossy iifname \"{host}\" numgen random mod 100 lt {percent} counter drop"
     );
     lab.run(Lab::BRIDGE, "nft", [rule.as_str()])?;
+    Ok(())
+}
+
+#[test]
+fn on_change_hook_gets_state_vip_iface_and_reason() -> Result<()> {
+    let file = std::env::temp_dir().join(format!("vipwatch-hook-{}", std::process::id()));
+    let hook = format!("echo >> {}", file.display());
+    let s = scenario("fhook", false, &["--on-change", &hook])?;
+    let t0 = s.inject(Fault::CablePull)?;
+    s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
+    let mut text = String::new();
+    vipwatch_tests::wait_until("the hook ran for ACTIVE", Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        Ok(text.contains("ACTIVE"))
+    })?;
+    std::fs::remove_file(&file)?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"STANDBY 192.0.2.100/24 eth0 master-replied"), "{text}");
+    assert!(lines.contains(&"ACTIVE 192.0.2.100/24 eth0 master-silent"), "{text}");
     Ok(())
 }

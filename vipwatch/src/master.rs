@@ -10,13 +10,20 @@
 //! ARP, RFC 4861 §7.2.6 unsolicited NA for IPv6): a burst of
 //! `--garp-count`, then optionally every `--garp-refresh`.
 //!
-//! With `--health-cmd`/`--health-http`, the XDP gate (`vipwatch_gate`) is
-//! attached: after `--health-fall` failed checks the master releases the
-//! VIP and closes the gate, so the backup's probes go unanswered and it
+//! The XDP probe gate (`vipwatch_gate`) is always attached. Closed, it
+//! drops the backup's probes, so the backup sees this master dead and
 //! takes over within its detection time, while everything else this host
-//! does (ssh, monitoring, our own ARP) is untouched. After `--health-rise`
-//! good checks it opens the gate (the backup sees the master alive again)
-//! and claims the VIP back.
+//! does (ssh, monitoring, our own ARP) is untouched. It is closed:
+//!
+//! - with `--health-cmd`/`--health-http`, after `--health-fall` failed
+//!   checks, once the VIP is released; after `--health-rise` good checks
+//!   it opens again (the backup sees the master alive) and the VIP is
+//!   claimed back;
+//! - on SIGINT/SIGTERM, a planned handover (keepalived sends priority 0
+//!   when it stops, RFC 5798 §6.4.3): the VIP is released and the gate
+//!   stays closed for [`HANDOVER_HOLD`], so the backup detects the silence
+//!   and takes the VIP. Without this the host, still up, keeps answering
+//!   the probes after the daemon exits and nobody serves the VIP.
 //!
 //! As in the backup, the decisions are a pure state machine ([`Machine`]:
 //! events in, actions and at most one [`Transition`] out) and [`Daemon`]
@@ -54,6 +61,14 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long stopping waits for blocking work still running (an ARP probe,
 /// a DNS lookup of `--health-http`) before exiting without it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long a stopping master keeps the probe gate closed before it exits
+/// (exiting detaches the gate, and the kernel answers the probes again).
+/// It must exceed the backup's `--dead-after` (default 10 ms) plus a few
+/// probe intervals, or the backup still sees this host alive and never
+/// takes over; 200 ms covers the default with a wide margin (a backup
+/// configured with a longer `--dead-after` does not take over on a planned
+/// stop). A second SIGINT/SIGTERM cuts it short.
+pub const HANDOVER_HOLD: Duration = Duration::from_millis(200);
 
 // ---------------------------------------------------------------------------
 // The pure state machine.
@@ -70,7 +85,7 @@ pub enum State {
     Holding,
     /// The service failed its checks: VIP released, probe gate closed.
     Unhealthy,
-    /// Shut down.
+    /// Shut down: VIP released, probe gate closed for [`HANDOVER_HOLD`].
     Stopped,
 }
 
@@ -121,6 +136,9 @@ pub enum Action {
     OpenGate,
     /// Drop the backup's probes: it sees this master dead and takes over.
     CloseGate,
+    /// Keep the gate as it is (closed) for [`HANDOVER_HOLD`] before
+    /// stopping, so the backup notices the silence.
+    HoldForHandover,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,11 +247,17 @@ impl Machine {
             },
             Event::RecheckDue => Step::default(),
             Event::Shutdown => {
-                let actions = if self.state == State::Holding {
-                    vec![Action::Release]
-                } else {
-                    Vec::new()
-                };
+                // A planned handover: release, then (as for a failed health
+                // check, and for the same reason) close the gate, and hold
+                // it closed until the backup has noticed. Whatever the state:
+                // a master stopped before it claimed the VIP must not keep
+                // the backup standing by for a VIP nobody serves.
+                let mut actions = Vec::new();
+                if self.state == State::Holding {
+                    actions.push(Action::Release);
+                }
+                self.close_gate(&mut actions);
+                actions.push(Action::HoldForHandover);
                 self.go(State::Stopped, Reason::Shutdown, actions)
             }
         }
@@ -530,21 +554,23 @@ fn serve(rt: &Runtime, s: Settings) -> anyhow::Result<()> {
             .map(|r| format!(", then every {} ms", r.as_millis()))
             .unwrap_or_default(),
     );
-    let (gate, health) = match check {
+    // Always attached, health check or not: closing it on SIGINT/SIGTERM is
+    // what hands the VIP over to the backup.
+    let gate = Gate::attach(&iface, xdp_mode)
+        .with_context(|| format!("attaching the probe gate (XDP) to {iface}"))?;
+    if gate.fell_back {
+        log::warn!(
+            "XDP FALLBACK: the driver of {iface} refused native mode; the probe gate runs in skb \
+             (generic) mode, which costs more CPU per packet (use --xdp-mode skb to make this explicit)"
+        );
+    } else {
+        log::info!(
+            "probe gate attached to {iface} in {} mode",
+            gate.mode.as_str()
+        );
+    }
+    let health = match check {
         Some(check) => {
-            let gate = Gate::attach(&iface, xdp_mode)
-                .with_context(|| format!("attaching the probe gate (XDP) to {iface}"))?;
-            if gate.fell_back {
-                log::warn!(
-                    "XDP FALLBACK: the driver of {iface} refused native mode; the probe gate runs in skb \
-                     (generic) mode, which costs more CPU per packet (use --xdp-mode skb to make this explicit)"
-                );
-            } else {
-                log::info!(
-                    "probe gate attached to {iface} in {} mode",
-                    gate.mode.as_str()
-                );
-            }
             log::info!(
                 "health check: {check} every {} ms (--health-fall {health_fall}, --health-rise {health_rise} \
                  consecutive checks); the VIP is claimed only once it passes",
@@ -552,18 +578,15 @@ fn serve(rt: &Runtime, s: Settings) -> anyhow::Result<()> {
             );
             let (tx, rx) = mpsc::channel(4);
             let task = rt.spawn(health_loop(check, health_interval, tx));
-            (
-                Some(gate),
-                Some(HealthFeed {
-                    rx,
-                    task,
-                    hysteresis: Hysteresis::new(health_fall, health_rise),
-                }),
-            )
+            Some(HealthFeed {
+                rx,
+                task,
+                hysteresis: Hysteresis::new(health_fall, health_rise),
+            })
         }
         None => {
             log::info!("no health check: holding {vip} for as long as vipwatch runs");
-            (None, None)
+            None
         }
     };
 
@@ -688,6 +711,8 @@ struct Effects {
     /// (was bound, removed at).
     released: Option<(bool, u64)>,
     gate_closed: Option<bool>,
+    /// The gate is held closed this long after the step's log line.
+    handover_hold: Option<Duration>,
 }
 
 struct Daemon<'rt> {
@@ -700,7 +725,7 @@ struct Daemon<'rt> {
     announcer: Announcer,
     /// Dropped after the VIP is released (field order): detaching it lets
     /// the backup's probes through again.
-    gate: Option<Gate>,
+    gate: Gate,
     hooks: Hooks,
     garp: GarpSchedule,
     /// The VIP is bound by us (what the drop guard releases).
@@ -722,7 +747,9 @@ impl Daemon<'_> {
             let wake = self.rt.block_on(self.waits.next());
             match wake {
                 Wake::Signal(name) => {
-                    log::info!("{name}: stopping");
+                    log::info!(
+                        "{name}: stopping (a second SIGINT/SIGTERM skips the handover hold)"
+                    );
                     let step = self.machine.handle(Event::Shutdown);
                     return self.apply(step);
                 }
@@ -847,12 +874,55 @@ impl Daemon<'_> {
                 Action::Release => self.release(&mut effects)?,
                 Action::OpenGate => self.set_gate(false, &mut effects)?,
                 Action::CloseGate => self.set_gate(true, &mut effects)?,
+                // Held after the log line below: the line says when the
+                // handover started, not when the hold ended.
+                Action::HoldForHandover => effects.handover_hold = Some(HANDOVER_HOLD),
             }
         }
         if let Some(t) = transition {
             self.report(t, &effects);
         }
+        if let Some(hold) = effects.handover_hold {
+            self.hold_gate(hold);
+        }
         Ok(())
+    }
+
+    /// Waits `hold` with the gate as it is (closed), or until a second
+    /// SIGINT/SIGTERM, and says what the gate dropped meanwhile.
+    fn hold_gate(&mut self, hold: Duration) {
+        let before = self.gate.counters();
+        let started = Instant::now();
+        let Waits {
+            sigint, sigterm, ..
+        } = &mut self.waits;
+        let cut_short = self.rt.block_on(async {
+            tokio::select! {
+                () = tokio::time::sleep(hold) => None,
+                _ = sigint.recv() => Some("SIGINT"),
+                _ = sigterm.recv() => Some("SIGTERM"),
+            }
+        });
+        let held_ms = started.elapsed().as_millis();
+        let dropped = match (before, self.gate.counters()) {
+            (Ok((_, before)), Ok((_, after))) => {
+                let n = after.saturating_sub(before);
+                if n == 0 {
+                    "no probes dropped (is a backup probing this host?)".to_owned()
+                } else {
+                    format!("{n} probes dropped")
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => format!("probe gate counters unreadable ({e:#})"),
+        };
+        match cut_short {
+            None => log::info!("handover: probe gate held closed {held_ms} ms, {dropped}; exiting"),
+            Some(name) => log::warn!(
+                "{name} again: exiting after holding the probe gate closed only {held_ms} ms of {} ms, \
+                 {dropped}; the backup may not have taken over",
+                hold.as_millis()
+            ),
+        }
     }
 
     fn start_probe(&mut self) {
@@ -907,23 +977,19 @@ impl Daemon<'_> {
     }
 
     fn set_gate(&mut self, closed: bool, effects: &mut Effects) -> anyhow::Result<()> {
-        // Without a health check there is no gate, and the machine never
-        // asks for one (it only moves the gate on health verdicts).
-        if let Some(gate) = self.gate.as_mut() {
-            gate.set_closed(closed).with_context(|| {
-                format!(
-                    "{} the probe gate on {}",
-                    if closed { "closing" } else { "opening" },
-                    self.iface
-                )
-            })?;
-            effects.gate_closed = Some(closed);
-            match gate.counters() {
-                Ok((seen, dropped)) => {
-                    log::debug!("probe gate: {seen} probes seen, {dropped} dropped so far")
-                }
-                Err(e) => log::debug!("probe gate counters unreadable: {e:#}"),
+        self.gate.set_closed(closed).with_context(|| {
+            format!(
+                "{} the probe gate on {}",
+                if closed { "closing" } else { "opening" },
+                self.iface
+            )
+        })?;
+        effects.gate_closed = Some(closed);
+        match self.gate.counters() {
+            Ok((seen, dropped)) => {
+                log::debug!("probe gate: {seen} probes seen, {dropped} dropped so far")
             }
+            Err(e) => log::debug!("probe gate counters unreadable: {e:#}"),
         }
         Ok(())
     }
@@ -1002,15 +1068,21 @@ impl Daemon<'_> {
                 let (what, at) = effects
                     .released
                     .map_or_else(|| (format!("{vip} not bound"), clock::now_ns()), released);
-                let counters = match self.gate.as_ref().map(Gate::counters) {
-                    Some(Ok((seen, dropped))) => {
+                let counters = match self.gate.counters() {
+                    Ok((seen, dropped)) => {
                         format!("; probe gate saw {seen} probes, dropped {dropped}")
                     }
-                    Some(Err(e)) => format!("; probe gate counters unreadable ({e:#})"),
-                    None => String::new(),
+                    Err(e) => format!("; probe gate counters unreadable ({e:#})"),
+                };
+                let handover = match effects.handover_hold {
+                    Some(hold) => format!(
+                        ", probe gate closed for {} ms so the backup takes over",
+                        hold.as_millis()
+                    ),
+                    None => gate.to_owned(),
                 };
                 log::info!(
-                    "state -> STOPPED: {what} (from {}, {why}{counters}) mono_ns={at}",
+                    "state -> STOPPED: {what}{handover} (from {}, {why}{counters}) mono_ns={at}",
                     from.name()
                 );
             }
@@ -1056,6 +1128,9 @@ impl Daemon<'_> {
 impl Drop for Daemon<'_> {
     /// Whatever made us stop (an error, a panic), do not leave the VIP
     /// bound: a stopped master that still answers for it fights the backup.
+    /// No handover hold on this path: the gate detaches with the rest of
+    /// the daemon (after this, by field order), so the backup keeps seeing
+    /// the host alive, as it does when the daemon is killed.
     fn drop(&mut self) {
         if let Some(feed) = self.waits.health.as_ref() {
             // Dropping the task kills a health command still running.
@@ -1117,10 +1192,12 @@ mod tests {
                 Some((State::Starting, State::Holding, Reason::Claimed))
             )
         );
+        // A planned handover: release first (the backup must never bind
+        // the VIP while we answer for it), then close the gate and hold it.
         assert_eq!(
             m.handle(Event::Shutdown),
             step(
-                &[Action::Release],
+                &[Action::Release, Action::CloseGate, Action::HoldForHandover],
                 Some((State::Holding, State::Stopped, Reason::Shutdown))
             )
         );
@@ -1129,6 +1206,7 @@ mod tests {
             Step::default(),
             "nothing after stop"
         );
+        assert_eq!(m.handle(Event::Shutdown), Step::default(), "stops once");
     }
 
     #[test]
@@ -1188,14 +1266,15 @@ mod tests {
                 Some((State::Waiting, State::Holding, Reason::Claimed))
             )
         );
-        // Shutdown while waiting releases nothing.
+        // Shutdown while waiting releases nothing, but still hands over:
+        // the backup must not stand by for a master that is going away.
         let mut m = Machine::new(false, false);
         m.start();
         m.handle(Event::Probed(Owner::Host(OTHER)));
         assert_eq!(
             m.handle(Event::Shutdown),
             step(
-                &[],
+                &[Action::CloseGate, Action::HoldForHandover],
                 Some((State::Waiting, State::Stopped, Reason::Shutdown))
             )
         );
@@ -1256,11 +1335,11 @@ mod tests {
                 Some((State::Unhealthy, State::Holding, Reason::HealthRecovered))
             )
         );
-        // Shutdown from HOLDING releases; the gate is left to the shell.
+        // Shutdown from HOLDING releases, then closes the opened gate.
         assert_eq!(
             m.handle(Event::Shutdown),
             step(
-                &[Action::Release],
+                &[Action::Release, Action::CloseGate, Action::HoldForHandover],
                 Some((State::Holding, State::Stopped, Reason::Shutdown))
             )
         );
@@ -1334,6 +1413,67 @@ mod tests {
         );
         // A recheck that fires while unhealthy does nothing.
         assert_eq!(m.handle(Event::RecheckDue), Step::default());
+    }
+
+    #[test]
+    fn shutdown_hands_over_from_every_state() {
+        let holding = || {
+            let mut m = Machine::new(true, false);
+            m.start();
+            m.handle(Event::Probed(Owner::Nobody));
+            m
+        };
+        let unhealthy = || {
+            let mut m = Machine::new(true, true);
+            m.handle(Event::Health(Verdict::Unhealthy));
+            m
+        };
+        let table: [(&str, Machine, State, &[Action]); 5] = [
+            (
+                "starting, no check",
+                Machine::new(true, false),
+                State::Starting,
+                &[Action::CloseGate, Action::HoldForHandover],
+            ),
+            (
+                "starting, before the first verdict",
+                Machine::new(true, true),
+                State::Starting,
+                &[Action::CloseGate, Action::HoldForHandover],
+            ),
+            (
+                "holding",
+                holding(),
+                State::Holding,
+                &[Action::Release, Action::CloseGate, Action::HoldForHandover],
+            ),
+            // The gate is closed already: it stays closed for the hold too,
+            // in case the backup has not noticed yet.
+            (
+                "unhealthy",
+                unhealthy(),
+                State::Unhealthy,
+                &[Action::HoldForHandover],
+            ),
+            (
+                "unhealthy, recovering (gate reopened, probe out)",
+                {
+                    let mut m = unhealthy();
+                    m.handle(Event::Health(Verdict::Healthy));
+                    m
+                },
+                State::Unhealthy,
+                &[Action::CloseGate, Action::HoldForHandover],
+            ),
+        ];
+        for (name, mut m, from, actions) in table {
+            assert_eq!(
+                m.handle(Event::Shutdown),
+                step(actions, Some((from, State::Stopped, Reason::Shutdown))),
+                "{name}"
+            );
+            assert_eq!(m.state(), State::Stopped, "{name}");
+        }
     }
 
     #[test]
