@@ -627,15 +627,56 @@ impl Lab {
 
     /// "Cable pull" at the host: sets `host`'s `eth0` down inside its
     /// namespace (its routes over eth0 go away; addresses stay).
+    ///
+    /// Done in-process (SIOCSIFFLAGS from a thread in `host`'s namespace),
+    /// not by spawning `ip`: the fault takes effect within microseconds of
+    /// the call, which is what outage measurements start from.
     pub fn link_down(&self, host: &str) -> Result<()> {
         self.fault_host(host)?;
-        self.ip_cmd(host, &["link", "set", "dev", Self::HOST_IFACE, "down"])
+        self.set_link_up(host, false)
+    }
+
+    fn set_link_up(&self, host: &str, up: bool) -> Result<()> {
+        self.in_netns(host, move || -> Result<()> {
+            // SAFETY: plain socket(2), closed below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                bail!("socket for SIOCSIFFLAGS: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: zeroed ifreq is valid; the name is copied below.
+            let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (dst, src) in ifr.ifr_name.iter_mut().zip(Self::HOST_IFACE.bytes()) {
+                *dst = src as libc::c_char;
+            }
+            // SAFETY: fd is a socket and ifr a valid ifreq for these ioctls;
+            // ifru_flags is the member SIOCGIFFLAGS fills.
+            let result = unsafe {
+                if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    let up_flag = libc::IFF_UP as libc::c_short;
+                    if up {
+                        ifr.ifr_ifru.ifru_flags |= up_flag;
+                    } else {
+                        ifr.ifr_ifru.ifru_flags &= !up_flag;
+                    }
+                    if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+            result.with_context(|| format!("setting {} {}", Self::HOST_IFACE, if up { "up" } else { "down" }))
+        })?
     }
 
     /// Undoes [`Lab::link_down`].
     pub fn link_up(&self, host: &str) -> Result<()> {
         self.fault_host(host)?;
-        self.ip_cmd(host, &["link", "set", "dev", Self::HOST_IFACE, "up"])
+        self.set_link_up(host, true)
     }
 
     /// "Cable cut" at the switch: sets `host`'s bridge port down, so the

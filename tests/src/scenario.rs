@@ -84,6 +84,7 @@ impl Options {
 #[derive(Debug)]
 pub struct Takeover {
     pub fault: Fault,
+    /// When the fault took effect (see [`Scenario::await_takeover`]).
     pub injected: Instant,
     /// Failure injection → first answer from the backup.
     pub outage: Duration,
@@ -233,10 +234,26 @@ impl Scenario {
             .wait_for_answer_from("backup", t0, timeout)
             .with_context(|| format!("no takeover after {}\nbackup log:\n{}", fault.describe(), self.backup.output()))?;
         let stats = self.wait_state("ACTIVE", Duration::from_secs(5))?;
+        // A cable pull or a freeze is applied by a command that takes a few
+        // ms to run, and the master keeps answering until it has. The fault
+        // instant is then the later of the injection start and the client's
+        // last answer from the master (known to 0.2 ms, the client's
+        // interval). A health failure or a stop starts at injection.
+        let fault_at = match fault {
+            Fault::CablePull | Fault::Freeze => {
+                let rec = self.client.snapshot();
+                rec.answers_from("master")
+                    .map(|a| a.received_at)
+                    .filter(|t| *t < answer.received_at)
+                    .max()
+                    .map_or(t0, |last| last.max(t0))
+            }
+            Fault::Unhealthy | Fault::Stopped => t0,
+        };
         Ok(Takeover {
             fault,
-            injected: t0,
-            outage: answer.received_at.saturating_duration_since(t0),
+            injected: fault_at,
+            outage: answer.received_at.saturating_duration_since(fault_at),
             stats,
             first_answer_ns: clock::to_monotonic_ns(answer.received_at),
         })

@@ -284,6 +284,9 @@ pub struct DaemonStatus {
     /// CLOCK_MONOTONIC ns of the last release, and the claim that caused it.
     pub last_release_ns: u64,
     pub last_claim_ns: u64,
+    /// Longest gap between two probes we sent (ours to blame when it is
+    /// close to the longest reply gap: a starved or stopped daemon).
+    pub max_probe_gap_ns: u64,
 }
 
 /// The master-side gate: `closed == 1` makes `vipwatch_gate` drop

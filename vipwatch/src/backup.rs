@@ -115,6 +115,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         master_back_logged: false,
         foreign_claims_logged: 0,
         status_dirty: true,
+        last_tick_ns: 0,
         next_solicit_ns: 0,
         vip4,
         last_publish_ns: 0,
@@ -203,6 +204,7 @@ struct Daemon {
     master_back_logged: bool,
     foreign_claims_logged: u32,
     status_dirty: bool,
+    last_tick_ns: u64,
     next_solicit_ns: u64,
     vip4: std::net::Ipv4Addr,
     last_publish_ns: u64,
@@ -221,13 +223,18 @@ impl Daemon {
         self.count.is_none_or(|n| self.prober.sent + self.prober.errors < n)
     }
 
-    /// When the detector wants a fresh sample. A deadline already in the
-    /// past (the detector waits for more evidence) is re-checked at most
-    /// every half interval, so waiting never becomes a busy loop.
+    /// When the detector wants a fresh sample. A deadline the last sample
+    /// already reached (the detector waits for more evidence) is re-checked
+    /// at most every half interval, so waiting never becomes a busy loop.
     fn sample_due_ns(&self) -> u64 {
         let deadline = self.detector.next_deadline();
-        let floor = self.last_sample_ns + self.detector.settings().interval_ns / 2;
-        deadline.max(floor)
+        if deadline > self.last_sample_ns {
+            // A deadline the last sample did not reach yet: honour it to
+            // the nanosecond.
+            deadline
+        } else {
+            self.last_sample_ns + self.detector.settings().interval_ns / 2
+        }
     }
 
     fn run(mut self) -> anyhow::Result<()> {
@@ -293,6 +300,11 @@ impl Daemon {
             if self.probing() && now >= self.next_probe_ns {
                 probed = true;
                 let tick = self.prober.tick();
+                if self.last_tick_ns != 0 && self.detector.state() != State::Starting {
+                    let gap = tick.at_ns.saturating_sub(self.last_tick_ns);
+                    self.status.max_probe_gap_ns = self.status.max_probe_gap_ns.max(gap);
+                }
+                self.last_tick_ns = tick.at_ns;
                 if tick.master_sent {
                     self.feed(Event::ProbeSent {
                         at_ns: tick.at_ns,

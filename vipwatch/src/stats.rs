@@ -80,6 +80,9 @@ pub struct Report {
     pub releases: u64,
     /// Deadlines excused because our own probes had not gone out.
     pub deferred: u64,
+    /// Longest gap between two probes we sent (since the master first
+    /// answered), ms: our own starvation, next to the master's `max_gap_ms`.
+    pub max_probe_gap_ms: f64,
     pub last_takeover: Option<TimelineReport>,
 }
 
@@ -153,6 +156,7 @@ pub fn collect(iface: &str) -> anyhow::Result<Report> {
         last_takeover,
         last_release_ns: _,
         last_claim_ns: _,
+        max_probe_gap_ns,
     } = status;
     Ok(Report {
         iface: iface.to_owned(),
@@ -170,6 +174,7 @@ pub fn collect(iface: &str) -> anyhow::Result<Report> {
         takeovers,
         releases,
         deferred,
+        max_probe_gap_ms: max_probe_gap_ns as f64 / 1e6,
         last_takeover: (takeovers > 0).then(|| timeline_report(last_takeover)),
     })
 }
@@ -289,8 +294,8 @@ pub fn render(r: &Report) -> String {
         row("witness", w);
     }
     out += &format!(
-        "\nclaims {}  takeovers {}  releases {}  deferred deadlines {}\n",
-        r.claims, r.takeovers, r.releases, r.deferred
+        "\nclaims {}  takeovers {}  releases {}  deferred deadlines {}  longest gap between our probes {:.2} ms\n",
+        r.claims, r.takeovers, r.releases, r.deferred, r.max_probe_gap_ms
     );
     if let Some(t) = &r.last_takeover {
         out += &format!(
