@@ -213,7 +213,7 @@ struct Daemon {
 
 /// How often a backup holding the VIP asks whether the returned master
 /// holds it too.
-const SOLICIT_EVERY_NS: u64 = 200_000_000;
+const SOLICIT_EVERY_NS: u64 = 20_000_000;
 
 /// How often the status map for `vipwatch stats` is refreshed.
 const PUBLISH_EVERY_NS: u64 = 10_000_000;
@@ -351,28 +351,32 @@ impl Daemon {
     }
 
     fn sample(&mut self, now: u64) -> anyhow::Result<()> {
-        let snap = self.watcher.maps.snapshot()?;
+        let (master, witness) = self.watcher.maps.liveness(self.detector.settings().witness)?;
         self.last_sample_ns = now;
-        self.master = snap.master;
+        self.master = master;
         let peer = |p: &PeerSnapshot| PeerSample {
             replies: p.replies,
             last_seen_ns: p.last_seen_ns,
             highest_seq: p.highest_seq,
         };
-        let witness = self.detector.settings().witness.then(|| peer(&snap.witness));
         self.feed(Event::Sample {
             now_ns: now,
-            master: peer(&snap.master),
-            witness,
+            master: peer(&master),
+            witness: witness.as_ref().map(peer),
         })?;
         self.status.deferred = self.detector.deferred();
         if self.detector.state() == State::Active {
             let on_claim = self.detector.settings().failback == crate::detector::Failback::OnClaim;
-            if on_claim && self.detector.master_back() && now >= self.next_solicit_ns {
+            let replied_since_takeover = self.master.last_seen_ns > self.status.last_takeover.decision_ns;
+            if on_claim && replied_since_takeover && now >= self.next_solicit_ns {
                 // A master that comes back with the VIP still bound (it was
-                // frozen or cut off, not restarted) never announces it. Ask:
+                // frozen or cut off, not restarted) never announces it. Ask
+                // as soon as it answers a probe (not after `--rise`: that
+                // would leave both hosts with the VIP for rise × interval):
                 // its kernel answers our ARP probe for the VIP, and that
-                // answer is the claim that makes us hand the VIP back.
+                // answer is the claim that makes us hand the VIP back. A
+                // master that returns without the VIP does not answer, and
+                // we keep serving it.
                 self.next_solicit_ns = now + SOLICIT_EVERY_NS;
                 if let Err(e) = self.announcer.solicit(self.vip4) {
                     log::warn!("could not probe who holds {}: {e:#}", self.vip);

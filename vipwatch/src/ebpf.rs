@@ -188,6 +188,18 @@ impl WatchMaps {
         Ok(snap)
     }
 
+    /// Just what the detector needs, in one syscall per peer: the merged
+    /// per-CPU counters of the master (and of the witness when `witness`),
+    /// without the gap tracker and the claims that only `stats` shows.
+    pub fn liveness(&self, witness: bool) -> anyhow::Result<(PeerSnapshot, Option<PeerSnapshot>)> {
+        let peer = |index: u32| -> anyhow::Result<PeerSnapshot> {
+            let per_cpu = self.peers.get(&index, 0).context("reading VW_PEERS")?;
+            Ok(PeerSnapshot::merge(&per_cpu, GapTracker::default()))
+        };
+        let w = if witness { Some(peer(PEER_WITNESS)?) } else { None };
+        Ok((peer(PEER_MASTER)?, w))
+    }
+
     /// Forgets the longest gap seen so far for `peer` (e.g. the start-up
     /// gap while the master's MAC was being resolved), keeping its last
     /// reply time. Racing with the program can lose one gap measurement,
