@@ -213,8 +213,10 @@ pub fn bench(options: Options) -> Result<()> {
     writeln!(
         md,
         "Outage = failure injected → first answer from the backup, seen by a client sending every 0.2 ms. \
-         The health gate checks every {} and needs 2 failures, so its row includes that detection time.\n",
-        "20 ms"
+         The health gate checks every 20 ms and needs 2 failures, so its row includes that detection time. \
+         For the cable pull and the freeze, the failure instant is the later of the injection start and the \
+         client's last answer from the master (the freeze is an nftables rule whose command takes a few ms \
+         to apply); a stopped `vipwatch master` hands over on purpose (probe gate closed on SIGTERM).\n"
     )?;
     md += &by_mode;
     js["outage_by_mode"] = Value::Object(modes_json);
