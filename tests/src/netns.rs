@@ -82,10 +82,22 @@ impl Netns {
         let mut cmd = Command::new(program);
         let fd = Arc::clone(&self.fd);
         // SAFETY: the hook runs in the child between fork and exec; it only
-        // reads an integer and calls setns(2), which is async-signal-safe.
+        // reads an integer and calls setns(2) and prctl(2), both
+        // async-signal-safe.
         // `fd` is opened O_CLOEXEC, so the child does not keep it.
         unsafe {
-            cmd.pre_exec(move || setns_net(fd.as_raw_fd()));
+            cmd.pre_exec(move || {
+                setns_net(fd.as_raw_fd())?;
+                // If the test (or xtask) process dies without running its
+                // Drops, the child gets SIGTERM instead of living on in a
+                // namespace nobody owns: daemons release the VIP and remove
+                // their pins. (Tied to the spawning thread, which for labs
+                // is the one that owns them.)
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         cmd
     }

@@ -140,3 +140,18 @@ fn stats_without_a_daemon_says_so() -> Result<()> {
     assert_one_clear_line(&stderr, "no vipwatch backup is running");
     Ok(())
 }
+
+#[test]
+fn a_backup_refuses_to_start_with_the_vip_already_bound() -> Result<()> {
+    let lab = standard_lab("badbound")?;
+    // A killed backup's leftover (or a host address given by mistake):
+    // starting on top of it would be a split brain, releasing it later
+    // would remove a host address.
+    lab.add_address("backup", VIP_CIDR)?;
+    let (ok, stderr) = vipwatch(&lab, &["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR])?;
+    assert!(!ok, "started with the VIP already bound");
+    assert_one_clear_line(&stderr, "already bound on eth0");
+    assert_nothing_left(&lab)?;
+    assert!(lab.has_address("backup", VIP.parse::<std::net::Ipv4Addr>()?)?, "the address must be left alone");
+    Ok(())
+}

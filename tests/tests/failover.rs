@@ -210,3 +210,30 @@ fn on_change_hook_gets_state_vip_iface_and_reason() -> Result<()> {
     assert!(lines.contains(&"ACTIVE 192.0.2.100/24 eth0 master-silent"), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_flapping_master_gets_the_vip_back_only_after_rise_replies() -> Result<()> {
+    // --rise 50 at 2 ms: the master must answer for 100 ms in a row.
+    let s = scenario("frise", false, &["--rise", "50"])?;
+    let t0 = s.inject(Fault::CablePull)?;
+    s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
+    // A 20 ms flap: a few replies, far fewer than 50.
+    s.lab.link_up("master")?;
+    std::thread::sleep(Duration::from_millis(20));
+    s.lab.link_down("master")?;
+    std::thread::sleep(Duration::from_millis(100));
+    let st = s.backup_stats()?;
+    assert_eq!(st["state"], "ACTIVE", "a 20 ms flap must not move the VIP: {st}\n{}", s.logs());
+    assert_eq!(st["releases"], 0, "{st}");
+    // Back for good: released once it has answered 50 probes in a row.
+    let up = std::time::Instant::now();
+    s.lab.link_up("master")?;
+    let released = s.backup.wait_for_line_after("released", up, Duration::from_secs(5))?;
+    let after = Duration::from_nanos(
+        vipwatch_tests::scenario::mono_ns(&released.text)?
+            .saturating_sub(vipwatch_tests::clock::to_monotonic_ns(up)),
+    );
+    eprintln!("released {:.1} ms after the master came back for good", after.as_secs_f64() * 1e3);
+    assert!(after >= Duration::from_millis(90), "released after only {after:?}: --rise ignored");
+    Ok(())
+}

@@ -44,6 +44,19 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     };
     let ifindex = rt.block_on(netlink.link_index(&args.iface))?;
     let mac = rt.block_on(netlink.link_mac(ifindex))?;
+    if rt.block_on(netlink.has_address(ifindex, args.vip.addr))? {
+        // Either a backup that was killed left it (then it is a split
+        // brain right now), or it is one of this host's own addresses
+        // (then releasing it later would take the host's address away).
+        anyhow::bail!(
+            "{} is already bound on {}: a backup starts without the VIP; if a killed vipwatch left it, \
+             remove it with `vipwatch release --iface {} --vip {}`",
+            args.vip,
+            args.iface,
+            args.iface,
+            args.vip
+        );
+    }
     let vip4 = args.vip.v4().context("the backup's VIP must be IPv4")?;
 
     let nonce = sys::random_u64()?;
@@ -117,6 +130,9 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         status_dirty: true,
         last_tick_ns: 0,
         next_solicit_ns: 0,
+        solicit_every_ns: SOLICIT_FIRST_NS,
+        vip_bound: Some(false),
+        next_reconcile_ns: 0,
         vip4,
         last_publish_ns: 0,
         published_probes: 0,
@@ -206,14 +222,24 @@ struct Daemon {
     status_dirty: bool,
     last_tick_ns: u64,
     next_solicit_ns: u64,
+    solicit_every_ns: u64,
+    /// Whether the VIP is bound, as far as we know; `None` after a failed
+    /// bind or unbind, until `reconcile` succeeds.
+    vip_bound: Option<bool>,
+    next_reconcile_ns: u64,
     vip4: std::net::Ipv4Addr,
     last_publish_ns: u64,
     published_probes: u64,
 }
 
-/// How often a backup holding the VIP asks whether the returned master
-/// holds it too.
-const SOLICIT_EVERY_NS: u64 = 20_000_000;
+/// How soon, then how often at most, a backup holding the VIP asks whether
+/// the returned master holds it too.
+const SOLICIT_FIRST_NS: u64 = 20_000_000;
+const SOLICIT_MAX_NS: u64 = 1_000_000_000;
+/// Bound on one rtnetlink request on the takeover path.
+const NETLINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Retry period after a failed bind or unbind.
+const RECONCILE_EVERY_NS: u64 = 100_000_000;
 
 /// How often the status map for `vipwatch stats` is refreshed.
 const PUBLISH_EVERY_NS: u64 = 10_000_000;
@@ -245,6 +271,9 @@ impl Daemon {
             }
             if let Some(g) = self.garp.next_ns {
                 wake = wake.min(g);
+            }
+            if self.vip_bound.is_none() {
+                wake = wake.min(self.next_reconcile_ns);
             }
             let [claim_ready, signal_ready] =
                 clock::wait_readable([self.watcher.events_fd(), self.signals.raw()], wake)
@@ -337,6 +366,7 @@ impl Daemon {
                 self.announce()?;
                 self.garp.sent(clock::now_ns());
             }
+            self.reconcile(clock::now_ns())?;
             // `stats` compares probes sent with replies counted by the
             // kernel, so the count is published as soon as it changes (one
             // map update per probe), and the rest at least every 10 ms.
@@ -367,17 +397,17 @@ impl Daemon {
         self.status.deferred = self.detector.deferred();
         if self.detector.state() == State::Active {
             let on_claim = self.detector.settings().failback == crate::detector::Failback::OnClaim;
-            let replied_since_takeover = self.master.last_seen_ns > self.status.last_takeover.decision_ns;
-            if on_claim && replied_since_takeover && now >= self.next_solicit_ns {
+            if on_claim && self.detector.master_back() && now >= self.next_solicit_ns {
                 // A master that comes back with the VIP still bound (it was
-                // frozen or cut off, not restarted) never announces it. Ask
-                // as soon as it answers a probe (not after `--rise`: that
-                // would leave both hosts with the VIP for rise × interval):
-                // its kernel answers our ARP probe for the VIP, and that
-                // answer is the claim that makes us hand the VIP back. A
-                // master that returns without the VIP does not answer, and
-                // we keep serving it.
-                self.next_solicit_ns = now + SOLICIT_EVERY_NS;
+                // frozen or cut off, not restarted) never announces it. Once
+                // it is back (`--rise` consecutive replies), ask: its kernel
+                // answers our ARP probe for the VIP, and that answer is the
+                // claim that makes us hand the VIP back. A master that
+                // returns without the VIP does not answer, and we keep
+                // serving it, asking less and less often (20 ms doubling to
+                // 1 s) rather than broadcasting 50 probes a second forever.
+                self.next_solicit_ns = now + self.solicit_every_ns;
+                self.solicit_every_ns = (self.solicit_every_ns * 2).min(SOLICIT_MAX_NS);
                 if let Err(e) = self.announcer.solicit(self.vip4) {
                     log::warn!("could not probe who holds {}: {e:#}", self.vip);
                 }
@@ -416,16 +446,21 @@ impl Daemon {
     fn take_over(&mut self) -> anyhow::Result<()> {
         let decision_ns = clock::now_ns();
         let (last_reply_ns, deadline_ns, _) = self.detector.last_decision().unwrap_or((0, 0, decision_ns));
-        let bound = self.rt.block_on(self.netlink.add_address(self.ifindex, self.vip.addr, self.vip.prefix));
+        let bound = self.bind();
         let vip_bound_ns = clock::now_ns();
         if let Err(e) = bound {
             // Announcing an address we could not bind would attract the
-            // clients to a host that cannot answer them.
-            log::error!("TAKEOVER FAILED: could not bind {} on {}: {e:#}", self.vip, self.iface);
+            // clients to a host that cannot answer them. The detector says
+            // ACTIVE, so `reconcile` retries the bind until it works or the
+            // state changes.
+            log::error!("TAKEOVER FAILED: could not bind {} on {}: {e:#}; retrying", self.vip, self.iface);
+            self.vip_bound = None;
+            self.next_reconcile_ns = clock::now_ns() + RECONCILE_EVERY_NS;
             return Ok(());
         }
         let first_garp_ns = self.announce_now()?;
         self.garp.burst_started(first_garp_ns);
+        self.solicit_every_ns = SOLICIT_FIRST_NS;
         self.status.takeovers += 1;
         self.status.last_takeover = Timeline {
             last_reply_ns,
@@ -461,15 +496,79 @@ impl Daemon {
 
     fn release(&mut self) -> anyhow::Result<()> {
         self.garp.stop();
-        let removed = self.rt.block_on(self.netlink.del_address(self.ifindex, self.vip.addr, self.vip.prefix));
+        self.solicit_every_ns = SOLICIT_FIRST_NS;
+        let removed = self.unbind();
         let at = clock::now_ns();
         match removed {
             Ok(true) => log::info!("released {} from {} mono_ns={at}", self.vip, self.iface),
             Ok(false) => log::info!("{} was already gone from {} mono_ns={at}", self.vip, self.iface),
-            Err(e) => log::error!("could not remove {} from {}: {e:#}", self.vip, self.iface),
+            Err(e) => {
+                // Still bound while we stand by would be a split brain:
+                // `reconcile` retries until the address is gone.
+                log::error!("could not remove {} from {}: {e:#}; retrying", self.vip, self.iface);
+                self.vip_bound = None;
+                self.next_reconcile_ns = at + RECONCILE_EVERY_NS;
+            }
         }
         self.status.releases += 1;
         self.status.last_release_ns = at;
+        Ok(())
+    }
+
+    /// rtnetlink calls are bounded: a stuck netlink socket must not stall
+    /// the loop that decides failovers.
+    fn bind(&mut self) -> anyhow::Result<bool> {
+        let call = self.netlink.add_address(self.ifindex, self.vip.addr, self.vip.prefix);
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(NETLINK_TIMEOUT, call).await })
+            .map_err(|_| anyhow::anyhow!("rtnetlink did not answer within {NETLINK_TIMEOUT:?}"))
+            .and_then(|r| r);
+        if r.is_ok() {
+            self.vip_bound = Some(true);
+        }
+        r
+    }
+
+    fn unbind(&mut self) -> anyhow::Result<bool> {
+        let call = self.netlink.del_address(self.ifindex, self.vip.addr, self.vip.prefix);
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(NETLINK_TIMEOUT, call).await })
+            .map_err(|_| anyhow::anyhow!("rtnetlink did not answer within {NETLINK_TIMEOUT:?}"))
+            .and_then(|r| r);
+        if r.is_ok() {
+            self.vip_bound = Some(false);
+        }
+        r
+    }
+
+    /// After a failed bind or unbind, makes the interface match the
+    /// detector's state again (retried every 100 ms).
+    fn reconcile(&mut self, now: u64) -> anyhow::Result<()> {
+        if self.vip_bound.is_some() || now < self.next_reconcile_ns {
+            return Ok(());
+        }
+        let want = self.detector.state() == State::Active;
+        let r = if want { self.bind() } else { self.unbind() };
+        match r {
+            Ok(_) => {
+                log::info!(
+                    "{} {} {} after an earlier failure mono_ns={now}",
+                    if want { "bound" } else { "removed" },
+                    self.vip,
+                    if want { "on" } else { "from" },
+                );
+                if want {
+                    self.announce()?;
+                    self.garp.burst_started(clock::now_ns());
+                }
+            }
+            Err(e) => {
+                log::warn!("still cannot {} {}: {e:#}", if want { "bind" } else { "remove" }, self.vip);
+                self.next_reconcile_ns = now + RECONCILE_EVERY_NS;
+            }
+        }
         Ok(())
     }
 
@@ -539,7 +638,7 @@ fn describe(r: Reason) -> String {
     match r {
         Reason::MasterReplied => "the master answers our probes".into(),
         Reason::MasterSilent { silence_ns, probes } => {
-            format!("master silent for {} ({probes} probes unanswered)", ms(silence_ns))
+            format!("master silent for {} ({probes} probes sent since its last reply)", ms(silence_ns))
         }
         Reason::WitnessSilent { silence_ns } => format!(
             "master AND witness silent for {}: we are the one cut off, not taking the VIP",

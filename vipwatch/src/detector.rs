@@ -210,6 +210,9 @@ pub struct Detector {
     run: Option<Run>,
     /// See [`Detector::last_decision`].
     last_decision: Option<(u64, u64, u64)>,
+    /// When the master claimed the VIP while not back yet (see
+    /// `active_claim`).
+    pending_claim: Option<u64>,
 }
 
 /// The master counters just before the first reply of a run of consecutive
@@ -302,6 +305,7 @@ impl Detector {
             deferred: 0,
             run: None,
             last_decision: None,
+            pending_claim: None,
         }
     }
 
@@ -354,9 +358,7 @@ impl Detector {
                     at_ns,
                     from_master: true,
                 },
-            ) if self.settings.failback == Failback::OnClaim => {
-                self.release(at_ns, Reason::MasterClaimed)
-            }
+            ) if self.settings.failback == Failback::OnClaim => self.active_claim(at_ns),
             // In Standby the master re-announcing the VIP is normal.
             (_, Event::Claim { .. }) => Vec::new(),
             (State::Active, Event::OperatorRelease { at_ns }) => {
@@ -484,8 +486,34 @@ impl Detector {
         }
     }
 
+    /// A claim by the master while we hold the VIP (on-claim failback).
+    ///
+    /// Hysteresis (issue "Failover": the master counts as back only after
+    /// `rise` consecutive replies): a claim from a master that is not back
+    /// yet is remembered, not obeyed, and honoured by the sample that sees
+    /// the master's run reach `rise`. A claim older than our takeover
+    /// decision (a ring-buffer event that raced with it) is stale.
+    fn active_claim(&mut self, at_ns: u64) -> Vec<Action> {
+        if self.last_decision.is_some_and(|(_, _, decided)| at_ns < decided) {
+            return Vec::new();
+        }
+        if self.master_back() {
+            return self.release(at_ns, Reason::MasterClaimed);
+        }
+        self.pending_claim = Some(at_ns);
+        Vec::new()
+    }
+
+    /// Whether the master claimed the VIP while not back yet.
+    pub fn claim_pending(&self) -> bool {
+        self.pending_claim.is_some()
+    }
+
     fn active_sample(&mut self, now_ns: u64, prev: PeerSample, witnessed: bool) -> Vec<Action> {
         let master = self.track_master(now_ns, prev);
+        if self.pending_claim.is_some() && self.master_back() {
+            return self.release(now_ns, Reason::MasterClaimed);
+        }
         if !witnessed {
             return Vec::new();
         }
@@ -538,6 +566,7 @@ impl Detector {
         let reference = self.master_reference();
         self.last_decision = Some((reference, self.master_deadline(), now_ns));
         self.run = None;
+        self.pending_claim = None;
         self.transition(State::Active, reason, now_ns, vec![Action::TakeOver])
     }
 
@@ -548,6 +577,7 @@ impl Detector {
         // old silence.
         self.reset_ns = self.reset_ns.max(at_ns);
         self.run = None;
+        self.pending_claim = None;
         self.waiting = false;
         self.transition(State::Standby, reason, at_ns, vec![Action::Release])
     }
@@ -1287,32 +1317,52 @@ mod tests {
     }
 
     #[test]
-    fn claim_resets_the_reference_even_if_the_master_is_still_silent() {
-        // The master claims the VIP while its echo replies do not reach us
-        // yet (e.g. it boots and announces before answering pings): it gets
-        // a full dead_after from the claim, not from its old silence.
+    fn a_claim_before_the_master_is_back_waits_for_rise_replies() {
+        // Hysteresis on failback: a master that claims the VIP but has not
+        // answered `rise` consecutive probes yet (a flapping link, a host
+        // still booting) does not get it back until it has.
         let mut sim = Sim::active(settings(false, Failback::OnClaim));
         sim.now += MS;
         let at = sim.now;
-        sim.handle(Event::Claim {
+        let actions = sim.handle(Event::Claim {
             at_ns: at,
             from_master: true,
         });
-        assert_eq!(sim.det.state(), State::Standby);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(sim.det.state(), State::Active);
+        assert!(sim.det.claim_pending());
+        // Silence keeps it pending.
+        sim.ticks(4, false, false);
+        assert_eq!(sim.det.state(), State::Active);
+        // Replies: released on the sample that completes the run.
         let mut ticks = 0;
-        while sim.det.state() == State::Standby {
-            sim.tick(false, false);
+        while sim.det.state() == State::Active && ticks < 20 {
+            sim.tick(true, false);
             ticks += 1;
         }
+        assert_eq!(sim.det.state(), State::Standby);
         assert_eq!(
-            sim.transitions.last().map(|t| t.at_ns),
-            Some(at + 6 * INTERVAL)
+            sim.transitions.last().map(|t| t.reason),
+            Some(Reason::MasterClaimed)
         );
-        assert_eq!(ticks, 6);
-        assert_eq!(
-            sim.det.last_decision(),
-            Some((at, at + DEAD_AFTER, at + 6 * INTERVAL))
-        );
+        assert!(ticks >= 3, "released after {ticks} replies, rise is 3");
+        assert!(!sim.det.claim_pending());
+    }
+
+    #[test]
+    fn a_claim_older_than_the_takeover_is_stale() {
+        // A claim event that raced with the takeover (sent before we
+        // decided) must not hand the VIP straight back.
+        let mut sim = Sim::active(settings(false, Failback::OnClaim));
+        let (_, _, decided) = sim.det.last_decision().expect("took over");
+        sim.ticks(4, true, false);
+        assert!(sim.det.master_back());
+        let actions = sim.handle(Event::Claim {
+            at_ns: decided - 1,
+            from_master: true,
+        });
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(sim.det.state(), State::Active);
     }
 
     #[test]

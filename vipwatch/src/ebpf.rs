@@ -415,8 +415,11 @@ pub fn pinned_daemon_pid(iface: &str) -> Option<u32> {
     status.get(&0, 0).ok().map(|s| s.pid).filter(|pid| *pid != 0)
 }
 
+/// Whether `pid` is a running vipwatch: checking the command name too
+/// keeps a reused pid (after a crash left the pins) from passing for us.
 pub fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("comm"))
+        .is_ok_and(|comm| comm.trim_end() == "vipwatch")
 }
 
 fn load_object() -> anyhow::Result<Ebpf> {

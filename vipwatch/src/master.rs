@@ -864,14 +864,26 @@ impl Daemon<'_> {
             transition,
         } = step;
         let mut effects = Effects::default();
+        // A failed release must not skip the gate that follows it: with the
+        // gate open, the backup would keep seeing a live master and never
+        // take over from a host that cannot even drop the VIP. The error is
+        // returned once every action had its chance.
+        let mut first_error = None;
         for action in actions {
+            if action == Action::Release {
+                if let Err(e) = self.release(&mut effects) {
+                    log::error!("{e:#}");
+                    first_error.get_or_insert(e);
+                }
+                continue;
+            }
             match action {
                 Action::Probe => self.start_probe(),
                 Action::RecheckLater => {
                     self.waits.recheck_at = Some(Instant::now() + RECHECK_EVERY)
                 }
                 Action::Claim => self.claim(&mut effects)?,
-                Action::Release => self.release(&mut effects)?,
+                Action::Release => {}
                 Action::OpenGate => self.set_gate(false, &mut effects)?,
                 Action::CloseGate => self.set_gate(true, &mut effects)?,
                 // Held after the log line below: the line says when the
@@ -885,7 +897,7 @@ impl Daemon<'_> {
         if let Some(hold) = effects.handover_hold {
             self.hold_gate(hold);
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Waits `hold` with the gate as it is (closed), or until a second

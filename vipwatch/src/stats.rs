@@ -19,6 +19,9 @@ use crate::{
 
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     let StatsArgs { iface, json, watch } = args;
+    // Without the right to read BPF maps, every pin looks absent; say the
+    // real reason instead of "no daemon".
+    crate::sys::require_bpf("vipwatch stats")?;
     let iface = match iface {
         Some(i) => i,
         None => only_running_iface()?,

@@ -17,12 +17,7 @@ const CAP_BPF: u32 = 39;
 /// load XDP (CAP_BPF or CAP_SYS_ADMIN), configure addresses (CAP_NET_ADMIN)
 /// and send raw packets (CAP_NET_RAW).
 pub fn require_privileges(what: &str) -> anyhow::Result<()> {
-    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let eff = effective_caps()?;
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     let mut missing = Vec::new();
     if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
@@ -44,6 +39,24 @@ pub fn require_privileges(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses early when we may not read BPF maps (CAP_BPF or CAP_SYS_ADMIN).
+pub fn require_bpf(what: &str) -> anyhow::Result<()> {
+    let eff = effective_caps()?;
+    if eff & (1u64 << CAP_BPF) == 0 && eff & (1u64 << CAP_SYS_ADMIN) == 0 {
+        bail!("{what} needs root (CAP_BPF) to read the daemon's BPF maps; run it as root");
+    }
+    Ok(())
+}
+
+fn effective_caps() -> anyhow::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0))
+}
+
 /// Random bytes from the kernel.
 pub fn random_u64() -> anyhow::Result<u64> {
     let mut buf = [0u8; 8];
@@ -61,9 +74,10 @@ pub struct SignalFd {
     fd: OwnedFd,
 }
 
-/// The signals the daemons handle: SIGINT/SIGTERM stop, SIGUSR1 is
-/// `vipwatch release` asking the backup to hand the VIP back.
-pub const HANDLED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1];
+/// The signals the daemons handle: SIGINT/SIGTERM/SIGHUP stop (a dropped
+/// ssh session must not kill the backup without releasing the VIP), SIGUSR1
+/// is `vipwatch release` asking the backup to hand the VIP back.
+pub const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1];
 
 impl SignalFd {
     /// Blocks [`HANDLED`] in this thread (call before spawning threads, so
