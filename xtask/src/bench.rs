@@ -175,6 +175,7 @@ pub fn bench(options: Options) -> Result<()> {
     let mut failback_outage = Vec::new();
     let mut client_both = Vec::new();
     let mut by_mode = String::from(TABLE_HEAD);
+    let mut failback_by_mode = String::from(TABLE_HEAD);
     let mut modes_json = serde_json::Map::new();
     for fault in [Fault::CablePull, Fault::Freeze, Fault::Unhealthy, Fault::Stopped] {
         eprintln!("{} {}: {trials} trials", util::TAG, fault.describe());
@@ -185,6 +186,8 @@ pub fn bench(options: Options) -> Result<()> {
         }
         let mut s = Scenario::start(opts)?;
         let mut outages = Vec::new();
+        let mut mode_dual = Vec::new();
+        let mut mode_gap = Vec::new();
         for trial in 0..trials {
             interrupt::check()?;
             // Break at a random phase of the probe interval.
@@ -202,12 +205,24 @@ pub fn bench(options: Options) -> Result<()> {
             dual.push(ms(fb.dual_bound));
             client_both.push(ms(fb.client_both));
             failback_outage.push(ms(fb.client_outage));
+            mode_dual.push(ms(fb.dual_bound));
+            mode_gap.push(ms(fb.client_outage));
             s.wait_state("STANDBY", Duration::from_secs(10))?;
             std::thread::sleep(Duration::from_millis(300));
         }
         let summary = Summary::of(&outages);
         by_mode += &Summary::row(fault.describe(), summary);
-        modes_json.insert(mode_tag(fault).into(), json!({"outage": Summary::json(summary), "samples_ms": outages}));
+        failback_by_mode += &Summary::row(&format!("{}: both bound", fault.describe()), Summary::of(&mode_dual));
+        failback_by_mode += &Summary::row(&format!("{}: client gap", fault.describe()), Summary::of(&mode_gap));
+        modes_json.insert(
+            mode_tag(fault).into(),
+            json!({
+                "outage": Summary::json(summary),
+                "samples_ms": outages,
+                "failback_dual_bound_samples_ms": mode_dual,
+                "failback_client_gap_samples_ms": mode_gap,
+            }),
+        );
     }
     writeln!(md, "## 1. Client outage by failure mode (default settings: 2 ms interval, 10 ms dead-after)\n")?;
     writeln!(
@@ -328,6 +343,9 @@ pub fn bench(options: Options) -> Result<()> {
     md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
     md += &Summary::row("client answered by both", Summary::of(&client_both));
     md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
+    md += "\nBy failure mode (the repair: cable plugged back, freeze lifted, health restored, master \
+           restarted):\n\n";
+    md += &failback_by_mode;
     js["failback"] = json!({
         "dual_bound": Summary::json(Summary::of(&dual)),
         "client_answered_by_both": Summary::json(Summary::of(&client_both)),
