@@ -128,6 +128,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         master_back_logged: false,
         foreign_claims_logged: 0,
         status_dirty: true,
+        claim_mac: None,
         last_tick_ns: 0,
         next_solicit_ns: 0,
         solicit_every_ns: SOLICIT_FIRST_NS,
@@ -220,6 +221,8 @@ struct Daemon {
     master_back_logged: bool,
     foreign_claims_logged: u32,
     status_dirty: bool,
+    /// MAC of the master's last claim, for the hand-over announcement.
+    claim_mac: Option<[u8; 6]>,
     last_tick_ns: u64,
     next_solicit_ns: u64,
     solicit_every_ns: u64,
@@ -306,21 +309,13 @@ impl Daemon {
                         );
                     }
                     self.status.last_claim_ns = ev.ktime_ns;
-                    let was = self.detector.state();
+                    if from_master {
+                        self.claim_mac = Some(ev.mac);
+                    }
                     self.feed(Event::Claim {
                         at_ns: ev.ktime_ns,
                         from_master,
                     })?;
-                    if was == State::Active && self.detector.state() != State::Active {
-                        // We released because the master claimed: tell the
-                        // clients that still send to our MAC where the VIP
-                        // lives now, in case the master's own announcement
-                        // did not reach them (or it never sent one: a frozen
-                        // master that thawed only answered our solicitation).
-                        if let Err(e) = self.announcer.hand_over(self.vip4, ev.mac) {
-                            log::warn!("could not hand {} over to {}: {e:#}", self.vip, mac_str(ev.mac));
-                        }
-                    }
                 }
             }
 
@@ -576,6 +571,19 @@ impl Daemon {
         let Transition { from, to, reason, at_ns } = t;
         self.status.state = state_code(to);
         self.status_dirty = true;
+        if from == State::Active
+            && reason == Reason::MasterClaimed
+            && let Some(mac) = self.claim_mac.take()
+        {
+            // We released because the master claimed (at once, or after its
+            // `--rise` replies): tell the clients that still send to our MAC
+            // where the VIP lives now, in case the master's own announcement
+            // did not reach them (or it never sent one: a frozen master that
+            // thawed only answered our solicitation).
+            if let Err(e) = self.announcer.hand_over(self.vip4, mac) {
+                log::warn!("could not hand {} over to {}: {e:#}", self.vip, mac_str(mac));
+            }
+        }
         if from == State::Starting
             && let Err(e) = self.watcher.maps.reset_max_gap(vipwatch_common::PEER_MASTER)
         {
