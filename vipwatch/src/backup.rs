@@ -138,6 +138,12 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         last_publish_ns: 0,
         published_probes: 0,
     };
+    if let Some(priority) = args.rt_priority {
+        // After every helper thread exists (the hook thread stays a normal
+        // task, and so do the hooks it starts): only this loop is real-time.
+        sys::realtime(priority)?;
+        log::info!("probe/deadline loop runs under SCHED_FIFO priority {priority}");
+    }
     // Publish before saying we are up: `vipwatch stats` reads the pid here.
     daemon.publish();
     log::info!(

@@ -70,6 +70,11 @@ pub struct BackupArgs {
     /// without probes the master is never declared dead.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Run the probe/deadline loop with SCHED_FIFO at this priority (1-99),
+    /// so a CPU-bound host cannot delay probes and decisions (keepalived's
+    /// `vrrp_rt_priority`). Off by default.
+    #[arg(long)]
+    pub rt_priority: Option<u8>,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +268,7 @@ pub fn validate_backup(a: &BackupArgs) -> Result<(), String> {
         on_change: _,
         xdp_mode: _,
         count,
+        rt_priority,
     } = a;
     validate_iface(iface)?;
     validate_peer("master", *master)?;
@@ -299,6 +305,11 @@ pub fn validate_backup(a: &BackupArgs) -> Result<(), String> {
     }
     if *count == Some(0) {
         return Err("--count 0 would send no probe at all".into());
+    }
+    if let Some(p) = rt_priority
+        && !(1..=99).contains(p)
+    {
+        return Err(format!("--rt-priority {p} must be from 1 to 99 (SCHED_FIFO priorities)"));
     }
     validate_garp(garp)
 }
@@ -437,6 +448,8 @@ mod tests {
             &["--garp-refresh", "1ms"],
             &["--count", "0"],
             &["--xdp-mode", "hw"],
+            &["--rt-priority", "0"],
+            &["--rt-priority", "100"],
             &["--failback", "sometimes"],
         ] {
             assert!(backup(bad).is_err(), "{bad:?} accepted");
@@ -461,5 +474,6 @@ mod tests {
     fn good_backup_arguments_pass() {
         backup(&["--interval", "500us", "--dead-after", "2.5ms", "--witness", "192.0.2.254", "--failback", "manual"]).unwrap();
         backup(&["--xdp-mode", "skb", "--garp-refresh", "1s", "--on-change", "logger"]).unwrap();
+        backup(&["--rt-priority", "10"]).unwrap();
     }
 }

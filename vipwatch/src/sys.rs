@@ -57,6 +57,22 @@ fn effective_caps() -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
+/// Puts the calling thread under SCHED_FIFO at `priority`: it then runs
+/// as soon as its timer fires, ahead of any normal (CFS) task. Only this
+/// thread: threads and processes started earlier keep their policy.
+pub fn realtime(priority: u8) -> anyhow::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: valid param; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("setting SCHED_FIFO priority {priority} (needs root / CAP_SYS_NICE)"));
+    }
+    Ok(())
+}
+
 /// Random bytes from the kernel.
 pub fn random_u64() -> anyhow::Result<u64> {
     let mut buf = [0u8; 8];
