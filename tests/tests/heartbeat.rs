@@ -122,3 +122,17 @@ fn master_link_down_stops_replies_while_probes_keep_counting() -> Result<()> {
     assert!(f(&after, "master.last_reply_age_ms") >= 500.0, "{after}");
     Ok(())
 }
+
+#[test]
+fn rt_priority_puts_the_probe_loop_under_sched_fifo() -> Result<()> {
+    let lab = standard_lab("hbrt")?;
+    let backup = start_backup(&lab, &["--rt-priority", "10", "--count", "50"])?;
+    wait_stats(&lab, "probing finished", WAIT, |s| u(s, "master.replies") == 50)?;
+    // Field 41 of /proc/PID/stat is the scheduling policy (1 = SCHED_FIFO),
+    // field 40 the real-time priority; index 0 below is field 3 (state).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", backup.pid()))?;
+    let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat").1.split_whitespace().collect();
+    assert_eq!(fields[37], "10", "rt priority: {stat}");
+    assert_eq!(fields[38], "1", "policy SCHED_FIFO: {stat}");
+    Ok(())
+}
