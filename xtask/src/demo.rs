@@ -74,7 +74,8 @@ pub fn demo() -> Result<()> {
     for (at, line) in state_lines(&s, r) {
         say(&format!("{} backup: {line}", clock(at)));
     }
-    say("   the backup saw the master answer again, asked who holds the VIP (ARP), the master's kernel answered,");
+    say("   the backup saw the master answer 5 probes in a row (--rise), asked who holds the VIP (ARP probe),");
+    say("   and the master's kernel answered for it: that is a claim,");
     say("   so the backup released the VIP and pointed the clients back at the master");
     say(&format!(
         "   both hosts had the VIP for {:.1} ms; the client was answered by both for {:.1} ms; longest client gap {:.1} ms",
@@ -113,7 +114,12 @@ pub fn demo() -> Result<()> {
     ));
     say("tearing the lab down");
     drop(s);
-    say("done: no namespace, XDP program or pin left behind");
+    let left = leftovers();
+    if left.is_empty() {
+        say("done: no namespace, daemon or pin left behind");
+    } else {
+        say(&format!("done, but left behind: {}", left.join(", ")));
+    }
     Ok(())
 }
 
@@ -157,4 +163,31 @@ fn print_timeline(t: &Value, first_answer_ns: u64) {
         rel("first_garp_ns"),
         (first_answer_ns as f64 - last as f64) / 1e6,
     ));
+}
+
+/// What the demo could have left behind: its namespaces (named after our
+/// pid), running vipwatch daemons, and pins under /sys/fs/bpf/vipwatch.
+fn leftovers() -> Vec<String> {
+    let mut left = Vec::new();
+    let prefix = format!("vwlab-{}-", std::process::id());
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        left.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix)),
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == "vipwatch" {
+                left.push(format!("vipwatch pid {}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/vipwatch") {
+        left.extend(entries.flatten().map(|e| format!("pin {}", e.path().display())));
+    }
+    left
 }
