@@ -69,7 +69,19 @@ impl Settings {
     pub fn probes_needed(&self) -> u64 {
         self.dead_after_ns.div_ceil(self.interval_ns)
     }
+
+    /// How long a probe must have been out before it counts as unanswered:
+    /// half an interval, at most 200 µs (a LAN round trip with room to
+    /// spare). Without it, the probe sent just before the deadline (the
+    /// `probes_needed`-th, by construction) would count while its reply is
+    /// still on the wire, and 4 lost replies instead of 5 would be a death.
+    pub fn answer_grace_ns(&self) -> u64 {
+        (self.interval_ns / 2).min(ANSWER_GRACE_MAX_NS)
+    }
 }
+
+/// Upper bound of [`Settings::answer_grace_ns`].
+pub const ANSWER_GRACE_MAX_NS: u64 = 200_000;
 
 /// What the detector believes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,11 +395,16 @@ impl Detector {
     /// interval after the last sample: the next probe may settle it, so the
     /// decision comes less than an interval after it becomes possible.
     pub fn next_deadline(&self) -> u64 {
+        let recheck = self.last_sample_ns.saturating_add(self.settings.interval_ns);
         match self.state {
             State::Starting | State::Standby if !self.waiting => self.master_deadline(),
-            _ => self
-                .last_sample_ns
-                .saturating_add(self.settings.interval_ns),
+            // Waiting for the last needed probe's grace: look again the
+            // moment it is over, not a whole interval later.
+            State::Starting | State::Standby => match self.countable_at(self.master_reference()) {
+                Some(at) if at > self.last_sample_ns => at.min(recheck),
+                _ => recheck,
+            },
+            _ => recheck,
         }
     }
 
@@ -638,7 +655,7 @@ impl Detector {
         if now_ns < reference.saturating_add(self.settings.dead_after_ns) {
             return Verdict::Alive;
         }
-        let probes = self.probes_after(reference);
+        let probes = self.unanswered_probes(reference, now_ns);
         if probes < self.settings.probes_needed() {
             Verdict::Deferred
         } else {
@@ -668,6 +685,31 @@ impl Detector {
     /// Probes sent strictly after `t`, counted up to the remembered window
     /// (always more than `probes_needed`). Probes are reported in send
     /// order (increasing `seq`), so the newest are at the back.
+    /// Probes sent after `t` that have had [`Settings::answer_grace_ns`] to
+    /// be answered by `now_ns`.
+    fn unanswered_probes(&self, t: u64, now_ns: u64) -> u64 {
+        let cutoff = now_ns.saturating_sub(self.settings.answer_grace_ns());
+        let n = self
+            .probes
+            .iter()
+            .rev()
+            .skip_while(|&&at| at > cutoff)
+            .take_while(|&&at| at > t)
+            .count();
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
+    /// When enough probes sent after `t` will have had their grace to be
+    /// answered, if enough were sent: the moment to look again.
+    fn countable_at(&self, t: u64) -> Option<u64> {
+        let needed = usize::try_from(self.settings.probes_needed()).ok()?;
+        let after: Vec<u64> = self.probes.iter().copied().filter(|&at| at > t).collect();
+        after
+            .get(needed.checked_sub(1)?)
+            .map(|at| at.saturating_add(self.settings.answer_grace_ns()))
+    }
+
+    #[cfg(test)]
     fn probes_after(&self, t: u64) -> u64 {
         let n = self.probes.iter().rev().take_while(|&&at| at > t).count();
         u64::try_from(n).unwrap_or(u64::MAX)
@@ -923,9 +965,11 @@ mod tests {
         d.handle(Event::ProbeSent { at_ns: T0, seq: 1 });
         d.handle(sample(last, peer(1, last, 1)));
         assert_eq!(d.state(), State::Standby);
+        // Each probe has had its answer grace by the deadline.
+        let grace = d.settings().answer_grace_ns();
         for k in 1..=5 {
             d.handle(Event::ProbeSent {
-                at_ns: last + k * INTERVAL,
+                at_ns: last + k * INTERVAL - grace,
                 seq: 1 + k,
             });
         }
@@ -952,6 +996,42 @@ mod tests {
             ]
         );
         assert_eq!(d.last_decision(), Some((last, deadline, deadline)));
+    }
+
+    #[test]
+    fn a_probe_whose_reply_may_still_be_on_the_wire_does_not_count() {
+        // The 5th probe leaves right at the deadline: with 4 replies lost it
+        // is not yet a death; it becomes one only if that probe stays
+        // unanswered for its grace, and the detector looks again exactly
+        // then.
+        let settings = settings(false, Failback::OnClaim);
+        let grace = settings.answer_grace_ns();
+        let last = T0 + MS;
+        let deadline = last + DEAD_AFTER;
+        let setup = || {
+            let mut d = Detector::new(settings, T0);
+            d.handle(Event::ProbeSent { at_ns: T0, seq: 1 });
+            d.handle(sample(last, peer(1, last, 1)));
+            for k in 1..=5 {
+                d.handle(Event::ProbeSent {
+                    at_ns: last + k * INTERVAL,
+                    seq: 1 + k,
+                });
+            }
+            assert!(d.handle(sample(deadline, peer(1, last, 1))).is_empty());
+            assert_eq!(d.state(), State::Standby);
+            assert_eq!(d.next_deadline(), deadline + grace);
+            d
+        };
+        // Its reply arrives within the grace: alive.
+        let mut d = setup();
+        assert!(d.handle(sample(deadline + grace, peer(2, deadline + RTT, 6))).is_empty());
+        assert_eq!(d.state(), State::Standby);
+        // It stays unanswered: dead, one grace after the deadline.
+        let mut d = setup();
+        let actions = d.handle(sample(deadline + grace, peer(1, last, 1)));
+        assert_eq!(actions.first(), Some(&Action::TakeOver));
+        assert_eq!(d.last_decision(), Some((last, deadline, deadline + grace)));
     }
 
     #[test]
