@@ -79,17 +79,25 @@ fn read_into(mut source: impl Read, sink: Arc<Mutex<Vec<u8>>>, done: mpsc::Sende
     }
 }
 
+/// Starts `cmd` with stdin closed and stdout/stderr piped.
+fn spawn_captured(cmd: &mut Command) -> Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().with_context(|| {
+        format!(
+            "cannot start `{}` (is the program installed and in PATH?)",
+            describe(cmd)
+        )
+    })
+}
+
 /// Runs `cmd` to completion like [`Command::output`], but kills it and
 /// fails if it has not exited within `timeout`. Standard input is closed.
 /// The exit status is *not* checked.
 pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
     let desc = describe(&cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| {
-        format!("cannot start `{desc}` (is the program installed and in PATH?)")
-    })?;
+    let mut child = spawn_captured(&mut cmd)?;
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let (done_tx, done_rx) = mpsc::channel();
@@ -400,13 +408,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdin closed and stdout/stderr captured.
     pub(crate) fn spawn(label: String, mut cmd: Command, echo: bool) -> Result<Proc> {
-        let desc = describe(&cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| {
-            format!("cannot start `{desc}` (is the program installed and in PATH?)")
-        })?;
+        let mut child = spawn_captured(&mut cmd)?;
         let stdout: Option<ChildStdout> = child.stdout.take();
         let stderr: Option<ChildStderr> = child.stderr.take();
         let inner = Arc::new(ProcInner {

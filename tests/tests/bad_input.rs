@@ -152,6 +152,7 @@ fn a_backup_refuses_to_start_with_the_vip_already_bound() -> Result<()> {
     assert!(!ok, "started with the VIP already bound");
     assert_one_clear_line(&stderr, "already bound on eth0");
     assert_nothing_left(&lab)?;
-    assert!(lab.has_address("backup", VIP.parse::<std::net::Ipv4Addr>()?)?, "the address must be left alone");
+    let vip: std::net::Ipv4Addr = vipwatch_tests::scenario::VIP.parse()?;
+    assert!(lab.has_address("backup", vip)?, "the address must be left alone");
     Ok(())
 }

@@ -31,6 +31,8 @@ use pnet_packet::{
     ipv6::MutableIpv6Packet,
 };
 
+use crate::cli::GarpArgs;
+
 /// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
 pub const ARP_FRAME_LEN: usize = 14 + 28;
 /// Ethernet header (14) + IPv6 header (40) + Neighbor Advertisement (24) +
@@ -518,6 +520,79 @@ fn send_error(err: io::Error, iface: &str) -> anyhow::Error {
     }
 }
 
+/// When to announce: a burst of `--garp-count` spaced `--garp-interval`
+/// after a claim, then one every `--garp-refresh` (if set) while holding.
+#[derive(Clone, Debug)]
+pub struct GarpSchedule {
+    count: u32,
+    interval_ns: u64,
+    refresh_ns: Option<u64>,
+    /// Announcements of the burst still to send.
+    remaining: u32,
+    next_ns: Option<u64>,
+}
+
+impl GarpSchedule {
+    pub fn new(g: &GarpArgs) -> Self {
+        let GarpArgs {
+            garp_count,
+            garp_interval,
+            garp_refresh,
+        } = g;
+        Self {
+            count: *garp_count,
+            interval_ns: duration_ns(*garp_interval),
+            refresh_ns: garp_refresh.map(duration_ns),
+            remaining: 0,
+            next_ns: None,
+        }
+    }
+
+    /// When the next announcement is due (CLOCK_MONOTONIC ns), if any.
+    pub fn next_ns(&self) -> Option<u64> {
+        self.next_ns
+    }
+
+    /// The first announcement of a burst was sent at `now_ns`.
+    pub fn burst_started(&mut self, now_ns: u64) {
+        self.remaining = self.count.saturating_sub(1);
+        self.schedule_after(now_ns);
+    }
+
+    /// The announcement that was due was sent at `now_ns`.
+    pub fn sent(&mut self, now_ns: u64) {
+        let due = self.next_ns.unwrap_or(now_ns);
+        self.remaining = self.remaining.saturating_sub(1);
+        // Spacing counts from when the announcement was due, so a timer a
+        // millisecond late does not push the rest of the burst; but from the
+        // send when we are a whole interval late, so what is left of the
+        // burst is not sent all at once.
+        let base = if now_ns >= due.saturating_add(self.interval_ns) {
+            now_ns
+        } else {
+            due
+        };
+        self.schedule_after(base);
+    }
+
+    pub fn stop(&mut self) {
+        self.remaining = 0;
+        self.next_ns = None;
+    }
+
+    fn schedule_after(&mut self, due_ns: u64) {
+        self.next_ns = if self.remaining > 0 {
+            Some(due_ns + self.interval_ns)
+        } else {
+            self.refresh_ns.map(|r| due_ns + r)
+        };
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,5 +819,62 @@ mod tests {
         let err = probe_owner("vwnoexist0", VIP, Duration::from_millis(1))
             .expect_err("no such interface");
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    fn garp(count: u32, interval_ms: u64, refresh_ms: Option<u64>) -> GarpSchedule {
+        GarpSchedule::new(&GarpArgs {
+            garp_count: count,
+            garp_interval: Duration::from_millis(interval_ms),
+            garp_refresh: refresh_ms.map(Duration::from_millis),
+        })
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn garp_burst_then_nothing() {
+        let mut g = garp(3, 10, None);
+        assert_eq!(g.next_ns(), None);
+        g.burst_started(1000 * MS);
+        assert_eq!(g.next_ns(), Some(1010 * MS));
+        g.sent(1010 * MS);
+        assert_eq!(g.next_ns(), Some(1020 * MS));
+        g.sent(1020 * MS);
+        assert_eq!(g.next_ns(), None, "3 announcements in all");
+    }
+
+    #[test]
+    fn garp_burst_then_refresh() {
+        let mut g = garp(2, 10, Some(1000));
+        g.burst_started(0);
+        assert_eq!(g.next_ns(), Some(10 * MS));
+        g.sent(10 * MS);
+        assert_eq!(g.next_ns(), Some(1010 * MS));
+        g.sent(1010 * MS);
+        assert_eq!(g.next_ns(), Some(2010 * MS));
+        g.stop();
+        assert_eq!(g.next_ns(), None);
+    }
+
+    #[test]
+    fn garp_count_one_is_just_the_first() {
+        let mut g = garp(1, 10, None);
+        g.burst_started(5 * MS);
+        assert_eq!(g.next_ns(), None);
+        let mut g = garp(1, 10, Some(500));
+        g.burst_started(5 * MS);
+        assert_eq!(g.next_ns(), Some(505 * MS));
+    }
+
+    #[test]
+    fn garp_timer_lateness_does_not_accumulate() {
+        let mut g = garp(4, 10, None);
+        g.burst_started(0);
+        // Sent 1 ms late: the next is still due at 20 ms, not 21 ms.
+        g.sent(11 * MS);
+        assert_eq!(g.next_ns(), Some(20 * MS));
+        // Very late (a whole interval and more): spaced from the send.
+        g.sent(45 * MS);
+        assert_eq!(g.next_ns(), Some(55 * MS));
     }
 }

@@ -19,7 +19,7 @@ use vipwatch_common::{
 };
 
 use crate::{
-    arp::Announcer,
+    arp::{Announcer, GarpSchedule},
     cli::{BackupArgs, Vip},
     clock::{self, delta_ms, ms},
     detector::{Action, Detector, Event, PeerSample, Reason, Settings, State, Transition},
@@ -34,14 +34,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     sys::require_privileges("vipwatch backup")?;
     // Signals first: every thread started later inherits the mask.
     let signals = SignalFd::new()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let netlink = {
-        let _enter = rt.enter();
-        Netlink::connect()?
-    };
+    let (rt, netlink) = Netlink::with_runtime()?;
     let ifindex = rt.block_on(netlink.link_index(&args.iface))?;
     let mac = rt.block_on(netlink.link_mac(ifindex))?;
     if rt.block_on(netlink.has_address(ifindex, args.vip.addr))? {
@@ -159,52 +152,6 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     daemon.run()
 }
 
-/// When to announce: a burst after a takeover, then an optional refresh.
-struct GarpSchedule {
-    count: u32,
-    interval_ns: u64,
-    refresh_ns: Option<u64>,
-    remaining: u32,
-    next_ns: Option<u64>,
-}
-
-impl GarpSchedule {
-    fn new(g: &crate::cli::GarpArgs) -> Self {
-        Self {
-            count: g.garp_count,
-            interval_ns: g.garp_interval.as_nanos() as u64,
-            refresh_ns: g.garp_refresh.map(|d| d.as_nanos() as u64),
-            remaining: 0,
-            next_ns: None,
-        }
-    }
-
-    /// The first announcement of a burst was just sent at `now`.
-    fn burst_started(&mut self, now: u64) {
-        self.remaining = self.count.saturating_sub(1);
-        self.schedule_next(now);
-    }
-
-    /// An announcement due at `next_ns` was sent at `now`.
-    fn sent(&mut self, now: u64) {
-        self.remaining = self.remaining.saturating_sub(1);
-        self.schedule_next(now);
-    }
-
-    fn schedule_next(&mut self, now: u64) {
-        self.next_ns = if self.remaining > 0 {
-            Some(now + self.interval_ns)
-        } else {
-            self.refresh_ns.map(|r| now + r)
-        };
-    }
-
-    fn stop(&mut self) {
-        self.remaining = 0;
-        self.next_ns = None;
-    }
-}
-
 struct Daemon {
     detector: Detector,
     status: DaemonStatus,
@@ -278,7 +225,7 @@ impl Daemon {
             if self.probing() {
                 wake = wake.min(self.next_probe_ns);
             }
-            if let Some(g) = self.garp.next_ns {
+            if let Some(g) = self.garp.next_ns() {
                 wake = wake.min(g);
             }
             if self.vip_bound.is_none() {
@@ -361,7 +308,7 @@ impl Daemon {
             if now >= due || probed && due < self.next_probe_ns {
                 self.sample(now)?;
             }
-            if let Some(due) = self.garp.next_ns
+            if let Some(due) = self.garp.next_ns()
                 && clock::now_ns() >= due
             {
                 self.announce()?;
@@ -447,7 +394,7 @@ impl Daemon {
     fn take_over(&mut self) -> anyhow::Result<()> {
         let decision_ns = clock::now_ns();
         let (last_reply_ns, deadline_ns, _) = self.detector.last_decision().unwrap_or((0, 0, decision_ns));
-        let bound = self.bind();
+        let bound = self.set_bound(true);
         let vip_bound_ns = clock::now_ns();
         if let Err(e) = bound {
             // Announcing an address we could not bind would attract the
@@ -498,7 +445,7 @@ impl Daemon {
     fn release(&mut self) -> anyhow::Result<()> {
         self.garp.stop();
         self.solicit_every_ns = SOLICIT_FIRST_NS;
-        let removed = self.unbind();
+        let removed = self.set_bound(false);
         let at = clock::now_ns();
         match removed {
             Ok(true) => log::info!("released {} from {} mono_ns={at}", self.vip, self.iface),
@@ -516,30 +463,27 @@ impl Daemon {
         Ok(())
     }
 
+    /// Binds or removes the VIP; `Ok(false)` when it already was so.
     /// rtnetlink calls are bounded: a stuck netlink socket must not stall
     /// the loop that decides failovers.
-    fn bind(&mut self) -> anyhow::Result<bool> {
-        let call = self.netlink.add_address(self.ifindex, self.vip.addr, self.vip.prefix);
+    fn set_bound(&mut self, bound: bool) -> anyhow::Result<bool> {
+        let Vip { addr, prefix } = self.vip;
         let r = self
             .rt
-            .block_on(async { tokio::time::timeout(NETLINK_TIMEOUT, call).await })
+            .block_on(async {
+                let call = async {
+                    if bound {
+                        self.netlink.add_address(self.ifindex, addr, prefix).await
+                    } else {
+                        self.netlink.del_address(self.ifindex, addr, prefix).await
+                    }
+                };
+                tokio::time::timeout(NETLINK_TIMEOUT, call).await
+            })
             .map_err(|_| anyhow::anyhow!("rtnetlink did not answer within {NETLINK_TIMEOUT:?}"))
             .and_then(|r| r);
         if r.is_ok() {
-            self.vip_bound = Some(true);
-        }
-        r
-    }
-
-    fn unbind(&mut self) -> anyhow::Result<bool> {
-        let call = self.netlink.del_address(self.ifindex, self.vip.addr, self.vip.prefix);
-        let r = self
-            .rt
-            .block_on(async { tokio::time::timeout(NETLINK_TIMEOUT, call).await })
-            .map_err(|_| anyhow::anyhow!("rtnetlink did not answer within {NETLINK_TIMEOUT:?}"))
-            .and_then(|r| r);
-        if r.is_ok() {
-            self.vip_bound = Some(false);
+            self.vip_bound = Some(bound);
         }
         r
     }
@@ -551,7 +495,7 @@ impl Daemon {
             return Ok(());
         }
         let want = self.detector.state() == State::Active;
-        let r = if want { self.bind() } else { self.unbind() };
+        let r = self.set_bound(want);
         match r {
             Ok(_) => {
                 log::info!(

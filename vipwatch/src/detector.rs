@@ -703,9 +703,10 @@ impl Detector {
     /// answered, if enough were sent: the moment to look again.
     fn countable_at(&self, t: u64) -> Option<u64> {
         let needed = usize::try_from(self.settings.probes_needed()).ok()?;
-        let after: Vec<u64> = self.probes.iter().copied().filter(|&at| at > t).collect();
-        after
-            .get(needed.checked_sub(1)?)
+        self.probes
+            .iter()
+            .filter(|&&at| at > t)
+            .nth(needed.checked_sub(1)?)
             .map(|at| at.saturating_add(self.settings.answer_grace_ns()))
     }
 

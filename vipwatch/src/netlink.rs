@@ -35,6 +35,22 @@ impl Netlink {
     ///
     /// The namespace is fixed when the socket is created: a later `setns` on
     /// this thread does not move it.
+    /// A current-thread tokio runtime and a connection driven by it: the
+    /// daemons call rtnetlink with `rt.block_on(...)` from their own loop,
+    /// so a request is served on the calling thread with no cross-thread
+    /// wake-up.
+    pub fn with_runtime() -> anyhow::Result<(tokio::runtime::Runtime, Self)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let netlink = {
+            let _enter = rt.enter();
+            Self::connect()?
+        };
+        Ok((rt, netlink))
+    }
+
     pub fn connect() -> anyhow::Result<Self> {
         // Creating the tokio netlink socket registers it with the reactor,
         // which panics outside a runtime: check first and say so instead.

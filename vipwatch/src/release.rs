@@ -22,14 +22,7 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let netlink = {
-        let _enter = rt.enter();
-        Netlink::connect()?
-    };
+    let (rt, netlink) = Netlink::with_runtime()?;
     let index = rt.block_on(netlink.link_index(&iface))?;
     let removed = rt
         .block_on(netlink.del_address(index, vip.addr, vip.prefix))

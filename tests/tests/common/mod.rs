@@ -6,15 +6,12 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
+use vipwatch::prober::internet_checksum;
 use vipwatch_tests::{Lab, Proc, require_root, vipwatch_bin, wait_until};
 
-pub const MASTER: &str = "192.0.2.1";
-pub const BACKUP: &str = "192.0.2.2";
-pub const CLIENT: &str = "192.0.2.10";
+pub use vipwatch_tests::scenario::{BACKUP, CLIENT, GATEWAY, MASTER, VIP_CIDR};
+
 pub const ATTACKER: &str = "192.0.2.66";
-pub const GATEWAY: &str = "192.0.2.254";
-pub const VIP: &str = "192.0.2.100";
-pub const VIP_CIDR: &str = "192.0.2.100/24";
 
 /// master, backup, client and attacker on one bridge; the bridge itself
 /// answers as the gateway (a witness).
@@ -90,14 +87,6 @@ pub fn wait_stats(lab: &Lab, what: &str, timeout: Duration, mut cond: impl FnMut
     Ok(last)
 }
 
-/// The CLOCK_MONOTONIC ns a vipwatch log line carries (`mono_ns=...`).
-pub fn mono_ns(line: &str) -> Result<u64> {
-    line.rsplit_once("mono_ns=")
-        .and_then(|(_, n)| n.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no mono_ns= in {line:?}"))
-}
-
 /// Sends one forged ICMP echo reply "from" `src` to `dst` with vipwatch's
 /// payload magic and the given nonce, from inside `host` (a raw IP socket
 /// with IP_HDRINCL, so the source address can be anything).
@@ -138,17 +127,6 @@ pub fn send_echo_reply(lab: &Lab, host: &str, src: Ipv4Addr, dst: Ipv4Addr, id: 
     })?
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, nonce: u64, seq: u64) -> Vec<u8> {
     let mut icmp = vec![0u8, 0, 0, 0];
     icmp.extend_from_slice(&id.to_be_bytes());
@@ -157,7 +135,7 @@ fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, nonce: u64, seq: u64) -> 
     icmp.extend_from_slice(&nonce.to_be_bytes());
     icmp.extend_from_slice(&seq.to_be_bytes());
     icmp.extend_from_slice(&0u64.to_be_bytes());
-    let c = checksum(&icmp);
+    let c = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let total = (20 + icmp.len()) as u16;
     let mut ip = vec![0x45, 0];
@@ -165,7 +143,7 @@ fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, nonce: u64, seq: u64) -> 
     ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let c = checksum(&ip);
+    let c = internet_checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     ip.extend_from_slice(&icmp);
     ip
