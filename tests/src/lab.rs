@@ -639,9 +639,13 @@ impl Lab {
     fn set_link_up(&self, host: &str, up: bool) -> Result<()> {
         self.in_netns(host, move || -> Result<()> {
             // SAFETY: plain socket(2), closed below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
-                bail!("socket for SIOCSIFFLAGS: {}", std::io::Error::last_os_error());
+                bail!(
+                    "socket for SIOCSIFFLAGS: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             // SAFETY: zeroed ifreq is valid; the name is copied below.
             let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -669,7 +673,13 @@ impl Lab {
             };
             // SAFETY: fd is ours.
             unsafe { libc::close(fd) };
-            result.with_context(|| format!("setting {} {}", Self::HOST_IFACE, if up { "up" } else { "down" }))
+            result.with_context(|| {
+                format!(
+                    "setting {} {}",
+                    Self::HOST_IFACE,
+                    if up { "up" } else { "down" }
+                )
+            })
         })?
     }
 

@@ -190,7 +190,10 @@ impl Scenario {
             Duration::from_secs(10),
         )?;
         if !out.status.success() {
-            bail!("vipwatch stats failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "vipwatch stats failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         serde_json::from_slice(&out.stdout).context("stats --json is not JSON")
     }
@@ -219,10 +222,17 @@ impl Scenario {
             Fault::CablePull => self.lab.link_down("master")?,
             Fault::Freeze => self.lab.blackhole("master")?,
             Fault::Unhealthy => {
-                let f = self.health_file.as_ref().context("this scenario has no health check")?;
+                let f = self
+                    .health_file
+                    .as_ref()
+                    .context("this scenario has no health check")?;
                 std::fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
             }
-            Fault::Stopped => self.master.as_ref().context("no master running")?.signal(crate::Signal::Term)?,
+            Fault::Stopped => self
+                .master
+                .as_ref()
+                .context("no master running")?
+                .signal(crate::Signal::Term)?,
         }
         Ok(t0)
     }
@@ -232,7 +242,13 @@ impl Scenario {
         let answer = self
             .client
             .wait_for_answer_from("backup", t0, timeout)
-            .with_context(|| format!("no takeover after {}\nbackup log:\n{}", fault.describe(), self.backup.output()))?;
+            .with_context(|| {
+                format!(
+                    "no takeover after {}\nbackup log:\n{}",
+                    fault.describe(),
+                    self.backup.output()
+                )
+            })?;
         let stats = self.wait_state("ACTIVE", Duration::from_secs(5))?;
         // A cable pull or a freeze is applied by a command that takes a few
         // ms to run, and the master keeps answering until it has. The fault
@@ -264,7 +280,8 @@ impl Scenario {
         if fault == Fault::Stopped {
             // The old master finishes its handover, then a new one starts.
             if let Some(old) = self.master.take() {
-                old.wait(Duration::from_secs(5)).context("vipwatch master did not stop")?;
+                old.wait(Duration::from_secs(5))
+                    .context("vipwatch master did not stop")?;
             }
         }
         let t = Instant::now();
@@ -272,7 +289,10 @@ impl Scenario {
             Fault::CablePull => self.lab.link_up("master")?,
             Fault::Freeze => self.lab.unblackhole("master")?,
             Fault::Unhealthy => {
-                let f = self.health_file.as_ref().context("this scenario has no health check")?;
+                let f = self
+                    .health_file
+                    .as_ref()
+                    .context("this scenario has no health check")?;
                 std::fs::write(f, b"ok").with_context(|| format!("creating {}", f.display()))?;
             }
             Fault::Stopped => self.start_master()?,
@@ -282,11 +302,21 @@ impl Scenario {
 
     /// Waits until the backup has handed the VIP back and the client is
     /// answered by the master again.
-    pub fn await_failback(&self, fault: Fault, repaired: Instant, timeout: Duration) -> Result<Failback> {
+    pub fn await_failback(
+        &self,
+        fault: Fault,
+        repaired: Instant,
+        timeout: Duration,
+    ) -> Result<Failback> {
         let released = self
             .backup
             .wait_for_line_after("released", repaired, timeout)
-            .with_context(|| format!("the backup never released the VIP\nbackup log:\n{}", self.backup.output()))?;
+            .with_context(|| {
+                format!(
+                    "the backup never released the VIP\nbackup log:\n{}",
+                    self.backup.output()
+                )
+            })?;
         let released_ns = mono_ns(&released.text)?;
         // When did both hosts have the VIP? After a cable pull or a freeze
         // the master kept it bound all along, so from the repair; after a
@@ -337,10 +367,12 @@ impl Drop for Scenario {
 }
 
 fn spawn_backup(lab: &Lab, opts: &Options) -> Result<Proc> {
-    let mut args: Vec<String> = ["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(opts.backup_args.iter().cloned());
     let p = lab.spawn("backup", &opts.bin, &args)?;
     p.wait_for_line("XDP attached", Duration::from_secs(10))

@@ -12,7 +12,10 @@ use vipwatch_tests::{Lab, require_root, vipwatch_bin};
 /// Runs vipwatch in the backup namespace and returns (exit ok, stderr).
 fn vipwatch(lab: &Lab, args: &[&str]) -> Result<(bool, String)> {
     let out = lab.output("backup", vipwatch_bin()?, args, Duration::from_secs(20))?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// No XDP program on any of the backup's links and nothing pinned for its
@@ -20,11 +23,18 @@ fn vipwatch(lab: &Lab, args: &[&str]) -> Result<(bool, String)> {
 fn assert_nothing_left(lab: &Lab) -> Result<()> {
     let links = lab.run("backup", "ip", ["-d", "link", "show"])?;
     let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains("prog/xdp"), "an XDP program was left attached:\n{links}");
+    assert!(
+        !links.contains("prog/xdp"),
+        "an XDP program was left attached:\n{links}"
+    );
     let pins = lab.in_netns("backup", || -> Vec<String> {
         let dir = vipwatch::ebpf::pin_dir("eth0");
         let dummy = vipwatch::ebpf::pin_dir("dummy0");
-        [dir, dummy].iter().filter(|d| d.exists()).map(|d| d.display().to_string()).collect()
+        [dir, dummy]
+            .iter()
+            .filter(|d| d.exists())
+            .map(|d| d.display().to_string())
+            .collect()
     })?;
     assert!(pins.is_empty(), "pins were left behind: {pins:?}");
     Ok(())
@@ -43,7 +53,9 @@ fn assert_one_clear_line(stderr: &str, expect: &str) {
 #[test]
 fn bad_arguments_are_refused_with_one_line() -> Result<()> {
     let lab = standard_lab("bad")?;
-    let base = ["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR];
+    let base = [
+        "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
+    ];
     let with = |over: &[(&str, &str)]| -> Vec<String> {
         let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
         for (flag, value) in over {
@@ -118,11 +130,25 @@ fn a_refused_attach_mode_is_an_error_not_a_silent_fallback() -> Result<()> {
     let lab = standard_lab("badmode")?;
     // A bridge device has no native XDP support (no ndo_bpf); this
     // kernel has no `dummy` link type.
-    lab.run("backup", "ip", ["link", "add", "name", "dummy0", "type", "bridge"])?;
+    lab.run(
+        "backup",
+        "ip",
+        ["link", "add", "name", "dummy0", "type", "bridge"],
+    )?;
     lab.run("backup", "ip", ["link", "set", "dev", "dummy0", "up"])?;
     let (ok, stderr) = vipwatch(
         &lab,
-        &["backup", "--iface", "dummy0", "--master", MASTER, "--vip", VIP_CIDR, "--xdp-mode", "driver"],
+        &[
+            "backup",
+            "--iface",
+            "dummy0",
+            "--master",
+            MASTER,
+            "--vip",
+            VIP_CIDR,
+            "--xdp-mode",
+            "driver",
+        ],
     )?;
     assert!(!ok, "driver mode on a dummy interface was accepted");
     assert_one_clear_line(&stderr, "refused to attach XDP in driver mode");
@@ -148,11 +174,19 @@ fn a_backup_refuses_to_start_with_the_vip_already_bound() -> Result<()> {
     // starting on top of it would be a split brain, releasing it later
     // would remove a host address.
     lab.add_address("backup", VIP_CIDR)?;
-    let (ok, stderr) = vipwatch(&lab, &["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR])?;
+    let (ok, stderr) = vipwatch(
+        &lab,
+        &[
+            "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
+        ],
+    )?;
     assert!(!ok, "started with the VIP already bound");
     assert_one_clear_line(&stderr, "already bound on eth0");
     assert_nothing_left(&lab)?;
     let vip: std::net::Ipv4Addr = vipwatch_tests::scenario::VIP.parse()?;
-    assert!(lab.has_address("backup", vip)?, "the address must be left alone");
+    assert!(
+        lab.has_address("backup", vip)?,
+        "the address must be left alone"
+    );
     Ok(())
 }

@@ -35,9 +35,17 @@ fn takeover_then_failback(tag: &str, fault: Fault, health: bool) -> Result<()> {
         tl["silence_to_decision_ms"].as_f64().unwrap_or(f64::NAN),
         tl["decision_to_first_garp_ms"].as_f64().unwrap_or(f64::NAN),
     );
-    assert!(t.outage < TAKEOVER_BOUND + health_slack(fault), "outage {:?}\n{}", t.outage, s.logs());
+    assert!(
+        t.outage < TAKEOVER_BOUND + health_slack(fault),
+        "outage {:?}\n{}",
+        t.outage,
+        s.logs()
+    );
     assert_eq!(t.stats["takeovers"], 1, "{}", t.stats);
-    assert!(s.lab.has_address("backup", VIP())?, "the backup must hold the VIP");
+    assert!(
+        s.lab.has_address("backup", VIP())?,
+        "the backup must hold the VIP"
+    );
 
     let r = s.repair(fault)?;
     let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
@@ -47,9 +55,20 @@ fn takeover_then_failback(tag: &str, fault: Fault, health: bool) -> Result<()> {
         fb.client_both.as_secs_f64() * 1e3,
         fb.client_outage.as_secs_f64() * 1e3,
     );
-    assert!(fb.dual_bound < DUAL_BOUND + repair_slack(fault), "dual {:?}\n{}", fb.dual_bound, s.logs());
-    assert!(!s.lab.has_address("backup", VIP())?, "the backup must have released the VIP");
-    assert!(s.lab.has_address("master", VIP())?, "the master must hold the VIP");
+    assert!(
+        fb.dual_bound < DUAL_BOUND + repair_slack(fault),
+        "dual {:?}\n{}",
+        fb.dual_bound,
+        s.logs()
+    );
+    assert!(
+        !s.lab.has_address("backup", VIP())?,
+        "the backup must have released the VIP"
+    );
+    assert!(
+        s.lab.has_address("master", VIP())?,
+        "the master must hold the VIP"
+    );
     let st = s.wait_state("STANDBY", Duration::from_secs(5))?;
     assert_eq!(st["releases"], 1, "{st}");
     Ok(())
@@ -104,13 +123,20 @@ fn stopping_the_master_hands_over_and_restarting_it_takes_the_vip_back() -> Resu
 
 #[test]
 fn witness_keeps_a_cut_off_backup_from_taking_over() -> Result<()> {
-    let s = scenario("fwit", false, &["--witness", vipwatch_tests::scenario::GATEWAY])?;
+    let s = scenario(
+        "fwit",
+        false,
+        &["--witness", vipwatch_tests::scenario::GATEWAY],
+    )?;
     // Cut the backup from the LAN (master and witness both unreachable),
     // upstream of its XDP program.
     s.lab.blackhole("backup")?;
     let st = s.wait_state("ISOLATED", Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!s.lab.has_address("backup", VIP())?, "a cut-off backup must not bind the VIP");
+    assert!(
+        !s.lab.has_address("backup", VIP())?,
+        "a cut-off backup must not bind the VIP"
+    );
     let st2 = s.backup_stats()?;
     assert_eq!(st2["takeovers"], 0, "{st} / {st2}");
     assert_eq!(st2["state"], "ISOLATED");
@@ -132,15 +158,28 @@ fn manual_failback_keeps_the_vip_until_release() -> Result<()> {
     s.repair(Fault::CablePull)?;
     std::thread::sleep(Duration::from_millis(500));
     let st = s.backup_stats()?;
-    assert_eq!(st["state"], "ACTIVE", "manual failback must keep the VIP: {st}");
+    assert_eq!(
+        st["state"], "ACTIVE",
+        "manual failback must keep the VIP: {st}"
+    );
     assert!(s.lab.has_address("backup", VIP())?);
     let out = s.lab.output(
         "backup",
         vipwatch_bin()?,
-        ["release", "--iface", "eth0", "--vip", vipwatch_tests::scenario::VIP_CIDR],
+        [
+            "release",
+            "--iface",
+            "eth0",
+            "--vip",
+            vipwatch_tests::scenario::VIP_CIDR,
+        ],
         Duration::from_secs(10),
     )?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.wait_state("STANDBY", Duration::from_secs(5))?;
     assert!(!s.lab.has_address("backup", VIP())?);
     Ok(())
@@ -156,11 +195,20 @@ fn no_false_takeover_with_5_percent_loss_for_10_s() -> Result<()> {
     let st = s.backup_stats()?;
     eprintln!(
         "10 s at 5 % loss: {} probes, {} replies, {:.2} % lost, longest silence {:.2} ms, deferred {}",
-        st["master"]["probes_sent"], st["master"]["replies"], st["master"]["loss_pct"], st["master"]["max_gap_ms"], st["deferred"]
+        st["master"]["probes_sent"],
+        st["master"]["replies"],
+        st["master"]["loss_pct"],
+        st["master"]["max_gap_ms"],
+        st["deferred"]
     );
     let loss = st["master"]["loss_pct"].as_f64().unwrap_or(0.0);
     assert!(loss > 2.0, "the loss was not applied: {st}");
-    assert_eq!(st["takeovers"], 0, "false takeover under 5 % loss: {st}\n{}", s.logs());
+    assert_eq!(
+        st["takeovers"],
+        0,
+        "false takeover under 5 % loss: {st}\n{}",
+        s.logs()
+    );
     Ok(())
 }
 
@@ -174,8 +222,16 @@ fn no_false_takeover_when_the_backup_is_stopped_for_200_ms() -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
     }
     let st = s.backup_stats()?;
-    eprintln!("after 3 × SIGSTOP 200 ms: deferred deadlines {}, takeovers {}", st["deferred"], st["takeovers"]);
-    assert_eq!(st["takeovers"], 0, "a stopped backup concluded the master died: {st}\n{}", s.logs());
+    eprintln!(
+        "after 3 × SIGSTOP 200 ms: deferred deadlines {}, takeovers {}",
+        st["deferred"], st["takeovers"]
+    );
+    assert_eq!(
+        st["takeovers"],
+        0,
+        "a stopped backup concluded the master died: {st}\n{}",
+        s.logs()
+    );
     assert_eq!(st["state"], "STANDBY");
     assert!(!s.lab.has_address("backup", VIP())?);
     Ok(())
@@ -206,8 +262,14 @@ fn on_change_hook_gets_state_vip_iface_and_reason() -> Result<()> {
     })?;
     std::fs::remove_file(&file)?;
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.contains(&"STANDBY 192.0.2.100/24 eth0 master-replied"), "{text}");
-    assert!(lines.contains(&"ACTIVE 192.0.2.100/24 eth0 master-silent"), "{text}");
+    assert!(
+        lines.contains(&"STANDBY 192.0.2.100/24 eth0 master-replied"),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"ACTIVE 192.0.2.100/24 eth0 master-silent"),
+        "{text}"
+    );
     Ok(())
 }
 
@@ -223,17 +285,30 @@ fn a_flapping_master_gets_the_vip_back_only_after_rise_replies() -> Result<()> {
     s.lab.link_down("master")?;
     std::thread::sleep(Duration::from_millis(100));
     let st = s.backup_stats()?;
-    assert_eq!(st["state"], "ACTIVE", "a 20 ms flap must not move the VIP: {st}\n{}", s.logs());
+    assert_eq!(
+        st["state"],
+        "ACTIVE",
+        "a 20 ms flap must not move the VIP: {st}\n{}",
+        s.logs()
+    );
     assert_eq!(st["releases"], 0, "{st}");
     // Back for good: released once it has answered 50 probes in a row.
     let up = std::time::Instant::now();
     s.lab.link_up("master")?;
-    let released = s.backup.wait_for_line_after("released", up, Duration::from_secs(5))?;
+    let released = s
+        .backup
+        .wait_for_line_after("released", up, Duration::from_secs(5))?;
     let after = Duration::from_nanos(
         vipwatch_tests::scenario::mono_ns(&released.text)?
             .saturating_sub(vipwatch_tests::clock::to_monotonic_ns(up)),
     );
-    eprintln!("released {:.1} ms after the master came back for good", after.as_secs_f64() * 1e3);
-    assert!(after >= Duration::from_millis(90), "released after only {after:?}: --rise ignored");
+    eprintln!(
+        "released {:.1} ms after the master came back for good",
+        after.as_secs_f64() * 1e3
+    );
+    assert!(
+        after >= Duration::from_millis(90),
+        "released after only {after:?}: --rise ignored"
+    );
     Ok(())
 }

@@ -35,7 +35,10 @@ fn every_probe_is_answered_and_counted_with_its_rtt() -> Result<()> {
         .iter()
         .map(|b| u(b, "count"))
         .sum();
-    assert_eq!(hist_total, 300, "every reply lands in the RTT histogram: {st}");
+    assert_eq!(
+        hist_total, 300,
+        "every reply lands in the RTT histogram: {st}"
+    );
     assert!(u(&st, "master.rtt_p50_us") <= u(&st, "master.rtt_p99_us"));
     assert!(u(&st, "master.rtt_p99_us") <= u(&st, "master.rtt_max_us"));
     // A LAN of veths answers in well under 100 ms even on a loaded VM.
@@ -79,15 +82,23 @@ fn stats_from_another_process_match_the_maps() -> Result<()> {
 fn spoofed_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
     let lab = standard_lab("hbfg")?;
     let _backup = start_backup(&lab, &["--count", "100"])?;
-    wait_stats(&lab, "probing finished", WAIT, |s| u(s, "master.replies") == 100)?;
+    wait_stats(&lab, "probing finished", WAIT, |s| {
+        u(s, "master.replies") == 100
+    })?;
 
     let master: Ipv4Addr = MASTER.parse()?;
     let backup: Ipv4Addr = BACKUP.parse()?;
     let attacker: Ipv4Addr = ATTACKER.parse()?;
     // The attacker answers in the master's name without knowing our nonce.
     send_echo_reply(&lab, "attacker", master, backup, 0x1234, 0xdead_beef, 25)?;
-    let st = wait_stats(&lab, "25 forged replies", WAIT, |s| u(s, "master.forged") == 25)?;
-    assert_eq!(u(&st, "master.replies"), 100, "a forged reply must never count: {st}");
+    let st = wait_stats(&lab, "25 forged replies", WAIT, |s| {
+        u(s, "master.forged") == 25
+    })?;
+    assert_eq!(
+        u(&st, "master.replies"),
+        100,
+        "a forged reply must never count: {st}"
+    );
 
     // Echo replies from a host that is not the master count nowhere.
     send_echo_reply(&lab, "attacker", attacker, backup, 0x1234, 0xdead_beef, 25)?;
@@ -105,7 +116,9 @@ fn spoofed_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
 fn master_link_down_stops_replies_while_probes_keep_counting() -> Result<()> {
     let lab = standard_lab("hbld")?;
     let _backup = start_backup(&lab, &[])?;
-    wait_stats(&lab, "the master answers", WAIT, |s| u(s, "master.replies") > 50)?;
+    wait_stats(&lab, "the master answers", WAIT, |s| {
+        u(s, "master.replies") > 50
+    })?;
     lab.link_down("master")?;
     std::thread::sleep(Duration::from_millis(300));
     let before = stats(&lab, "backup")?;
@@ -118,7 +131,10 @@ fn master_link_down_stops_replies_while_probes_keep_counting() -> Result<()> {
     );
     let sent = u(&after, "master.probes_sent") - u(&before, "master.probes_sent");
     // 300 ms at 2 ms: ~150 probes; be generous about scheduling.
-    assert!(sent >= 50, "probes must keep going out: only {sent} in 300 ms");
+    assert!(
+        sent >= 50,
+        "probes must keep going out: only {sent} in 300 ms"
+    );
     assert!(f(&after, "master.last_reply_age_ms") >= 500.0, "{after}");
     Ok(())
 }
@@ -127,11 +143,18 @@ fn master_link_down_stops_replies_while_probes_keep_counting() -> Result<()> {
 fn rt_priority_puts_the_probe_loop_under_sched_fifo() -> Result<()> {
     let lab = standard_lab("hbrt")?;
     let backup = start_backup(&lab, &["--rt-priority", "10", "--count", "50"])?;
-    wait_stats(&lab, "probing finished", WAIT, |s| u(s, "master.replies") == 50)?;
+    wait_stats(&lab, "probing finished", WAIT, |s| {
+        u(s, "master.replies") == 50
+    })?;
     // Field 41 of /proc/PID/stat is the scheduling policy (1 = SCHED_FIFO),
     // field 40 the real-time priority; index 0 below is field 3 (state).
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", backup.pid()))?;
-    let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat").1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
     assert_eq!(fields[37], "10", "rt priority: {stat}");
     assert_eq!(fields[38], "1", "policy SCHED_FIFO: {stat}");
     Ok(())

@@ -6,7 +6,9 @@
 //! ordinary unit test (the pattern firezone's relay uses).
 #![cfg_attr(not(test), no_std)]
 
-use vipwatch_common::{CONFIG_WITNESS, Config, PEER_MASTER, PEER_WITNESS, PROBE_PAYLOAD_LEN, ProbePayload};
+use vipwatch_common::{
+    CONFIG_WITNESS, Config, PEER_MASTER, PEER_WITNESS, PROBE_PAYLOAD_LEN, ProbePayload,
+};
 
 /// Bounded reads out of a packet.
 pub trait Frame {
@@ -185,7 +187,9 @@ pub fn is_probe<F: Frame + ?Sized>(frame: &F) -> bool {
     let Some(echo) = icmp_echo(frame, ip) else {
         return false;
     };
-    echo.icmp_type == ICMP_ECHO_REQUEST && echo.code == 0 && ProbePayload::decode(&echo.payload).is_some()
+    echo.icmp_type == ICMP_ECHO_REQUEST
+        && echo.code == 0
+        && ProbePayload::decode(&echo.payload).is_some()
 }
 
 /// RTT in microseconds from the payload's send time, saturating at zero if
@@ -301,7 +305,10 @@ mod tests {
 
     #[test]
     fn valid_reply_from_master_is_counted() {
-        assert_eq!(classify(echo(Echo::default()).as_slice(), &cfg()), reply(PEER_MASTER));
+        assert_eq!(
+            classify(echo(Echo::default()).as_slice(), &cfg()),
+            reply(PEER_MASTER)
+        );
     }
 
     #[test]
@@ -322,7 +329,11 @@ mod tests {
                 vlans,
                 ..Echo::default()
             });
-            assert_eq!(classify(f.as_slice(), &cfg()), reply(PEER_MASTER), "{vlans:x?}");
+            assert_eq!(
+                classify(f.as_slice(), &cfg()),
+                reply(PEER_MASTER),
+                "{vlans:x?}"
+            );
         }
         // A third tag is beyond what we parse: ignored, not misparsed.
         let f = echo(Echo {
@@ -355,7 +366,10 @@ mod tests {
             },
         ];
         for e in cases {
-            assert_eq!(classify(echo(e).as_slice(), &cfg()), Seen::Forged { peer: PEER_MASTER });
+            assert_eq!(
+                classify(echo(e).as_slice(), &cfg()),
+                Seen::Forged { peer: PEER_MASTER }
+            );
         }
     }
 
@@ -422,9 +436,18 @@ mod tests {
             }
         );
         // Our own announcements, other addresses and RFC 5227 probes are not.
-        assert_eq!(classify(arp(OUR_MAC, VIP, 1).as_slice(), &cfg()), Seen::Other);
-        assert_eq!(classify(arp(MASTER_MAC, MASTER, 1).as_slice(), &cfg()), Seen::Other);
-        assert_eq!(classify(arp(MASTER_MAC, [0; 4], 1).as_slice(), &cfg()), Seen::Other);
+        assert_eq!(
+            classify(arp(OUR_MAC, VIP, 1).as_slice(), &cfg()),
+            Seen::Other
+        );
+        assert_eq!(
+            classify(arp(MASTER_MAC, MASTER, 1).as_slice(), &cfg()),
+            Seen::Other
+        );
+        assert_eq!(
+            classify(arp(MASTER_MAC, [0; 4], 1).as_slice(), &cfg()),
+            Seen::Other
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ mod program {
         programs::XdpContext,
     };
     use vipwatch_common::{
-        ClaimCounters, ClaimEvent, Config, DaemonStatus, EVENTS_RING_BYTES, GapTracker, GateConfig, GateCounters, PEER_COUNT,
-        PeerCounters, rtt_bucket,
+        ClaimCounters, ClaimEvent, Config, DaemonStatus, EVENTS_RING_BYTES, GapTracker, GateConfig,
+        GateCounters, PEER_COUNT, PeerCounters, rtt_bucket,
     };
     use vipwatch_ebpf::{Frame, Seen, classify, is_probe, rtt_us};
 

@@ -15,7 +15,8 @@
 
 use anyhow::Context as _;
 use vipwatch_common::{
-    CONFIG_WITNESS, Config, DaemonStatus, STATE_ACTIVE, STATE_ISOLATED, STATE_STANDBY, STATE_STARTING, Timeline,
+    CONFIG_WITNESS, Config, DaemonStatus, STATE_ACTIVE, STATE_ISOLATED, STATE_STANDBY,
+    STATE_STARTING, Timeline,
 };
 
 use crate::{
@@ -61,7 +62,11 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         echo_id: echo_id.to_be_bytes(),
         nonce: nonce.to_be_bytes(),
         our_mac: mac,
-        flags: if args.witness.is_some() { CONFIG_WITNESS } else { 0 },
+        flags: if args.witness.is_some() {
+            CONFIG_WITNESS
+        } else {
+            0
+        },
         ..Config::default()
     };
     let watcher = Watcher::attach(&args.iface, config, args.xdp_mode)?;
@@ -87,7 +92,9 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         ms(interval_ns),
         ms(settings.dead_after_ns),
         settings.probes_needed(),
-        args.witness.map(|w| format!(", witness {w}")).unwrap_or_default(),
+        args.witness
+            .map(|w| format!(", witness {w}"))
+            .unwrap_or_default(),
         args.vip,
         settings.failback,
     );
@@ -202,7 +209,8 @@ const PUBLISH_EVERY_NS: u64 = 10_000_000;
 
 impl Daemon {
     fn probing(&self) -> bool {
-        self.count.is_none_or(|n| self.prober.sent + self.prober.errors < n)
+        self.count
+            .is_none_or(|n| self.prober.sent + self.prober.errors < n)
     }
 
     /// When the detector wants a fresh sample. A deadline the last sample
@@ -252,7 +260,10 @@ impl Daemon {
             if claim_ready {
                 for ev in self.watcher.drain_events() {
                     let from_master = self.master.replies == 0 || ev.mac == self.master.last_mac;
-                    if !from_master && self.detector.state() == State::Active && self.foreign_claims_logged < 10 {
+                    if !from_master
+                        && self.detector.state() == State::Active
+                        && self.foreign_claims_logged < 10
+                    {
                         self.foreign_claims_logged += 1;
                         log::warn!(
                             "{} is claimed by {} which is not the master ({}): address conflict on the LAN",
@@ -329,7 +340,10 @@ impl Daemon {
     }
 
     fn sample(&mut self, now: u64) -> anyhow::Result<()> {
-        let (master, witness) = self.watcher.maps.liveness(self.detector.settings().witness)?;
+        let (master, witness) = self
+            .watcher
+            .maps
+            .liveness(self.detector.settings().witness)?;
         self.last_sample_ns = now;
         self.master = master;
         let peer = |p: &PeerSnapshot| PeerSample {
@@ -368,7 +382,8 @@ impl Daemon {
                     self.vip,
                     match self.detector.settings().failback {
                         crate::detector::Failback::OnClaim => "",
-                        crate::detector::Failback::Manual => " and `vipwatch release` is run (failback manual)",
+                        crate::detector::Failback::Manual =>
+                            " and `vipwatch release` is run (failback manual)",
                     }
                 );
             }
@@ -393,7 +408,8 @@ impl Daemon {
 
     fn take_over(&mut self) -> anyhow::Result<()> {
         let decision_ns = clock::now_ns();
-        let (last_reply_ns, deadline_ns, _) = self.detector.last_decision().unwrap_or((0, 0, decision_ns));
+        let (last_reply_ns, deadline_ns, _) =
+            self.detector.last_decision().unwrap_or((0, 0, decision_ns));
         let bound = self.set_bound(true);
         let vip_bound_ns = clock::now_ns();
         if let Err(e) = bound {
@@ -401,7 +417,11 @@ impl Daemon {
             // clients to a host that cannot answer them. The detector says
             // ACTIVE, so `reconcile` retries the bind until it works or the
             // state changes.
-            log::error!("TAKEOVER FAILED: could not bind {} on {}: {e:#}; retrying", self.vip, self.iface);
+            log::error!(
+                "TAKEOVER FAILED: could not bind {} on {}: {e:#}; retrying",
+                self.vip,
+                self.iface
+            );
             self.vip_bound = None;
             self.next_reconcile_ns = clock::now_ns() + RECONCILE_EVERY_NS;
             return Ok(());
@@ -437,7 +457,11 @@ impl Daemon {
 
     fn announce(&mut self) -> anyhow::Result<()> {
         if let Err(e) = self.announcer.announce(self.vip.addr) {
-            log::warn!("gratuitous ARP for {} on {} failed: {e:#}", self.vip, self.iface);
+            log::warn!(
+                "gratuitous ARP for {} on {} failed: {e:#}",
+                self.vip,
+                self.iface
+            );
         }
         Ok(())
     }
@@ -449,11 +473,19 @@ impl Daemon {
         let at = clock::now_ns();
         match removed {
             Ok(true) => log::info!("released {} from {} mono_ns={at}", self.vip, self.iface),
-            Ok(false) => log::info!("{} was already gone from {} mono_ns={at}", self.vip, self.iface),
+            Ok(false) => log::info!(
+                "{} was already gone from {} mono_ns={at}",
+                self.vip,
+                self.iface
+            ),
             Err(e) => {
                 // Still bound while we stand by would be a split brain:
                 // `reconcile` retries until the address is gone.
-                log::error!("could not remove {} from {}: {e:#}; retrying", self.vip, self.iface);
+                log::error!(
+                    "could not remove {} from {}: {e:#}; retrying",
+                    self.vip,
+                    self.iface
+                );
                 self.vip_bound = None;
                 self.next_reconcile_ns = at + RECONCILE_EVERY_NS;
             }
@@ -510,7 +542,11 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                log::warn!("still cannot {} {}: {e:#}", if want { "bind" } else { "remove" }, self.vip);
+                log::warn!(
+                    "still cannot {} {}: {e:#}",
+                    if want { "bind" } else { "remove" },
+                    self.vip
+                );
                 self.next_reconcile_ns = now + RECONCILE_EVERY_NS;
             }
         }
@@ -518,7 +554,12 @@ impl Daemon {
     }
 
     fn notify(&mut self, t: Transition) {
-        let Transition { from, to, reason, at_ns } = t;
+        let Transition {
+            from,
+            to,
+            reason,
+            at_ns,
+        } = t;
         self.status.state = state_code(to);
         self.status_dirty = true;
         if from == State::Active
@@ -531,11 +572,18 @@ impl Daemon {
             // did not reach them (or it never sent one: a frozen master that
             // thawed only answered our solicitation).
             if let Err(e) = self.announcer.hand_over(self.vip4, mac) {
-                log::warn!("could not hand {} over to {}: {e:#}", self.vip, mac_str(mac));
+                log::warn!(
+                    "could not hand {} over to {}: {e:#}",
+                    self.vip,
+                    mac_str(mac)
+                );
             }
         }
         if from == State::Starting
-            && let Err(e) = self.watcher.maps.reset_max_gap(vipwatch_common::PEER_MASTER)
+            && let Err(e) = self
+                .watcher
+                .maps
+                .reset_max_gap(vipwatch_common::PEER_MASTER)
         {
             // The start-up gap (first ARP resolution) says nothing about
             // the path; without the reset `max_gap_ms` would keep it.
@@ -547,8 +595,12 @@ impl Daemon {
             state_name(to),
             describe(reason)
         );
-        self.hooks
-            .notify(state_name(to), &self.vip.to_string(), &self.iface, reason_token(reason));
+        self.hooks.notify(
+            state_name(to),
+            &self.vip.to_string(),
+            &self.iface,
+            reason_token(reason),
+        );
     }
 
     fn publish(&mut self) {
@@ -596,7 +648,10 @@ fn describe(r: Reason) -> String {
     match r {
         Reason::MasterReplied => "the master answers our probes".into(),
         Reason::MasterSilent { silence_ns, probes } => {
-            format!("master silent for {} ({probes} probes sent since its last reply)", ms(silence_ns))
+            format!(
+                "master silent for {} ({probes} probes sent since its last reply)",
+                ms(silence_ns)
+            )
         }
         Reason::WitnessSilent { silence_ns } => format!(
             "master AND witness silent for {}: we are the one cut off, not taking the VIP",
@@ -622,7 +677,10 @@ fn reason_token(r: Reason) -> &'static str {
 }
 
 pub fn mac_str(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// Used by `vipwatch stats` to name a status code.

@@ -197,15 +197,17 @@ impl FromStr for Vip {
         let (addr, prefix) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (e.g. 192.0.2.100/24)"))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IP address (in VIP {s:?}; expected e.g. 192.0.2.100/24)"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("{addr:?} is not an IP address (in VIP {s:?}; expected e.g. 192.0.2.100/24)")
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix: u8 = prefix
             .parse()
             .ok()
             .filter(|p| (1..=max).contains(p))
-            .ok_or_else(|| format!("prefix {prefix:?} of VIP {s:?} must be a number from 1 to {max}"))?;
+            .ok_or_else(|| {
+                format!("prefix {prefix:?} of VIP {s:?} must be a number from 1 to {max}")
+            })?;
         if !is_unicast(addr) {
             return Err(format!("VIP {addr} must be a unicast address"));
         }
@@ -216,7 +218,11 @@ impl FromStr for Vip {
 fn is_unicast(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => {
-            !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() || a.octets()[0] == 0)
+            !(a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_loopback()
+                || a.octets()[0] == 0)
         }
         IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast() || a.is_loopback()),
     }
@@ -238,7 +244,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => 1e6,
         "us" | "µs" => 1e3,
         "ns" => 1.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, ms, us or ns")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}: use s, ms, us or ns"
+            ));
+        }
     };
     let ns = value * scale;
     if !ns.is_finite() || ns >= u64::MAX as f64 {
@@ -279,7 +289,9 @@ pub fn validate_backup(a: &BackupArgs) -> Result<(), String> {
         }
     }
     if vip.addr == IpAddr::V4(*master) {
-        return Err(format!("--vip {vip} is the master's own address; the VIP must float"));
+        return Err(format!(
+            "--vip {vip} is the master's own address; the VIP must float"
+        ));
     }
     if vip.v4().is_none() {
         return Err(format!(
@@ -298,7 +310,9 @@ pub fn validate_backup(a: &BackupArgs) -> Result<(), String> {
         ));
     }
     if *dead_after > MAX_DEAD_AFTER {
-        return Err(format!("--dead-after {dead_after:?} is absurd: at most {MAX_DEAD_AFTER:?}"));
+        return Err(format!(
+            "--dead-after {dead_after:?} is absurd: at most {MAX_DEAD_AFTER:?}"
+        ));
     }
     if !(1..=1000).contains(rise) {
         return Err(format!("--rise {rise} must be from 1 to 1000"));
@@ -309,7 +323,9 @@ pub fn validate_backup(a: &BackupArgs) -> Result<(), String> {
     if let Some(p) = rt_priority
         && !(1..=99).contains(p)
     {
-        return Err(format!("--rt-priority {p} must be from 1 to 99 (SCHED_FIFO priorities)"));
+        return Err(format!(
+            "--rt-priority {p} must be from 1 to 99 (SCHED_FIFO priorities)"
+        ));
     }
     validate_garp(garp)
 }
@@ -317,8 +333,13 @@ pub fn validate_backup(a: &BackupArgs) -> Result<(), String> {
 pub fn validate_master(a: &MasterArgs) -> Result<(), String> {
     validate_iface(&a.iface)?;
     validate_garp(&a.garp)?;
-    if a.health_interval < Duration::from_millis(10) || a.health_interval > Duration::from_secs(3600) {
-        return Err(format!("--health-interval {:?} must be from 10ms to 1h", a.health_interval));
+    if a.health_interval < Duration::from_millis(10)
+        || a.health_interval > Duration::from_secs(3600)
+    {
+        return Err(format!(
+            "--health-interval {:?} must be from 10ms to 1h",
+            a.health_interval
+        ));
     }
     if a.health_fall == 0 || a.health_rise == 0 {
         return Err("--health-fall and --health-rise must be at least 1".into());
@@ -326,17 +347,25 @@ pub fn validate_master(a: &MasterArgs) -> Result<(), String> {
     if let Some(url) = &a.health_http
         && !url.starts_with("http://")
     {
-        return Err(format!("--health-http {url:?}: only http:// URLs are supported"));
+        return Err(format!(
+            "--health-http {url:?}: only http:// URLs are supported"
+        ));
     }
     Ok(())
 }
 
 pub fn validate_garp(g: &GarpArgs) -> Result<(), String> {
     if !(1..=100).contains(&g.garp_count) {
-        return Err(format!("--garp-count {} must be from 1 to 100", g.garp_count));
+        return Err(format!(
+            "--garp-count {} must be from 1 to 100",
+            g.garp_count
+        ));
     }
     if g.garp_interval < Duration::from_millis(1) || g.garp_interval > Duration::from_secs(10) {
-        return Err(format!("--garp-interval {:?} must be from 1ms to 10s", g.garp_interval));
+        return Err(format!(
+            "--garp-interval {:?} must be from 1ms to 10s",
+            g.garp_interval
+        ));
     }
     if let Some(r) = g.garp_refresh
         && (r < Duration::from_millis(100) || r > Duration::from_secs(3600))
@@ -349,7 +378,9 @@ pub fn validate_garp(g: &GarpArgs) -> Result<(), String> {
 pub fn validate_iface(iface: &str) -> Result<(), String> {
     // IFNAMSIZ is 16 including the NUL.
     if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ', '\0']) {
-        return Err(format!("{iface:?} is not a valid interface name; `ip link` lists interfaces"));
+        return Err(format!(
+            "{iface:?} is not a valid interface name; `ip link` lists interfaces"
+        ));
     }
     Ok(())
 }
@@ -408,7 +439,16 @@ mod tests {
     }
 
     fn backup(args: &[&str]) -> Result<BackupArgs, String> {
-        let mut argv = vec!["vipwatch", "backup", "--iface", "eth0", "--master", "192.0.2.1", "--vip", "192.0.2.100/24"];
+        let mut argv = vec![
+            "vipwatch",
+            "backup",
+            "--iface",
+            "eth0",
+            "--master",
+            "192.0.2.1",
+            "--vip",
+            "192.0.2.100/24",
+        ];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         let Command::Backup(a) = cli.command else {
@@ -454,17 +494,75 @@ mod tests {
         ] {
             assert!(backup(bad).is_err(), "{bad:?} accepted");
         }
-        let parse = |argv: &[&str]| Cli::try_parse_from(argv).map_err(|e| e.to_string()).and_then(|c| match c.command {
-            Command::Backup(a) => validate_backup(&a),
-            _ => Ok(()),
-        });
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(argv)
+                .map_err(|e| e.to_string())
+                .and_then(|c| match c.command {
+                    Command::Backup(a) => validate_backup(&a),
+                    _ => Ok(()),
+                })
+        };
         for argv in [
-            &["vipwatch", "backup", "--iface", "eth0", "--master", "224.0.0.1", "--vip", "192.0.2.100/24"][..],
-            &["vipwatch", "backup", "--iface", "eth0", "--master", "2001:db8::1", "--vip", "192.0.2.100/24"],
-            &["vipwatch", "backup", "--iface", "eth0", "--master", "192.0.2.1", "--vip", "192.0.2.1/24"],
-            &["vipwatch", "backup", "--iface", "eth0", "--master", "192.0.2.1", "--vip", "192.0.2.100"],
-            &["vipwatch", "backup", "--iface", "eth0", "--master", "192.0.2.1", "--vip", "2001:db8::1/64"],
-            &["vipwatch", "backup", "--iface", "an-interface-name-too-long", "--master", "192.0.2.1", "--vip", "192.0.2.100/24"],
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "224.0.0.1",
+                "--vip",
+                "192.0.2.100/24",
+            ][..],
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "2001:db8::1",
+                "--vip",
+                "192.0.2.100/24",
+            ],
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "192.0.2.1",
+                "--vip",
+                "192.0.2.1/24",
+            ],
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "192.0.2.1",
+                "--vip",
+                "192.0.2.100",
+            ],
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "192.0.2.1",
+                "--vip",
+                "2001:db8::1/64",
+            ],
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "an-interface-name-too-long",
+                "--master",
+                "192.0.2.1",
+                "--vip",
+                "192.0.2.100/24",
+            ],
         ] {
             assert!(parse(argv).is_err(), "{argv:?} accepted");
         }
@@ -472,8 +570,26 @@ mod tests {
 
     #[test]
     fn good_backup_arguments_pass() {
-        backup(&["--interval", "500us", "--dead-after", "2.5ms", "--witness", "192.0.2.254", "--failback", "manual"]).unwrap();
-        backup(&["--xdp-mode", "skb", "--garp-refresh", "1s", "--on-change", "logger"]).unwrap();
+        backup(&[
+            "--interval",
+            "500us",
+            "--dead-after",
+            "2.5ms",
+            "--witness",
+            "192.0.2.254",
+            "--failback",
+            "manual",
+        ])
+        .unwrap();
+        backup(&[
+            "--xdp-mode",
+            "skb",
+            "--garp-refresh",
+            "1s",
+            "--on-change",
+            "logger",
+        ])
+        .unwrap();
         backup(&["--rt-priority", "10"]).unwrap();
     }
 }

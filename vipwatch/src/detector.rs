@@ -395,7 +395,9 @@ impl Detector {
     /// interval after the last sample: the next probe may settle it, so the
     /// decision comes less than an interval after it becomes possible.
     pub fn next_deadline(&self) -> u64 {
-        let recheck = self.last_sample_ns.saturating_add(self.settings.interval_ns);
+        let recheck = self
+            .last_sample_ns
+            .saturating_add(self.settings.interval_ns);
         match self.state {
             State::Starting | State::Standby if !self.waiting => self.master_deadline(),
             // Waiting for the last needed probe's grace: look again the
@@ -511,7 +513,10 @@ impl Detector {
     /// the master's run reach `rise`. A claim older than our takeover
     /// decision (a ring-buffer event that raced with it) is stale.
     fn active_claim(&mut self, at_ns: u64) -> Vec<Action> {
-        if self.last_decision.is_some_and(|(_, _, decided)| at_ns < decided) {
+        if self
+            .last_decision
+            .is_some_and(|(_, _, decided)| at_ns < decided)
+        {
             return Vec::new();
         }
         if self.master_back() {
@@ -1026,7 +1031,10 @@ mod tests {
         };
         // Its reply arrives within the grace: alive.
         let mut d = setup();
-        assert!(d.handle(sample(deadline + grace, peer(2, deadline + RTT, 6))).is_empty());
+        assert!(
+            d.handle(sample(deadline + grace, peer(2, deadline + RTT, 6)))
+                .is_empty()
+        );
         assert_eq!(d.state(), State::Standby);
         // It stays unanswered: dead, one grace after the deadline.
         let mut d = setup();

@@ -6,8 +6,7 @@
 
 use std::{
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     os::fd::{AsRawFd as _, RawFd},
     path::{Path, PathBuf},
 };
@@ -19,9 +18,10 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use vipwatch_common::{
-    ClaimCounters, ClaimEvent, Config, DaemonStatus, GapTracker, GateConfig, GateCounters, MAP_CLAIMS,
-    MAP_CONFIG, MAP_EVENTS, MAP_GAPS, MAP_GATE, MAP_GATE_COUNTERS, MAP_PEERS, MAP_STATUS, PEER_MASTER,
-    PEER_WITNESS, PROG_GATE, PROG_WATCH, PeerCounters, RTT_BUCKETS, XDP_MODE_DRIVER, XDP_MODE_SKB,
+    ClaimCounters, ClaimEvent, Config, DaemonStatus, GapTracker, GateConfig, GateCounters,
+    MAP_CLAIMS, MAP_CONFIG, MAP_EVENTS, MAP_GAPS, MAP_GATE, MAP_GATE_COUNTERS, MAP_PEERS,
+    MAP_STATUS, PEER_MASTER, PEER_WITNESS, PROG_GATE, PROG_WATCH, PeerCounters, RTT_BUCKETS,
+    XDP_MODE_DRIVER, XDP_MODE_SKB,
 };
 
 /// The XDP object built by `build.rs`; empty when built without bpf-linker.
@@ -147,7 +147,8 @@ impl WatchMaps {
         let dir = pin_dir(iface);
         let open = |name: &str| -> anyhow::Result<Map> {
             let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            let data =
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             Map::from_map_data(data).with_context(|| format!("reading {}", path.display()))
         };
         Self::from_maps(|name| open(name))
@@ -196,7 +197,11 @@ impl WatchMaps {
             let per_cpu = self.peers.get(&index, 0).context("reading VW_PEERS")?;
             Ok(PeerSnapshot::merge(&per_cpu, GapTracker::default()))
         };
-        let w = if witness { Some(peer(PEER_WITNESS)?) } else { None };
+        let w = if witness {
+            Some(peer(PEER_WITNESS)?)
+        } else {
+            None
+        };
         Ok((peer(PEER_MASTER)?, w))
     }
 
@@ -252,7 +257,8 @@ impl Watcher {
                 .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))?;
             if WATCH_PINS.contains(&name) {
                 let path = pins.path.join(name);
-                map.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+                map.pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
             }
             Ok(map)
         };
@@ -279,7 +285,10 @@ impl Watcher {
         while let Some(item) = self.events.next() {
             match bytemuck::try_pod_read_unaligned::<ClaimEvent>(&item) {
                 Ok(ev) => out.push(ev),
-                Err(e) => log::warn!("ignoring a malformed claim event ({} bytes): {e}", item.len()),
+                Err(e) => log::warn!(
+                    "ignoring a malformed claim event ({} bytes): {e}",
+                    item.len()
+                ),
             }
         }
         out
@@ -308,12 +317,15 @@ impl Gate {
                 .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))?;
             if GATE_PINS.contains(&name) {
                 let path = pins.path.join(name);
-                map.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+                map.pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
             }
             Ok(map)
         };
         let gate = take(MAP_GATE)?.try_into().context(MAP_GATE)?;
-        let counters = take(MAP_GATE_COUNTERS)?.try_into().context(MAP_GATE_COUNTERS)?;
+        let counters = take(MAP_GATE_COUNTERS)?
+            .try_into()
+            .context(MAP_GATE_COUNTERS)?;
         Ok(Self {
             gate,
             counters,
@@ -336,7 +348,9 @@ impl Gate {
     /// (probes seen, probes dropped) since start.
     pub fn counters(&self) -> anyhow::Result<(u64, u64)> {
         let per_cpu = self.counters.get(&0, 0).context("reading VW_GATE_CNT")?;
-        Ok(per_cpu.iter().fold((0, 0), |(p, d), c| (p + c.probes, d + c.dropped)))
+        Ok(per_cpu
+            .iter()
+            .fold((0, 0), |(p, d), c| (p + c.probes, d + c.dropped)))
     }
 }
 
@@ -389,7 +403,10 @@ impl PinDir {
                     path.display()
                 );
             }
-            log::info!("removing stale pins of a vipwatch that is gone: {}", path.display());
+            log::info!(
+                "removing stale pins of a vipwatch that is gone: {}",
+                path.display()
+            );
             fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
         }
         fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -412,7 +429,11 @@ pub fn pinned_daemon_pid(iface: &str) -> Option<u32> {
     let path = pin_dir(iface).join(MAP_STATUS);
     let data = MapData::from_pin(&path).ok()?;
     let status: Array<MapData, DaemonStatus> = Map::from_map_data(data).ok()?.try_into().ok()?;
-    status.get(&0, 0).ok().map(|s| s.pid).filter(|pid| *pid != 0)
+    status
+        .get(&0, 0)
+        .ok()
+        .map(|s| s.pid)
+        .filter(|pid| *pid != 0)
 }
 
 /// Whether `pid` is a running vipwatch: checking the command name too
@@ -434,7 +455,12 @@ fn load_object() -> anyhow::Result<Ebpf> {
 
 /// Attaches `name` to `iface` in the requested mode; `Auto` tries driver
 /// mode first and reports the fallback to skb mode.
-fn attach_program(ebpf: &mut Ebpf, name: &str, iface: &str, mode: ModeArg) -> anyhow::Result<(Attached, bool)> {
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    iface: &str,
+    mode: ModeArg,
+) -> anyhow::Result<(Attached, bool)> {
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
@@ -460,7 +486,9 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, iface: &str, mode: ModeArg) -> an
         ModeArg::Auto => match attach(program, Attached::Driver) {
             Ok(()) => Ok((Attached::Driver, false)),
             Err(driver_err) => {
-                log::warn!("driver-mode XDP refused on {iface} ({driver_err:#}); falling back to skb (generic) mode");
+                log::warn!(
+                    "driver-mode XDP refused on {iface} ({driver_err:#}); falling back to skb (generic) mode"
+                );
                 attach(program, Attached::Skb)
                     .map(|()| (Attached::Skb, true))
                     .with_context(|| format!("after driver mode failed too: {driver_err:#}"))
@@ -484,11 +512,18 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     let fstype = CString::new("bpf").context("fstype")?;
     // SAFETY: all strings are NUL-terminated and outlive the call; no data.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs at {BPFFS} (needs root; try `mount -t bpf bpf {BPFFS}`)"));
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!("mounting bpffs at {BPFFS} (needs root; try `mount -t bpf bpf {BPFFS}`)")
+        });
     }
     log::info!("mounted bpffs at {BPFFS}");
     Ok(())

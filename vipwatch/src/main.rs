@@ -17,7 +17,13 @@ fn main() {
             // One clear line, not clap's usage block: the first line of its
             // rendering names the bad argument and the reason.
             let rendered = e.render().to_string();
-            eprintln!("{}", rendered.lines().next().unwrap_or("error: bad arguments; see --help"));
+            eprintln!(
+                "{}",
+                rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("error: bad arguments; see --help")
+            );
             std::process::exit(2);
         }
         Err(e) => e.exit(),

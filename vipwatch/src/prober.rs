@@ -6,8 +6,7 @@
 //! every ICMP type out of its receive queue.
 
 use std::{
-    io,
-    mem,
+    io, mem,
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
@@ -93,8 +92,13 @@ impl Prober {
         }
         // SAFETY: raw is a fresh, valid fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, iface.as_bytes())
-            .with_context(|| format!("binding the probe socket to {iface}"))?;
+        setsockopt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            iface.as_bytes(),
+        )
+        .with_context(|| format!("binding the probe socket to {iface}"))?;
         // ICMP_FILTER (raw(7)): a set bit filters that ICMP type out. We
         // receive nothing here; the XDP program does the counting.
         const ICMP_FILTER: libc::c_int = 1;
@@ -193,7 +197,11 @@ fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8])
             value.len() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +211,10 @@ mod tests {
     #[test]
     fn checksum_matches_rfc1071_example() {
         // RFC 1071 §3 numerical example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
-        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
         // Odd length pads with a zero byte.
         assert_eq!(internet_checksum(&[0xff]), !0xff00);
     }
@@ -220,7 +231,10 @@ mod tests {
         assert_eq!(pkt[1], 0, "code");
         assert_eq!(&pkt[4..6], &[0x42, 0x42], "identifier");
         assert_eq!(&pkt[6..8], &[0x00, 0x02], "sequence wraps to 16 bits");
-        assert_eq!(ProbePayload::decode(pkt[8..].try_into().unwrap()), Some(payload));
+        assert_eq!(
+            ProbePayload::decode(pkt[8..].try_into().unwrap()),
+            Some(payload)
+        );
         // A packet including its checksum sums to zero.
         assert_eq!(internet_checksum(&pkt), 0);
     }

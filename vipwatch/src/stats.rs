@@ -29,7 +29,10 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     loop {
         let report = collect(&iface)?;
         if json {
-            println!("{}", serde_json::to_string(&report).context("encoding JSON")?);
+            println!(
+                "{}",
+                serde_json::to_string(&report).context("encoding JSON")?
+            );
         } else {
             if watch {
                 // Clear the screen and home the cursor.
@@ -59,9 +62,15 @@ fn only_running_iface() -> anyhow::Result<String> {
         }
     }
     match found.as_slice() {
-        [] => bail!("no vipwatch backup is running here (nothing pinned under {}); start one with `vipwatch backup`", root.display()),
+        [] => bail!(
+            "no vipwatch backup is running here (nothing pinned under {}); start one with `vipwatch backup`",
+            root.display()
+        ),
         [one] => Ok(one.clone()),
-        many => bail!("several vipwatch backups run here ({}); pick one with --iface", many.join(", ")),
+        many => bail!(
+            "several vipwatch backups run here ({}); pick one with --iface",
+            many.join(", ")
+        ),
     }
 }
 
@@ -170,9 +179,20 @@ pub fn collect(iface: &str) -> anyhow::Result<Report> {
         vip: Ipv4Addr::from(config.vip),
         interval_ms: interval_ns as f64 / 1e6,
         dead_after_ms: dead_after_ns as f64 / 1e6,
-        master: peer_report(Ipv4Addr::from(config.master), probes_sent, &snap.master, now),
-        witness: (config.flags & CONFIG_WITNESS != 0)
-            .then(|| peer_report(Ipv4Addr::from(config.witness), witness_probes_sent, &snap.witness, now)),
+        master: peer_report(
+            Ipv4Addr::from(config.master),
+            probes_sent,
+            &snap.master,
+            now,
+        ),
+        witness: (config.flags & CONFIG_WITNESS != 0).then(|| {
+            peer_report(
+                Ipv4Addr::from(config.witness),
+                witness_probes_sent,
+                &snap.witness,
+                now,
+            )
+        }),
         claims: snap.claims,
         takeovers,
         releases,
@@ -193,7 +213,8 @@ fn peer_report(address: Ipv4Addr, probes_sent: u64, p: &PeerSnapshot, now: u64) 
         probes_sent,
         replies: p.replies,
         loss_pct,
-        last_reply_age_ms: (p.last_seen_ns != 0).then(|| now.saturating_sub(p.last_seen_ns) as f64 / 1e6),
+        last_reply_age_ms: (p.last_seen_ns != 0)
+            .then(|| now.saturating_sub(p.last_seen_ns) as f64 / 1e6),
         last_reply_mac: (p.last_seen_ns != 0).then(|| mac_str(p.last_mac)),
         rtt_p50_us: percentile(&p.rtt_hist, 0.50),
         rtt_p99_us: percentile(&p.rtt_hist, 0.99),
@@ -268,7 +289,11 @@ pub fn render(r: &Report) -> String {
         r.state,
         r.vip,
         r.xdp_mode,
-        if r.xdp_fallback { " (fallback from driver)" } else { "" }
+        if r.xdp_fallback {
+            " (fallback from driver)"
+        } else {
+            ""
+        }
     );
     out += &format!(
         "interval {} ms, dead after {} ms\n\n",
@@ -276,7 +301,15 @@ pub fn render(r: &Report) -> String {
     );
     out += &format!(
         "{:<8} {:<15} {:>9} {:>9} {:>7} {:>14} {:>22} {:>7} {:>12}\n",
-        "peer", "address", "probes", "replies", "loss", "last reply", "rtt p50/p99/max µs", "forged", "max gap"
+        "peer",
+        "address",
+        "probes",
+        "replies",
+        "loss",
+        "last reply",
+        "rtt p50/p99/max µs",
+        "forged",
+        "max gap"
     );
     let mut row = |name: &str, p: &PeerReport| {
         out += &format!(
@@ -287,7 +320,12 @@ pub fn render(r: &Report) -> String {
             p.replies,
             p.loss_pct,
             opt_ms(p.last_reply_age_ms),
-            format!("{}/{}/{}", opt_us(p.rtt_p50_us), opt_us(p.rtt_p99_us), opt_us(p.rtt_max_us)),
+            format!(
+                "{}/{}/{}",
+                opt_us(p.rtt_p50_us),
+                opt_us(p.rtt_p99_us),
+                opt_us(p.rtt_max_us)
+            ),
             p.forged,
             p.max_gap_ms
         );
@@ -303,7 +341,10 @@ pub fn render(r: &Report) -> String {
     if let Some(t) = &r.last_takeover {
         out += &format!(
             "last takeover: silence->decision {:.3} ms (deadline +{:.3} ms), decision->VIP bound {:.3} ms, decision->first GARP {:.3} ms\n",
-            t.silence_to_decision_ms, t.deadline_to_decision_ms, t.decision_to_vip_bound_ms, t.decision_to_first_garp_ms
+            t.silence_to_decision_ms,
+            t.deadline_to_decision_ms,
+            t.decision_to_vip_bound_ms,
+            t.decision_to_first_garp_ms
         );
     }
     out
@@ -339,6 +380,9 @@ mod tests {
             replies: 90,
             ..PeerSnapshot::default()
         };
-        assert_eq!(peer_report(Ipv4Addr::new(192, 0, 2, 1), 100, &p, 0).loss_pct, 10.0);
+        assert_eq!(
+            peer_report(Ipv4Addr::new(192, 0, 2, 1), 100, &p, 0).loss_pct,
+            10.0
+        );
     }
 }

@@ -67,8 +67,9 @@ pub fn realtime(priority: u8) -> anyhow::Result<()> {
     // SAFETY: valid param; pid 0 is the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("setting SCHED_FIFO priority {priority} (needs root / CAP_SYS_NICE)"));
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!("setting SCHED_FIFO priority {priority} (needs root / CAP_SYS_NICE)")
+        });
     }
     Ok(())
 }
@@ -156,5 +157,9 @@ pub fn unblock_signals_in_child() -> io::Result<()> {
     let set = handled_set();
     // SAFETY: valid set; sigprocmask is async-signal-safe.
     let rc = unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

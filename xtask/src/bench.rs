@@ -20,7 +20,9 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 use vipwatch_tests::{
     Client, EchoServer, Lab, Proc,
-    scenario::{self, BACKUP, ECHO_PORT, Fault, MASTER, Options as ScenarioOptions, Scenario, VIP, VIP_CIDR},
+    scenario::{
+        self, BACKUP, ECHO_PORT, Fault, MASTER, Options as ScenarioOptions, Scenario, VIP, VIP_CIDR,
+    },
 };
 
 use crate::{build, interrupt, prerequisites, util};
@@ -72,7 +74,13 @@ impl Summary {
 
     fn json(s: Option<Self>) -> Value {
         match s {
-            Some(Summary { n, min, median, p99, max }) => {
+            Some(Summary {
+                n,
+                min,
+                median,
+                p99,
+                max,
+            }) => {
                 json!({"n": n, "min_ms": min, "median_ms": median, "p99_ms": p99, "max_ms": max})
             }
             None => Value::Null,
@@ -81,7 +89,13 @@ impl Summary {
 
     fn row(label: &str, s: Option<Self>) -> String {
         match s {
-            Some(Summary { n, min, median, p99, max }) => {
+            Some(Summary {
+                n,
+                min,
+                median,
+                p99,
+                max,
+            }) => {
                 format!("| {label} | {n} | {min:.2} | {median:.2} | {p99:.2} | {max:.2} |\n")
             }
             None => format!("| {label} | 0 | - | - | - | - |\n"),
@@ -89,7 +103,8 @@ impl Summary {
     }
 }
 
-const TABLE_HEAD: &str = "| | n | min ms | median ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n";
+const TABLE_HEAD: &str =
+    "| | n | min ms | median ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n";
 
 /// The per-takeover breakdown, ms, from the daemon's timeline and the
 /// client's first answer.
@@ -120,7 +135,8 @@ impl Breakdown {
         self.decision_to_bound.push(bound - decision);
         self.bound_to_garp.push(garp - bound);
         self.decision_to_garp.push(garp - decision);
-        self.garp_to_answer.push(first_answer_ns as f64 / 1e6 - garp);
+        self.garp_to_answer
+            .push(first_answer_ns as f64 / 1e6 - garp);
     }
 
     fn markdown(&self) -> String {
@@ -167,7 +183,8 @@ pub fn bench(options: Options) -> Result<()> {
     interrupt::install()?;
     let started = Instant::now();
     let mut md = String::new();
-    let mut js = json!({"machine": machine(), "trials": trials, "soak_secs": soak_secs, "quick": quick});
+    let mut js =
+        json!({"machine": machine(), "trials": trials, "soak_secs": soak_secs, "quick": quick});
 
     // 1 + 2 + 5: outage by failure mode, where the time goes, failback.
     let mut breakdown_md = String::new();
@@ -178,7 +195,12 @@ pub fn bench(options: Options) -> Result<()> {
     let mut by_mode = String::from(TABLE_HEAD);
     let mut failback_by_mode = String::from(TABLE_HEAD);
     let mut modes_json = serde_json::Map::new();
-    for fault in [Fault::CablePull, Fault::Freeze, Fault::Unhealthy, Fault::Stopped] {
+    for fault in [
+        Fault::CablePull,
+        Fault::Freeze,
+        Fault::Unhealthy,
+        Fault::Stopped,
+    ] {
         eprintln!("{} {}: {trials} trials", util::TAG, fault.describe());
         let mut opts = ScenarioOptions::new(&format!("bench{}", mode_tag(fault)), bin.clone());
         if fault == Fault::Unhealthy {
@@ -212,11 +234,21 @@ pub fn bench(options: Options) -> Result<()> {
         }
         let summary = Summary::of(&outages);
         by_mode += &Summary::row(fault.describe(), summary);
-        breakdown_md += &format!("\n**{}** ({} takeovers)\n\n", fault.describe(), outages.len());
+        breakdown_md += &format!(
+            "\n**{}** ({} takeovers)\n\n",
+            fault.describe(),
+            outages.len()
+        );
         breakdown_md += &mode_breakdown.markdown();
         breakdown_json.insert(mode_tag(fault).into(), mode_breakdown.json());
-        failback_by_mode += &Summary::row(&format!("{}: both bound", fault.describe()), Summary::of(&mode_dual));
-        failback_by_mode += &Summary::row(&format!("{}: client gap", fault.describe()), Summary::of(&mode_gap));
+        failback_by_mode += &Summary::row(
+            &format!("{}: both bound", fault.describe()),
+            Summary::of(&mode_dual),
+        );
+        failback_by_mode += &Summary::row(
+            &format!("{}: client gap", fault.describe()),
+            Summary::of(&mode_gap),
+        );
         modes_json.insert(
             mode_tag(fault).into(),
             json!({
@@ -227,7 +259,10 @@ pub fn bench(options: Options) -> Result<()> {
             }),
         );
     }
-    writeln!(md, "## 1. Client outage by failure mode (default settings: 2 ms interval, 10 ms dead-after)\n")?;
+    writeln!(
+        md,
+        "## 1. Client outage by failure mode (default settings: 2 ms interval, 10 ms dead-after)\n"
+    )?;
     writeln!(
         md,
         "Outage = failure injected → first answer from the backup, seen by a client sending every 0.2 ms. \
@@ -239,7 +274,10 @@ pub fn bench(options: Options) -> Result<()> {
     md += &by_mode;
     js["outage_by_mode"] = Value::Object(modes_json);
 
-    writeln!(md, "\n## 2. Where the time goes, for each takeover (from the backup's own timeline)\n")?;
+    writeln!(
+        md,
+        "\n## 2. Where the time goes, for each takeover (from the backup's own timeline)\n"
+    )?;
     writeln!(
         md,
         "Timeline stamps are CLOCK_MONOTONIC: the master's last reply is the XDP program's \
@@ -250,7 +288,10 @@ pub fn bench(options: Options) -> Result<()> {
     js["breakdown"] = Value::Object(breakdown_json);
 
     // 3: interval sweep.
-    writeln!(md, "\n## 3. Interval sweep (cable pull, dead-after = 5 intervals)\n")?;
+    writeln!(
+        md,
+        "\n## 3. Interval sweep (cable pull, dead-after = 5 intervals)\n"
+    )?;
     writeln!(
         md,
         "CPU = backup daemon user+sys time per second of wall time while standing by (sum_exec_runtime from \
@@ -265,7 +306,11 @@ pub fn bench(options: Options) -> Result<()> {
     let mut sweep_json = Vec::new();
     for interval_us in [500u64, 1000, 2000, 5000, 10000] {
         interrupt::check()?;
-        eprintln!("{} interval {} µs: {sweep_trials} trials", util::TAG, interval_us);
+        eprintln!(
+            "{} interval {} µs: {sweep_trials} trials",
+            util::TAG,
+            interval_us
+        );
         let mut opts = ScenarioOptions::new(&format!("sw{interval_us}"), bin.clone());
         opts.backup_args = vec![
             "--interval".into(),
@@ -275,11 +320,17 @@ pub fn bench(options: Options) -> Result<()> {
         ];
         let mut s = Scenario::start(opts)?;
         let cpu = backup_cpu(&s.backup, Duration::from_secs(cpu_secs))?;
-        let floor = reference_cpu(&s.lab, Duration::from_micros(interval_us), Duration::from_secs(cpu_secs))?;
+        let floor = reference_cpu(
+            &s.lab,
+            Duration::from_micros(interval_us),
+            Duration::from_secs(cpu_secs),
+        )?;
         let mut outages = Vec::new();
         for trial in 0..sweep_trials {
             interrupt::check()?;
-            std::thread::sleep(Duration::from_micros(200 + (trial as u64 * 379) % interval_us.max(1)));
+            std::thread::sleep(Duration::from_micros(
+                200 + (trial as u64 * 379) % interval_us.max(1),
+            ));
             let t0 = s.inject(Fault::CablePull)?;
             let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(10))?;
             outages.push(ms(t.outage));
@@ -303,9 +354,15 @@ pub fn bench(options: Options) -> Result<()> {
 
     // 4: false-takeover soak.
     interrupt::check()?;
-    eprintln!("{} soak: {soak_secs} s with 1 % loss and a CPU hog", util::TAG);
+    eprintln!(
+        "{} soak: {soak_secs} s with 1 % loss and a CPU hog",
+        util::TAG
+    );
     let soak = soak(&bin, Duration::from_secs(soak_secs))?;
-    writeln!(md, "\n## 4. False-takeover soak ({soak_secs} s, default settings)\n")?;
+    writeln!(
+        md,
+        "\n## 4. False-takeover soak ({soak_secs} s, default settings)\n"
+    )?;
     writeln!(
         md,
         "Master alive; 1 % random loss on every frame crossing the bridge (both directions, so ~2 % of probes \
@@ -340,7 +397,10 @@ pub fn bench(options: Options) -> Result<()> {
     js["soak"] = soak;
 
     // 5: failback.
-    writeln!(md, "\n## 5. Failback (on-claim), over all trials of section 1\n")?;
+    writeln!(
+        md,
+        "\n## 5. Failback (on-claim), over all trials of section 1\n"
+    )?;
     writeln!(
         md,
         "Both bound = the time both hosts had the VIP bound, from the daemons' own CLOCK_MONOTONIC timestamps \
@@ -370,7 +430,10 @@ pub fn bench(options: Options) -> Result<()> {
         interrupt::check()?;
         base.push(ms(baseline_trial(trial)?));
     }
-    writeln!(md, "\n## 6. Baseline: the classic ping-loop script, same lab, same cable pull\n")?;
+    writeln!(
+        md,
+        "\n## 6. Baseline: the classic ping-loop script, same lab, same cable pull\n"
+    )?;
     writeln!(
         md,
         "`while sleep 5; do ping -c 3 -W 1 master || {{ ip addr add VIP; arping -U -c 3 VIP; break; }}; done` on the \
@@ -390,7 +453,8 @@ pub fn bench(options: Options) -> Result<()> {
     let report = header + &md;
     println!("{report}");
     if let Some(path) = json_path {
-        fs::write(&path, serde_json::to_string_pretty(&js)?).with_context(|| format!("writing {}", path.display()))?;
+        fs::write(&path, serde_json::to_string_pretty(&js)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("{} JSON written to {}", util::TAG, path.display());
     }
     Ok(())
@@ -407,10 +471,17 @@ fn mode_tag(fault: Fault) -> &'static str {
 
 /// Health gate settings used for the "unhealthy" mode.
 fn health_args() -> Vec<String> {
-    ["--health-interval", "20ms", "--health-fall", "2", "--health-rise", "3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "--health-interval",
+        "20ms",
+        "--health-fall",
+        "2",
+        "--health-rise",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -423,7 +494,11 @@ fn ms(d: Duration) -> f64 {
 fn backup_cpu(backup: &Proc, window: Duration) -> Result<f64> {
     let read = || -> Result<u64> {
         let stat = fs::read_to_string(format!("/proc/{}/schedstat", backup.pid()))?;
-        Ok(stat.split_whitespace().next().context("empty schedstat")?.parse()?)
+        Ok(stat
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse()?)
     };
     let (a, t0) = (read()?, Instant::now());
     std::thread::sleep(window);
@@ -467,7 +542,14 @@ fn reference_cpu(lab: &Lab, interval: Duration, window: Duration) -> Result<f64>
                 tv_nsec: (due % 1_000_000_000) as libc::c_long,
             };
             // SAFETY: valid timespec; absolute sleep on CLOCK_MONOTONIC.
-            unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
+            unsafe {
+                libc::clock_nanosleep(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TIMER_ABSTIME,
+                    &ts,
+                    std::ptr::null_mut(),
+                )
+            };
             let mut pkt = [0u8; 36];
             pkt[0] = 8;
             pkt[4..6].copy_from_slice(&0x5a5au16.to_be_bytes());
@@ -495,7 +577,10 @@ fn reference_cpu(lab: &Lab, interval: Duration, window: Duration) -> Result<f64>
 }
 
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -511,7 +596,9 @@ fn soak(bin: &std::path::Path, duration: Duration) -> Result<Value> {
     let end = Instant::now() + duration;
     while Instant::now() < end {
         interrupt::check()?;
-        std::thread::sleep(Duration::from_millis(500).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(500).min(end.saturating_duration_since(Instant::now())),
+        );
     }
     let st = s.backup_stats()?;
     drop(hogs);
@@ -541,10 +628,20 @@ fn baseline_trial(trial: usize) -> Result<Duration> {
         EchoServer::start(&lab, "master", ECHO_PORT, "master")?,
         EchoServer::start(&lab, "backup", ECHO_PORT, "backup")?,
     ];
-    lab.run("master", "sh", ["-c", &format!("ip addr add {VIP_CIDR} dev eth0 && arping -q -U -c 3 -I eth0 {VIP}")])?;
-    let client = Client::builder(SocketAddrV4::new(VIP.parse::<Ipv4Addr>()?, ECHO_PORT), Duration::from_micros(200))
-        .max_duration(Duration::from_secs(120))
-        .start(&lab, "client")?;
+    lab.run(
+        "master",
+        "sh",
+        [
+            "-c",
+            &format!("ip addr add {VIP_CIDR} dev eth0 && arping -q -U -c 3 -I eth0 {VIP}"),
+        ],
+    )?;
+    let client = Client::builder(
+        SocketAddrV4::new(VIP.parse::<Ipv4Addr>()?, ECHO_PORT),
+        Duration::from_micros(200),
+    )
+    .max_duration(Duration::from_secs(120))
+    .start(&lab, "client")?;
     client.wait_for_answer_from("master", Instant::now(), Duration::from_secs(10))?;
     let script = format!(
         "while :; do if ! ping -q -c 3 -W 1 {MASTER} >/dev/null 2>&1; then ip addr add {VIP_CIDR} dev eth0; \
@@ -573,7 +670,9 @@ fn machine() -> Value {
 fn machine_markdown() -> String {
     format!(
         "Machine: {} CPU(s) ({}), Linux {}, network: veth pairs on a Linux bridge in network namespaces (XDP in driver mode on veth).",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         cpu_model(),
         read_trim("/proc/sys/kernel/osrelease")
     )
@@ -582,10 +681,16 @@ fn machine_markdown() -> String {
 fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
 fn read_trim(path: &str) -> String {
-    fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

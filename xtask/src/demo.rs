@@ -20,14 +20,24 @@ pub fn demo() -> Result<()> {
 
     say("");
     say("vipwatch demo: one LAN (a bridge in a network namespace) with three hosts");
-    say(&format!("  master {MASTER}   backup {BACKUP}   client {CLIENT}   VIP {VIP}"));
+    say(&format!(
+        "  master {MASTER}   backup {BACKUP}   client {CLIENT}   VIP {VIP}"
+    ));
     say("");
     let mut opts = Options::new("demo", bin);
     opts.backup_args = vec!["--witness".into(), vipwatch_tests::scenario::GATEWAY.into()];
     let start = Instant::now();
     let mut s = Scenario::start(opts).context("setting up the demo lab")?;
-    let clock = |t: Instant| format!("[{:>7.3} s]", t.saturating_duration_since(start).as_secs_f64());
-    say(&format!("{} master: `vipwatch master` binds the VIP and announces it (gratuitous ARP)", clock(Instant::now())));
+    let clock = |t: Instant| {
+        format!(
+            "[{:>7.3} s]",
+            t.saturating_duration_since(start).as_secs_f64()
+        )
+    };
+    say(&format!(
+        "{} master: `vipwatch master` binds the VIP and announces it (gratuitous ARP)",
+        clock(Instant::now())
+    ));
     say(&format!(
         "{} backup: `vipwatch backup` pings the master every 2 ms; XDP counts the replies in the kernel",
         clock(Instant::now())
@@ -57,7 +67,10 @@ pub fn demo() -> Result<()> {
     for (at, line) in state_lines(&s, t0) {
         say(&format!("{} backup: {line}", clock(at)));
     }
-    say(&format!("{} client: answered by the backup", clock(t0 + t.outage)));
+    say(&format!(
+        "{} client: answered by the backup",
+        clock(t0 + t.outage)
+    ));
     print_timeline(&t.stats["last_takeover"], t.first_answer_ns);
     say(&format!(
         "   client outage: {:.1} ms   (a ping-every-few-seconds script: several seconds)",
@@ -69,12 +82,17 @@ pub fn demo() -> Result<()> {
     say("");
     say("2. Plug the cable back in");
     let r = s.repair(Fault::CablePull)?;
-    say(&format!("{} master: link up (it still has the VIP bound)", clock(r)));
+    say(&format!(
+        "{} master: link up (it still has the VIP bound)",
+        clock(r)
+    ));
     let fb = s.await_failback(Fault::CablePull, r, Duration::from_secs(10))?;
     for (at, line) in state_lines(&s, r) {
         say(&format!("{} backup: {line}", clock(at)));
     }
-    say("   the backup saw the master answer 5 probes in a row (--rise), asked who holds the VIP (ARP probe),");
+    say(
+        "   the backup saw the master answer 5 probes in a row (--rise), asked who holds the VIP (ARP probe),",
+    );
     say("   and the master's kernel answered for it: that is a claim,");
     say("   so the backup released the VIP and pointed the clients back at the master");
     say(&format!(
@@ -95,14 +113,19 @@ pub fn demo() -> Result<()> {
         say(&format!("{} backup: {line}", clock(at)));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let holds = s.lab.has_address("backup", VIP.parse::<std::net::Ipv4Addr>()?)?;
+    let holds = s
+        .lab
+        .has_address("backup", VIP.parse::<std::net::Ipv4Addr>()?)?;
     say(&format!(
         "   the backup does {}hold the VIP: no split brain when the backup is the one cut off",
         if holds { "" } else { "not " }
     ));
     s.lab.unblackhole("backup")?;
     s.wait_state("STANDBY", Duration::from_secs(5))?;
-    say(&format!("{} backup: reconnected, standing by again", clock(Instant::now())));
+    say(&format!(
+        "{} backup: reconnected, standing by again",
+        clock(Instant::now())
+    ));
 
     let rec = s.client.snapshot();
     say("");
@@ -153,7 +176,11 @@ fn print_timeline(t: &Value, first_answer_ns: u64) {
     let Some(last) = t["last_reply_ns"].as_u64() else {
         return;
     };
-    let rel = |key: &str| t[key].as_u64().map_or(f64::NAN, |v| (v as f64 - last as f64) / 1e6);
+    let rel = |key: &str| {
+        t[key]
+            .as_u64()
+            .map_or(f64::NAN, |v| (v as f64 - last as f64) / 1e6)
+    };
     say(&format!(
         "   timeline from the master's last reply: deadline +{:.2} ms, decision +{:.2} ms, VIP bound +{:.2} ms, \
          first GARP +{:.2} ms, first client answer +{:.2} ms",
@@ -187,7 +214,11 @@ fn leftovers() -> Vec<String> {
         }
     }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/vipwatch") {
-        left.extend(entries.flatten().map(|e| format!("pin {}", e.path().display())));
+        left.extend(
+            entries
+                .flatten()
+                .map(|e| format!("pin {}", e.path().display())),
+        );
     }
     left
 }

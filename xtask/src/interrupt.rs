@@ -91,7 +91,11 @@ fn remove_our_labs() {
         if gone() {
             continue;
         }
-        match Command::new("ip").args(["netns", "del", name]).stderr(std::process::Stdio::null()).status() {
+        match Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status()
+        {
             Ok(s) if s.success() || gone() => {}
             Ok(s) => eprintln!("ip netns del {name}: {s}"),
             Err(e) => eprintln!("ip netns del {name}: {e}"),

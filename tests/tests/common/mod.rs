@@ -29,7 +29,9 @@ pub fn standard_lab(tag: &str) -> Result<Lab> {
 /// Starts `vipwatch backup` on the backup's eth0 with `extra` arguments and
 /// waits until it has attached.
 pub fn start_backup(lab: &Lab, extra: &[&str]) -> Result<Proc> {
-    let mut args = vec!["backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR];
+    let mut args = vec![
+        "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
+    ];
     args.extend_from_slice(extra);
     let p = lab.spawn("backup", vipwatch_bin()?, &args)?;
     p.wait_for_line("XDP attached", Duration::from_secs(10))
@@ -39,9 +41,17 @@ pub fn start_backup(lab: &Lab, extra: &[&str]) -> Result<Proc> {
 
 /// `vipwatch stats --json` run as a separate process in `host`'s namespace.
 pub fn stats(lab: &Lab, host: &str) -> Result<Value> {
-    let out = lab.output(host, vipwatch_bin()?, ["stats", "--iface", "eth0", "--json"], Duration::from_secs(10))?;
+    let out = lab.output(
+        host,
+        vipwatch_bin()?,
+        ["stats", "--iface", "eth0", "--json"],
+        Duration::from_secs(10),
+    )?;
     if !out.status.success() {
-        bail!("vipwatch stats failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "vipwatch stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("stats --json is not JSON")
 }
@@ -68,7 +78,12 @@ pub fn s<'a>(v: &'a Value, path: &str) -> &'a str {
 }
 
 /// Waits until the backup's stats satisfy `cond`.
-pub fn wait_stats(lab: &Lab, what: &str, timeout: Duration, mut cond: impl FnMut(&Value) -> bool) -> Result<Value> {
+pub fn wait_stats(
+    lab: &Lab,
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut(&Value) -> bool,
+) -> Result<Value> {
     let mut last = Value::Null;
     wait_until(what, timeout, || {
         // A daemon still starting has no stats yet: retry until the timeout.
@@ -90,7 +105,15 @@ pub fn wait_stats(lab: &Lab, what: &str, timeout: Duration, mut cond: impl FnMut
 /// Sends one forged ICMP echo reply "from" `src` to `dst` with vipwatch's
 /// payload magic and the given nonce, from inside `host` (a raw IP socket
 /// with IP_HDRINCL, so the source address can be anything).
-pub fn send_echo_reply(lab: &Lab, host: &str, src: Ipv4Addr, dst: Ipv4Addr, id: u16, nonce: u64, count: usize) -> Result<()> {
+pub fn send_echo_reply(
+    lab: &Lab,
+    host: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    nonce: u64,
+    count: usize,
+) -> Result<()> {
     lab.in_netns(host, move || -> Result<()> {
         // SAFETY: plain socket(2); closed below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
