@@ -260,6 +260,9 @@ fn on_change_hook_gets_state_vip_iface_and_reason() -> Result<()> {
         text = std::fs::read_to_string(&file).unwrap_or_default();
         Ok(text.contains("ACTIVE"))
     })?;
+    // Stop the daemons first: the backup's last hook (its shutdown) would
+    // write the file again.
+    drop(s);
     std::fs::remove_file(&file)?;
     let lines: Vec<&str> = text.lines().collect();
     assert!(

@@ -421,6 +421,11 @@ impl Drop for PinDir {
         {
             log::warn!("could not remove pins {}: {e}", self.path.display());
         }
+        // The shared parent goes too once the last daemon is gone; another
+        // daemon's pins in it make this fail, which is fine.
+        if fs::remove_dir(PIN_ROOT).is_err() {
+            log::debug!("{PIN_ROOT} still holds other daemons' pins");
+        }
     }
 }
 
