@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
     exec::{self, DROP_GRACE, Proc, ProcInner, output_with_timeout, run_checked},
-    netns::{self, Netns},
+    netns::{self, Mounts, Netns},
 };
 
 /// The timeout of [`Lab::run`] and of the lab's own configuration commands.
@@ -438,6 +438,14 @@ impl Lab {
     /// (entered with `setns(2)` only; the mount namespace is unchanged).
     pub fn command(&self, host: &str, program: impl AsRef<OsStr>) -> Result<Command> {
         Ok(self.netns(host)?.command(program.as_ref()))
+    }
+
+    /// Like [`Lab::command`], in a private mount namespace where bpffs is
+    /// not mounted: the program sees the host as a fresh machine would be.
+    pub fn command_on_fresh_host(&self, host: &str, program: impl AsRef<OsStr>) -> Result<Command> {
+        Ok(self
+            .netns(host)?
+            .command_with(program.as_ref(), Mounts::Fresh))
     }
 
     /// Runs `program args…` in `host`'s namespace to completion, killing it

@@ -39,6 +39,18 @@ pub use lab::{DEFAULT_TIMEOUT, Lab, LabBuilder, cleanup_stale_labs};
 pub use record::{Answer, Gap, Record};
 pub use udp::{Client, ClientBuilder, EchoServer};
 
+/// Makes `cmd` (and everything it starts) run in a private mount namespace
+/// in which bpffs is not mounted on `/sys/fs/bpf`: the host as a fresh
+/// machine has it. What they mount there dies with that namespace.
+pub fn on_fresh_host(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook runs between fork and exec and makes only raw,
+    // async-signal-safe syscalls (see `netns::fresh_mounts`).
+    unsafe {
+        cmd.pre_exec(netns::fresh_mounts);
+    }
+}
+
 /// Fails with an explanation unless the process runs as root.
 ///
 /// The lab creates network namespaces, veth pairs and nftables rules, which

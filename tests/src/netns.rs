@@ -38,6 +38,52 @@ fn setns_net(fd: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// The mount namespace a lab process runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounts {
+    /// The test process's own.
+    Inherited,
+    /// A private copy without bpffs on `/sys/fs/bpf`: a fresh host.
+    Fresh,
+}
+
+/// Moves the calling process into a private mount namespace and unmounts
+/// bpffs from `/sys/fs/bpf` there. Only raw syscalls: safe between fork and
+/// exec.
+pub(crate) fn fresh_mounts() -> std::io::Result<()> {
+    // SAFETY: unshare/mount/umount2 with static NUL-terminated strings; no
+    // memory of ours is written.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Private, so the unmount does not propagate to the host.
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        for _ in 0..16 {
+            if libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH) != 0 {
+                let err = std::io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    // Not (or no longer) a mount point, or no such directory.
+                    Some(libc::EINVAL | libc::ENOENT) => Ok(()),
+                    _ => Err(err),
+                };
+            }
+        }
+    }
+    Err(std::io::Error::other(
+        "/sys/fs/bpf is still mounted after 16 unmounts",
+    ))
+}
+
 /// A network namespace we created; deleted on drop.
 pub(crate) struct Netns {
     name: String,
@@ -79,6 +125,13 @@ impl Netns {
     /// A [`Command`] whose child enters this namespace before `exec`
     /// (and nothing else: the mount namespace stays ours).
     pub(crate) fn command(&self, program: &OsStr) -> Command {
+        self.command_with(program, Mounts::Inherited)
+    }
+
+    /// Like [`Netns::command`]; with [`Mounts::Fresh`] the child also gets a
+    /// private mount namespace in which bpffs is not mounted, as on a host
+    /// vipwatch never ran on.
+    pub(crate) fn command_with(&self, program: &OsStr, mounts: Mounts) -> Command {
         let mut cmd = Command::new(program);
         let fd = Arc::clone(&self.fd);
         // SAFETY: the hook runs in the child between fork and exec; it only
@@ -88,6 +141,9 @@ impl Netns {
         unsafe {
             cmd.pre_exec(move || {
                 setns_net(fd.as_raw_fd())?;
+                if mounts == Mounts::Fresh {
+                    fresh_mounts()?;
+                }
                 // If the test (or xtask) process dies without running its
                 // Drops, the child gets SIGTERM instead of living on in a
                 // namespace nobody owns: daemons release the VIP and remove

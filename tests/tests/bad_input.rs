@@ -9,13 +9,29 @@ use anyhow::Result;
 use common::*;
 use vipwatch_tests::{Lab, require_root, vipwatch_bin};
 
-/// Runs vipwatch in the backup namespace and returns (exit ok, stderr).
-fn vipwatch(lab: &Lab, args: &[&str]) -> Result<(bool, String)> {
-    let out = lab.output("backup", vipwatch_bin()?, args, Duration::from_secs(20))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+/// Runs vipwatch in the backup namespace twice, as the host is now and as
+/// a fresh host is (no bpffs mounted), and returns (exit ok, stderr) of
+/// each: what a user sees must not depend on what ran before.
+fn vipwatch(lab: &Lab, args: &[&str]) -> Result<[(bool, String); 2]> {
+    let bin = vipwatch_bin()?;
+    let mut runs = Vec::new();
+    for mut cmd in [
+        lab.command("backup", &bin)?,
+        lab.command_on_fresh_host("backup", &bin)?,
+    ] {
+        cmd.args(args);
+        let desc = format!("{cmd:?}");
+        let out = vipwatch_tests::output_with_timeout(cmd, Duration::from_secs(20))
+            .map_err(|e| e.context(desc))?;
+        runs.push((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    let [inherited, fresh]: [(bool, String); 2] = runs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected two runs"))?;
+    Ok([inherited, fresh])
 }
 
 /// No XDP program on any of the backup's links and nothing pinned for its
@@ -88,10 +104,11 @@ fn bad_arguments_are_refused_with_one_line() -> Result<()> {
     for (over, expect) in cases {
         let args = with(over);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, stderr) = vipwatch(&lab, &args)?;
-        assert!(!ok, "{over:?} was accepted");
-        assert_one_clear_line(&stderr, expect);
-        assert_nothing_left(&lab)?;
+        for (ok, stderr) in vipwatch(&lab, &args)? {
+            assert!(!ok, "{over:?} was accepted");
+            assert_one_clear_line(&stderr, expect);
+            assert_nothing_left(&lab)?;
+        }
     }
     Ok(())
 }
@@ -136,7 +153,9 @@ fn a_refused_attach_mode_is_an_error_not_a_silent_fallback() -> Result<()> {
         ["link", "add", "name", "dummy0", "type", "bridge"],
     )?;
     lab.run("backup", "ip", ["link", "set", "dev", "dummy0", "up"])?;
-    let (ok, stderr) = vipwatch(
+    // On a fresh host too (bpffs not mounted): the refusal is still one
+    // line, with nothing mounted, attached or pinned before it.
+    for (ok, stderr) in vipwatch(
         &lab,
         &[
             "backup",
@@ -149,21 +168,25 @@ fn a_refused_attach_mode_is_an_error_not_a_silent_fallback() -> Result<()> {
             "--xdp-mode",
             "driver",
         ],
-    )?;
-    assert!(!ok, "driver mode on a dummy interface was accepted");
-    assert_one_clear_line(&stderr, "refused to attach XDP in driver mode");
-    assert_nothing_left(&lab)
+    )? {
+        assert!(!ok, "driver mode on a dummy interface was accepted");
+        assert_one_clear_line(&stderr, "refused to attach XDP in driver mode");
+        assert_nothing_left(&lab)?;
+    }
+    Ok(())
 }
 
 #[test]
 fn stats_without_a_daemon_says_so() -> Result<()> {
     let lab = standard_lab("badstats")?;
-    let (ok, stderr) = vipwatch(&lab, &["stats", "--iface", "eth0"])?;
-    assert!(!ok);
-    assert_one_clear_line(&stderr, "no vipwatch backup is running on eth0");
-    let (ok, stderr) = vipwatch(&lab, &["stats"])?;
-    assert!(!ok);
-    assert_one_clear_line(&stderr, "no vipwatch backup is running");
+    for (ok, stderr) in vipwatch(&lab, &["stats", "--iface", "eth0"])? {
+        assert!(!ok);
+        assert_one_clear_line(&stderr, "no vipwatch backup is running on eth0");
+    }
+    for (ok, stderr) in vipwatch(&lab, &["stats"])? {
+        assert!(!ok);
+        assert_one_clear_line(&stderr, "no vipwatch backup is running");
+    }
     Ok(())
 }
 
@@ -174,15 +197,16 @@ fn a_backup_refuses_to_start_with_the_vip_already_bound() -> Result<()> {
     // starting on top of it would be a split brain, releasing it later
     // would remove a host address.
     lab.add_address("backup", VIP_CIDR)?;
-    let (ok, stderr) = vipwatch(
+    for (ok, stderr) in vipwatch(
         &lab,
         &[
             "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
         ],
-    )?;
-    assert!(!ok, "started with the VIP already bound");
-    assert_one_clear_line(&stderr, "already bound on eth0");
-    assert_nothing_left(&lab)?;
+    )? {
+        assert!(!ok, "started with the VIP already bound");
+        assert_one_clear_line(&stderr, "already bound on eth0");
+        assert_nothing_left(&lab)?;
+    }
     let vip: std::net::Ipv4Addr = vipwatch_tests::scenario::VIP.parse()?;
     assert!(
         lab.has_address("backup", vip)?,

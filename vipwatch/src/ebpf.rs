@@ -241,7 +241,7 @@ impl Watcher {
     /// Loads the backup's program with `config`, attaches it to `iface` and
     /// pins its maps. Nothing stays attached or pinned if this fails.
     pub fn attach(iface: &str, config: Config, mode: ModeArg) -> anyhow::Result<Self> {
-        let pins = PinDir::claim(iface)?;
+        PinDir::refuse_if_taken(iface)?;
         let mut ebpf = load_object()?;
         {
             let mut map: Array<&mut MapData, Config> = ebpf
@@ -251,6 +251,10 @@ impl Watcher {
             map.set(0, config, 0).context("writing VW_CONFIG")?;
         }
         let (mode, fell_back) = attach_program(&mut ebpf, PROG_WATCH, iface, mode)?;
+        // Only now, with the program attached, is anything created outside
+        // this process (bpffs mounted if needed, the pin directory): a start
+        // refused for bad input leaves the host as it found it.
+        let pins = PinDir::claim(iface)?;
         let mut take = |name: &str| -> anyhow::Result<Map> {
             let map = ebpf
                 .take_map(name)
@@ -308,9 +312,10 @@ pub struct Gate {
 impl Gate {
     /// Loads and attaches the master's gate program (open: probes pass).
     pub fn attach(iface: &str, mode: ModeArg) -> anyhow::Result<Self> {
-        let pins = PinDir::claim(iface)?;
+        PinDir::refuse_if_taken(iface)?;
         let mut ebpf = load_object()?;
         let (mode, fell_back) = attach_program(&mut ebpf, PROG_GATE, iface, mode)?;
+        let pins = PinDir::claim(iface)?;
         let mut take = |name: &str| -> anyhow::Result<Map> {
             let map = ebpf
                 .take_map(name)
@@ -389,20 +394,28 @@ struct PinDir {
 }
 
 impl PinDir {
-    /// Creates the directory, refusing if a live daemon already owns it and
-    /// clearing the leftovers of one that died without cleaning up.
+    /// Refuses when a live daemon owns `iface`'s pins. Read-only: without
+    /// bpffs mounted nothing can be pinned, so nothing is mounted to look.
+    fn refuse_if_taken(iface: &str) -> anyhow::Result<()> {
+        if let Some(pid) = pinned_daemon_pid(iface)
+            && process_alive(pid)
+        {
+            bail!(
+                "vipwatch (pid {pid}) already runs on {iface}; stop it first (its pins are in {})",
+                pin_dir(iface).display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the directory (mounting bpffs first if needed), refusing if
+    /// a live daemon already owns it and clearing the leftovers of one that
+    /// died without cleaning up.
     fn claim(iface: &str) -> anyhow::Result<Self> {
         ensure_bpffs()?;
         let path = pin_dir(iface);
         if path.exists() {
-            if let Some(pid) = pinned_daemon_pid(iface)
-                && process_alive(pid)
-            {
-                bail!(
-                    "vipwatch (pid {pid}) already runs on {iface}; stop it first (its pins are in {})",
-                    path.display()
-                );
-            }
+            Self::refuse_if_taken(iface)?;
             log::info!(
                 "removing stale pins of a vipwatch that is gone: {}",
                 path.display()

@@ -9,10 +9,12 @@
 //!
 //! When everything is present this costs a few process spawns (well under a
 //! second) and prints nothing; no apt or cargo call is made. Each thing it
-//! installs gets one line. It only installs from Debian's archive (apt),
-//! crates.io (`cargo install`) and rustup's components, and only
-//! auto-installs Debian packages as root on Debian; anywhere else it prints
-//! the command to run and stops.
+//! installs gets one line. It only installs from the distribution's archive
+//! (apt), crates.io (`cargo install`) and rustup's components, and only
+//! installs packages as root on Debian or Ubuntu (`/etc/os-release`), when
+//! apt's sources have them. Anywhere else (Fedora, another distribution,
+//! no root, an archive without LLVM 22) it prints the exact steps for that
+//! system and stops.
 
 use std::{
     ffi::OsString,
@@ -26,31 +28,51 @@ use crate::util::{self, TAG};
 
 /// The bpf-linker release the workspace's aya crates are tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Where Debian's `llvm-22-dev` puts LLVM; bpf-linker's `llvm-sys` reads it.
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The LLVM major version bpf-linker 0.13 is built against (its `llvm-22`
+/// feature): its `llvm-sys` links exactly this major version.
+const LLVM_MAJOR: u32 = 22;
+/// Where Debian's and Ubuntu's `llvm-22-dev` put LLVM.
+const DEBIAN_LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-/// A Debian package we need, why, and a file that shows it is installed on
-/// machines without dpkg (a bare name is looked up like a command).
+/// A package we need, why, its name on each family of distributions, and
+/// a file that shows it is installed on machines without dpkg/rpm (a bare
+/// name is looked up like a command).
 struct Package {
-    name: &'static str,
+    /// Debian and Ubuntu (apt).
+    deb: &'static str,
+    /// Fedora (dnf).
+    rpm: &'static str,
     why: &'static str,
     probe: &'static str,
 }
 
-/// Needed only to build bpf-linker, so only checked when it is missing.
+impl Package {
+    fn name(&self, os: &OsRelease) -> &'static str {
+        match os.family() {
+            Family::Fedora => self.rpm,
+            Family::Debian | Family::Other => self.deb,
+        }
+    }
+}
+
+/// Needed only to build bpf-linker, so only checked when it is missing and
+/// no LLVM 22 is found.
 const LLVM_PACKAGES: &[Package] = &[
     Package {
-        name: "llvm-22-dev",
+        deb: "llvm-22-dev",
+        rpm: "llvm-devel",
         why: "LLVM 22, to build bpf-linker",
         probe: "/usr/lib/llvm-22/bin/llvm-config",
     },
     Package {
-        name: "libpolly-22-dev",
+        deb: "libpolly-22-dev",
+        rpm: "polly-devel",
         why: "LLVM 22's Polly, linked into bpf-linker",
         probe: "/usr/lib/llvm-22/include/polly",
     },
     Package {
-        name: "libclang-22-dev",
+        deb: "libclang-22-dev",
+        rpm: "clang-devel",
         why: "LLVM 22's clang libraries, to build bpf-linker",
         probe: "/usr/lib/llvm-22/lib/libclangBasic.a",
     },
@@ -59,17 +81,20 @@ const LLVM_PACKAGES: &[Package] = &[
 /// Driven by the end-to-end tests (and by the demo lab).
 const TEST_TOOL_PACKAGES: &[Package] = &[
     Package {
-        name: "nftables",
+        deb: "nftables",
+        rpm: "nftables",
         why: "`nft`, used by the end-to-end tests",
         probe: "nft",
     },
     Package {
-        name: "iproute2",
+        deb: "iproute2",
+        rpm: "iproute",
         why: "`ip`, which builds the test namespaces and veth links",
         probe: "ip",
     },
     Package {
-        name: "util-linux",
+        deb: "util-linux",
+        rpm: "util-linux",
         why: "`nsenter`/`unshare`, used by the end-to-end tests",
         probe: "nsenter",
     },
@@ -78,12 +103,14 @@ const TEST_TOOL_PACKAGES: &[Package] = &[
 /// The classic ping-loop baseline of `cargo xtask bench`.
 const BENCH_TOOL_PACKAGES: &[Package] = &[
     Package {
-        name: "iputils-ping",
+        deb: "iputils-ping",
+        rpm: "iputils",
         why: "`ping`, for the ping-loop baseline of the benchmark",
         probe: "ping",
     },
     Package {
-        name: "iputils-arping",
+        deb: "iputils-arping",
+        rpm: "iputils",
         why: "`arping`, for the ping-loop baseline of the benchmark",
         probe: "arping",
     },
@@ -91,7 +118,115 @@ const BENCH_TOOL_PACKAGES: &[Package] = &[
 
 /// Installs what the benchmark's baseline script needs.
 pub fn ensure_bench_tools() -> anyhow::Result<()> {
-    ensure_packages(&BENCH_TOOL_PACKAGES.iter().collect::<Vec<_>>())
+    ensure_packages(
+        &OsRelease::read(),
+        &BENCH_TOOL_PACKAGES.iter().collect::<Vec<_>>(),
+    )
+}
+
+/// The distribution families whose package names and LLVM sources we know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// Debian and its derivatives that keep Debian's package names.
+    Debian,
+    Fedora,
+    Other,
+}
+
+/// The parts of `/etc/os-release` (os-release(5)) we use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct OsRelease {
+    id: String,
+    id_like: Vec<String>,
+    version_id: String,
+    pretty_name: String,
+}
+
+impl OsRelease {
+    fn read() -> Self {
+        ["/etc/os-release", "/usr/lib/os-release"]
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut os = Self::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+            match key.trim() {
+                "ID" => os.id = value.to_owned(),
+                "ID_LIKE" => os.id_like = value.split_whitespace().map(str::to_owned).collect(),
+                "VERSION_ID" => os.version_id = value.to_owned(),
+                "PRETTY_NAME" => os.pretty_name = value.to_owned(),
+                _ => {}
+            }
+        }
+        os
+    }
+
+    fn is(&self, id: &str) -> bool {
+        self.id == id || self.id_like.iter().any(|like| like == id)
+    }
+
+    fn family(&self) -> Family {
+        if self.is("debian") || self.is("ubuntu") {
+            Family::Debian
+        } else if self.is("fedora") {
+            Family::Fedora
+        } else {
+            Family::Other
+        }
+    }
+
+    fn name(&self) -> &str {
+        if self.pretty_name.is_empty() {
+            "this distribution"
+        } else {
+            &self.pretty_name
+        }
+    }
+}
+
+/// The exact steps to get LLVM 22's development files on `os`, when its
+/// own archive does not have them (or we may not install them).
+fn llvm_steps(os: &OsRelease) -> String {
+    let deb: Vec<&str> = LLVM_PACKAGES.iter().map(|p| p.deb).collect();
+    let deb = deb.join(" ");
+    let apt_llvm = format!(
+        "add LLVM's own apt repository and install from it:\n  \
+         wget https://apt.llvm.org/llvm.sh && sudo bash llvm.sh {LLVM_MAJOR}\n  \
+         sudo apt-get install -y {deb}"
+    );
+    let steps = if os.id == "ubuntu" || (os.is("ubuntu") && os.id != "debian") {
+        // Ubuntu's archive carries other LLVM versions than Debian's.
+        format!("Ubuntu's archive may not have LLVM {LLVM_MAJOR}; {apt_llvm}")
+    } else if os.family() == Family::Debian {
+        format!(
+            "on Debian, `sudo apt-get update && sudo apt-get install -y {deb}` where the archive has \
+             them (`apt-cache policy llvm-{LLVM_MAJOR}-dev`); otherwise {apt_llvm}"
+        )
+    } else if os.family() == Family::Fedora {
+        format!(
+            "on Fedora, LLVM {LLVM_MAJOR} must be the release's own LLVM (Fedora 44 or newer): \
+             `sudo dnf install -y llvm-devel clang-devel polly-devel`, then check \
+             `llvm-config --version` says {LLVM_MAJOR}.x; older releases do not package it"
+        )
+    } else {
+        format!(
+            "install LLVM {LLVM_MAJOR}'s development files (llvm-config, the LLVM, clang and Polly \
+             libraries) with {}'s package manager, so that `llvm-config --version` says {LLVM_MAJOR}.x",
+            os.name()
+        )
+    };
+    format!(
+        "bpf-linker {BPF_LINKER_VERSION} (which links vipwatch's XDP program) is built against LLVM \
+         {LLVM_MAJOR} exactly; {steps}; then rerun this command"
+    )
 }
 
 /// What the checks found, for the commands that run cargo afterwards.
@@ -121,16 +256,34 @@ impl Toolchain {
 pub fn ensure() -> anyhow::Result<Toolchain> {
     ensure_rust_src()?;
 
+    let os = OsRelease::read();
     let linker = find_bpf_linker();
     let mut packages: Vec<&Package> = TEST_TOOL_PACKAGES.iter().collect();
-    if linker.is_none() {
+    if linker.is_none() && find_llvm().is_none() {
+        // Only apt, as root, with LLVM 22 in its sources is installed from
+        // here; anywhere else the user gets the steps for their system.
+        if os.family() != Family::Debian || !util::is_root() || !apt_has(LLVM_PACKAGES[0].deb) {
+            bail!(
+                "bpf-linker is missing and no LLVM {LLVM_MAJOR} was found on {}. {}",
+                os.name(),
+                llvm_steps(&os)
+            );
+        }
         packages.extend(LLVM_PACKAGES);
     }
-    ensure_packages(&packages)?;
+    ensure_packages(&os, &packages)?;
 
     let (linker, installed) = match linker {
         Some(linker) => (linker, false),
-        None => (install_bpf_linker()?, true),
+        None => {
+            let prefix = find_llvm().with_context(|| {
+                format!(
+                    "LLVM {LLVM_MAJOR} is still not found after installing its packages. {}",
+                    llvm_steps(&os)
+                )
+            })?;
+            (install_bpf_linker(&prefix, &os)?, true)
+        }
     };
     let toolchain = Toolchain {
         path: path_for(&linker)?,
@@ -220,9 +373,49 @@ fn path_for(linker: &Path) -> anyhow::Result<Option<OsString>> {
     Ok(Some(path))
 }
 
-fn install_bpf_linker() -> anyhow::Result<PathBuf> {
+/// The prefix of an installed LLVM 22 (what bpf-linker's `llvm-sys` reads
+/// from `LLVM_PREFIX`): Debian's and Ubuntu's versioned directory, or the
+/// prefix of an `llvm-config` that reports 22.x (Fedora's `/usr`).
+fn find_llvm() -> Option<PathBuf> {
+    let debian = Path::new(DEBIAN_LLVM_PREFIX);
+    let candidates = [
+        debian.join("bin").join("llvm-config"),
+        PathBuf::from(format!("llvm-config-{LLVM_MAJOR}")),
+        PathBuf::from("llvm-config"),
+    ];
+    candidates.iter().find_map(|config| {
+        let ask = |arg: &str| {
+            Command::new(config)
+                .arg(arg)
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        };
+        let version = ask("--version")?;
+        (version.split('.').next()? == LLVM_MAJOR.to_string())
+            .then(|| ask("--prefix").map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// Whether apt knows an installable candidate for `package`.
+fn apt_has(package: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .is_ok_and(|output| {
+            let text = String::from_utf8_lossy(&output.stdout);
+            text.lines()
+                .find_map(|line| line.trim().strip_prefix("Candidate:"))
+                .is_some_and(|candidate| candidate.trim() != "(none)")
+        })
+}
+
+fn install_bpf_linker(llvm_prefix: &Path, os: &OsRelease) -> anyhow::Result<PathBuf> {
     eprintln!(
-        "{TAG} installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 with `cargo install` (a few minutes)"
+        "{TAG} installing bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} ({}) with `cargo install` (a few minutes)",
+        llvm_prefix.display()
     );
     let install = |locked: bool| {
         let mut cargo = Command::new("cargo");
@@ -230,7 +423,7 @@ fn install_bpf_linker() -> anyhow::Result<PathBuf> {
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
             .args(["--no-default-features", "--features", "llvm-22", "--quiet"])
             .args(locked.then_some("--locked"))
-            .env("LLVM_PREFIX", LLVM_PREFIX);
+            .env("LLVM_PREFIX", llvm_prefix);
         util::run_quiet(&mut cargo)
     };
     if let Err(locked_error) = install(true) {
@@ -241,10 +434,13 @@ fn install_bpf_linker() -> anyhow::Result<PathBuf> {
             .iter()
             .any(|hint| message.contains(hint))
         {
-            return Err(locked_error).context(
-                "could not build bpf-linker; check that the LLVM 22 packages (llvm-22-dev libpolly-22-dev \
-                 libclang-22-dev) are installed under /usr/lib/llvm-22",
-            );
+            return Err(locked_error).with_context(|| {
+                format!(
+                    "could not build bpf-linker against {}. {}",
+                    llvm_prefix.display(),
+                    llvm_steps(os)
+                )
+            });
         }
         eprintln!(
             "{TAG} bpf-linker's lock file does not resolve; retrying `cargo install` without --locked"
@@ -259,34 +455,41 @@ fn install_bpf_linker() -> anyhow::Result<PathBuf> {
     })
 }
 
-fn ensure_packages(packages: &[&Package]) -> anyhow::Result<()> {
-    let missing = missing_packages(packages);
+fn ensure_packages(os: &OsRelease, packages: &[&Package]) -> anyhow::Result<()> {
+    let missing = missing_packages(os, packages);
     if missing.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|package| package.name).collect();
+    let mut names: Vec<&str> = missing.iter().map(|package| package.name(os)).collect();
+    names.dedup();
     let names = names.join(" ");
-    let install = format!("apt-get install -y --no-install-recommends {names}");
     let list: String = missing
         .iter()
-        .map(|package| format!("\n  {} ({})", package.name, package.why))
+        .map(|package| format!("\n  {} ({})", package.name(os), package.why))
         .collect();
-    if !Path::new("/etc/debian_version").exists() {
-        bail!(
-            "missing packages:{list}\ninstall their equivalents with your distribution's package manager \
-             (on Debian: `apt-get update && {install}`), then rerun this command"
-        );
-    }
-    if !util::is_root() {
-        bail!(
-            "missing Debian packages:{list}\ninstall them with `sudo apt-get update && sudo {install}`, then rerun this command"
-        );
+    let install = format!("apt-get install -y --no-install-recommends {names}");
+    match os.family() {
+        Family::Debian if util::is_root() => {}
+        Family::Debian => bail!(
+            "missing packages on {}:{list}\ninstall them with `sudo apt-get update && sudo {install}`, then rerun this command",
+            os.name()
+        ),
+        Family::Fedora => bail!(
+            "missing packages on {}:{list}\ninstall them with `sudo dnf install -y {names}`, then rerun this command",
+            os.name()
+        ),
+        Family::Other => bail!(
+            "missing packages on {}:{list}\ninstall their equivalents with its package manager (on Debian \
+             and Ubuntu: `apt-get update && {install}`; on Fedora: `dnf install`), then rerun this command",
+            os.name()
+        ),
     }
 
     for package in &missing {
         eprintln!(
-            "{TAG} installing Debian package {} ({})",
-            package.name, package.why
+            "{TAG} installing package {} ({})",
+            package.name(os),
+            package.why
         );
     }
     util::run_quiet(Command::new("apt-get").arg("update"))
@@ -294,14 +497,17 @@ fn ensure_packages(packages: &[&Package]) -> anyhow::Result<()> {
     util::run_quiet(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(missing.iter().map(|package| package.name))
+            .args(names.split(' '))
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("could not install {names}; `apt-cache policy {names}` shows whether your apt sources offer them"))?;
 
-    let still_missing = missing_packages(&missing);
+    let still_missing = missing_packages(os, &missing);
     if !still_missing.is_empty() {
-        let names: Vec<&str> = still_missing.iter().map(|package| package.name).collect();
+        let names: Vec<&str> = still_missing
+            .iter()
+            .map(|package| package.name(os))
+            .collect();
         bail!(
             "apt-get reported success but {} are still not installed; try `{install}` by hand",
             names.join(" ")
@@ -312,12 +518,19 @@ fn ensure_packages(packages: &[&Package]) -> anyhow::Result<()> {
 
 /// The packages of `packages` that are not installed: asked of dpkg where
 /// there is one (one spawn for all of them), else judged by their probe.
-fn missing_packages<'a>(packages: &[&'a Package]) -> Vec<&'a Package> {
+fn missing_packages<'a>(os: &OsRelease, packages: &[&'a Package]) -> Vec<&'a Package> {
+    if os.family() != Family::Debian {
+        return packages
+            .iter()
+            .copied()
+            .filter(|package| !probe_finds(package.probe))
+            .collect();
+    }
     let dpkg_says = util::which("dpkg-query").and_then(|dpkg_query| {
         // Exits 1 if a name is unknown to dpkg, but still lists the rest.
         Command::new(dpkg_query)
             .args(["-W", "-f=${Package} ${Status}\\n"])
-            .args(packages.iter().map(|package| package.name))
+            .args(packages.iter().map(|package| package.deb))
             .output()
             .ok()
     });
@@ -332,7 +545,7 @@ fn missing_packages<'a>(packages: &[&'a Package]) -> Vec<&'a Package> {
             packages
                 .iter()
                 .copied()
-                .filter(|package| !installed.contains(&package.name))
+                .filter(|package| !installed.contains(&package.deb))
                 .collect()
         }
         None => packages
@@ -352,4 +565,80 @@ fn probe_finds(probe: &str) -> bool {
         || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
             .iter()
             .any(|dir| Path::new(dir).join(probe).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN: &str = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n";
+    const UBUNTU: &str =
+        "PRETTY_NAME=\"Ubuntu 24.04.2 LTS\"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"24.04\"\n";
+    const MINT: &str = "PRETTY_NAME=\"Linux Mint 22\"\nID=linuxmint\nID_LIKE=\"ubuntu debian\"\n";
+    const FEDORA: &str = "NAME=\"Fedora Linux\"\nVERSION_ID=43\nID=fedora\nPRETTY_NAME=\"Fedora Linux 43 (Server Edition)\"\n";
+    const ARCH: &str = "NAME=\"Arch Linux\"\nPRETTY_NAME=\"Arch Linux\"\nID=arch\n";
+
+    #[test]
+    fn os_release_is_parsed_into_families() {
+        let table = [
+            (DEBIAN, Family::Debian, "Debian GNU/Linux 12 (bookworm)"),
+            (UBUNTU, Family::Debian, "Ubuntu 24.04.2 LTS"),
+            (MINT, Family::Debian, "Linux Mint 22"),
+            (FEDORA, Family::Fedora, "Fedora Linux 43 (Server Edition)"),
+            (ARCH, Family::Other, "Arch Linux"),
+            ("", Family::Other, "this distribution"),
+        ];
+        for (text, family, name) in table {
+            let os = OsRelease::parse(text);
+            assert_eq!(os.family(), family, "{text}");
+            assert_eq!(os.name(), name);
+        }
+        assert_eq!(OsRelease::parse(UBUNTU).version_id, "24.04");
+    }
+
+    #[test]
+    fn llvm_steps_name_the_version_and_the_distribution_s_way() {
+        for text in [DEBIAN, UBUNTU, MINT, FEDORA, ARCH] {
+            let steps = llvm_steps(&OsRelease::parse(text));
+            assert!(steps.contains("LLVM 22"), "{steps}");
+            assert!(steps.contains("bpf-linker 0.13.0"), "{steps}");
+        }
+        let ubuntu = llvm_steps(&OsRelease::parse(UBUNTU));
+        assert!(
+            ubuntu.contains("apt.llvm.org/llvm.sh") && ubuntu.contains("llvm.sh 22"),
+            "{ubuntu}"
+        );
+        assert!(
+            ubuntu.contains("llvm-22-dev libpolly-22-dev libclang-22-dev"),
+            "{ubuntu}"
+        );
+        let mint = llvm_steps(&OsRelease::parse(MINT));
+        assert!(
+            mint.contains("apt.llvm.org"),
+            "an Ubuntu derivative: {mint}"
+        );
+        let debian = llvm_steps(&OsRelease::parse(DEBIAN));
+        assert!(debian.contains("apt-cache policy llvm-22-dev"), "{debian}");
+        let fedora = llvm_steps(&OsRelease::parse(FEDORA));
+        assert!(
+            fedora.contains("dnf install") && fedora.contains("Fedora 44"),
+            "{fedora}"
+        );
+        let arch = llvm_steps(&OsRelease::parse(ARCH));
+        assert!(
+            arch.contains("Arch Linux") && arch.contains("llvm-config --version"),
+            "{arch}"
+        );
+    }
+
+    #[test]
+    fn package_names_follow_the_family() {
+        let fedora = OsRelease::parse(FEDORA);
+        let debian = OsRelease::parse(DEBIAN);
+        let names = |os: &OsRelease| -> Vec<&str> {
+            TEST_TOOL_PACKAGES.iter().map(|p| p.name(os)).collect()
+        };
+        assert_eq!(names(&debian), ["nftables", "iproute2", "util-linux"]);
+        assert_eq!(names(&fedora), ["nftables", "iproute", "util-linux"]);
+    }
 }
