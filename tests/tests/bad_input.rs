@@ -34,8 +34,8 @@ fn vipwatch(lab: &Lab, args: &[&str]) -> Result<[(bool, String); 2]> {
     Ok([inherited, fresh])
 }
 
-/// No XDP program on any of the backup's links and nothing pinned for its
-/// namespace.
+/// No XDP program on any of the backup's links, nothing under
+/// /sys/fs/bpf of ours, and no daemon answering in its namespace.
 fn assert_nothing_left(lab: &Lab) -> Result<()> {
     let links = lab.run("backup", "ip", ["-d", "link", "show"])?;
     let links = String::from_utf8_lossy(&links.stdout);
@@ -43,16 +43,17 @@ fn assert_nothing_left(lab: &Lab) -> Result<()> {
         !links.contains("prog/xdp"),
         "an XDP program was left attached:\n{links}"
     );
-    let pins = lab.in_netns("backup", || -> Vec<String> {
-        let dir = vipwatch::ebpf::pin_dir("eth0");
-        let dummy = vipwatch::ebpf::pin_dir("dummy0");
-        [dir, dummy]
-            .iter()
-            .filter(|d| d.exists())
-            .map(|d| d.display().to_string())
-            .collect()
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/vipwatch").exists(),
+        "vipwatch pins nothing"
+    );
+    let sockets = lab.in_netns("backup", || {
+        std::fs::read_to_string("/proc/thread-self/net/unix").unwrap_or_default()
     })?;
-    assert!(pins.is_empty(), "pins were left behind: {pins:?}");
+    assert!(
+        !sockets.contains("@vipwatch/"),
+        "a vipwatch socket is left in the namespace:\n{sockets}"
+    );
     Ok(())
 }
 

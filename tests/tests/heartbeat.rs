@@ -6,8 +6,9 @@ mod common;
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
+use aya::maps::{Map, MapData, PerCpuArray};
 use common::*;
-use vipwatch_common::RTT_BUCKETS;
+use vipwatch_common::{PeerCounters, RTT_BUCKETS};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -47,23 +48,30 @@ fn every_probe_is_answered_and_counted_with_its_rtt() -> Result<()> {
 }
 
 #[test]
-fn stats_from_another_process_match_the_maps() -> Result<()> {
+fn stats_match_what_the_kernel_counted() -> Result<()> {
     let lab = standard_lab("hbmap")?;
-    let _backup = start_backup(&lab, &["--count", "200"])?;
+    let backup = start_backup(&lab, &["--count", "200"])?;
     wait_stats(&lab, "probing finished", WAIT, |s| {
         u(s, "master.probes_sent") == 200 && u(s, "master.replies") == 200
     })?;
     let json = stats(&lab, "backup")?;
-    // Read the pinned maps directly, as a third process would, from the
-    // backup's network namespace (pins are named per namespace).
-    let (snap, status) = lab.in_netns("backup", || -> Result<_> {
-        let maps = vipwatch::ebpf::WatchMaps::open_pinned("eth0")?;
-        Ok((maps.snapshot()?, maps.status()?))
-    })??;
-    assert_eq!(u(&json, "master.replies"), snap.master.replies);
-    assert_eq!(u(&json, "master.forged"), snap.master.forged);
-    assert_eq!(u(&json, "master.probes_sent"), status.probes_sent);
-    assert_eq!(u(&json, "pid"), u64::from(status.pid));
+    // Read the daemon's maps directly, as a third process would: nothing
+    // is pinned, so find them through its descriptors (fdinfo map_id).
+    let peers = daemon_map(backup.pid(), "VW_PEERS")?;
+    let peers: PerCpuArray<_, PeerCounters> = peers.try_into()?;
+    // Slot 0, peer 0: the master of the daemon's first instance.
+    let per_cpu = peers.get(&0, 0)?;
+    let replies: u64 = per_cpu.iter().map(|c| c.replies).sum();
+    let forged: u64 = per_cpu.iter().map(|c| c.forged).sum();
+    let mut hist = [0u64; RTT_BUCKETS];
+    for c in per_cpu.iter() {
+        for (sum, n) in hist.iter_mut().zip(c.rtt_hist) {
+            *sum += n;
+        }
+    }
+    assert_eq!(u(&json, "master.replies"), replies);
+    assert_eq!(u(&json, "master.forged"), forged);
+    assert_eq!(u(&json, "pid"), u64::from(backup.pid()));
     let buckets: Vec<(u64, u64)> = json["master"]["rtt_histogram"]
         .as_array()
         .expect("histogram")
@@ -71,11 +79,30 @@ fn stats_from_another_process_match_the_maps() -> Result<()> {
         .map(|b| (u(b, "lt_us"), u(b, "count")))
         .collect();
     let expected: Vec<(u64, u64)> = (0..RTT_BUCKETS)
-        .filter(|k| snap.master.rtt_hist[*k] > 0)
-        .map(|k| (1u64 << k, snap.master.rtt_hist[k]))
+        .filter(|k| hist[*k] > 0)
+        .map(|k| (1u64 << k, hist[k]))
         .collect();
     assert_eq!(buckets, expected);
     Ok(())
+}
+
+/// The map called `name` among the BPF maps process `pid` holds.
+fn daemon_map(pid: u32, name: &str) -> Result<Map> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let data = MapData::from_id(id)?;
+        if data.info()?.name_as_str() == Some(name) {
+            return Ok(Map::from_map_data(data)?);
+        }
+    }
+    anyhow::bail!("process {pid} holds no map called {name}")
 }
 
 #[test]
@@ -89,8 +116,9 @@ fn spoofed_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
     let master: Ipv4Addr = MASTER.parse()?;
     let backup: Ipv4Addr = BACKUP.parse()?;
     let attacker: Ipv4Addr = ATTACKER.parse()?;
-    // The attacker answers in the master's name without knowing our nonce.
-    send_echo_reply(&lab, "attacker", master, backup, 0x1234, 0xdead_beef, 25)?;
+    // The attacker answers in the master's name without knowing our nonce
+    // (the slot, 0 for a daemon's first instance, is easy to guess).
+    send_echo_reply(&lab, "attacker", master, backup, 0x1234, 0, 0xdead_beef, 25)?;
     let st = wait_stats(&lab, "25 forged replies", WAIT, |s| {
         u(s, "master.forged") == 25
     })?;
@@ -101,7 +129,16 @@ fn spoofed_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
     );
 
     // Echo replies from a host that is not the master count nowhere.
-    send_echo_reply(&lab, "attacker", attacker, backup, 0x1234, 0xdead_beef, 25)?;
+    send_echo_reply(
+        &lab,
+        "attacker",
+        attacker,
+        backup,
+        0x1234,
+        0,
+        0xdead_beef,
+        25,
+    )?;
     std::thread::sleep(Duration::from_millis(200));
     let st = stats(&lab, "backup")?;
     assert_eq!(u(&st, "master.forged"), 25, "{st}");
@@ -146,9 +183,18 @@ fn rt_priority_puts_the_probe_loop_under_sched_fifo() -> Result<()> {
     wait_stats(&lab, "probing finished", WAIT, |s| {
         u(s, "master.replies") == 50
     })?;
-    // Field 41 of /proc/PID/stat is the scheduling policy (1 = SCHED_FIFO),
+    // The instance's own thread (`vw-<name>`) runs the loop. Field 41 of
+    // /proc/PID/task/TID/stat is the scheduling policy (1 = SCHED_FIFO),
     // field 40 the real-time priority; index 0 below is field 3 (state).
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", backup.pid()))?;
+    let mut loop_thread = None;
+    for task in std::fs::read_dir(format!("/proc/{}/task", backup.pid()))? {
+        let task = task?.path();
+        if std::fs::read_to_string(task.join("comm"))?.starts_with("vw-") {
+            loop_thread = Some(task);
+        }
+    }
+    let task = loop_thread.expect("the instance's thread");
+    let stat = std::fs::read_to_string(task.join("stat"))?;
     let fields: Vec<&str> = stat
         .rsplit_once(") ")
         .expect("stat")

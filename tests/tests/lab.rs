@@ -200,7 +200,7 @@ fn processes_run_in_their_namespace_and_die_with_the_lab() -> Result<()> {
     p.wait_for_line("ready", Duration::from_secs(5))?;
     let pid = p.pid();
 
-    // Same mount namespace as ours (so /sys/fs/bpf pins are shared), and
+    // Same mount namespace as ours (what `vipwatch` sees is what we see), and
     // the network namespace the lab named.
     let proc_ns = |kind: &str| std::fs::metadata(format!("/proc/{pid}/ns/{kind}")).map(|m| m.ino());
     assert_eq!(

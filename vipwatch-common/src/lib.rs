@@ -1,9 +1,13 @@
-//! Types shared by the vipwatch XDP programs and the userspace daemon.
+//! Types shared by the vipwatch XDP program and the userspace daemon.
 //!
 //! Everything here crosses the kernel/userspace boundary through BPF maps or
 //! the wire, so every type is `#[repr(C)]`, fixed-size and free of implicit
 //! padding (checked by `bytemuck::Pod`), and addresses are kept as byte
 //! arrays in network byte order.
+//!
+//! One XDP program serves every vipwatch instance on an interface: each
+//! instance owns a *slot*, an index into the per-slot maps below, and its
+//! probes carry that slot so a reply finds its instance without a search.
 #![no_std]
 
 use bytemuck::{Pod, Zeroable};
@@ -12,54 +16,109 @@ use bytemuck::{Pod, Zeroable};
 // Map names. Each constant sits next to the type its map holds.
 // ---------------------------------------------------------------------------
 
-/// `Array<Config>`, one entry: what the XDP programs look for.
-pub const MAP_CONFIG: &str = "VW_CONFIG";
-/// `PerCpuArray<PeerCounters>`: index [`PEER_MASTER`] and [`PEER_WITNESS`].
+/// `Array<IfaceConfig>`, one entry: what is common to every slot.
+pub const MAP_IFACE: &str = "VW_IFACE";
+/// `Array<SlotConfig>`, [`MAX_SLOTS`] entries: what each instance looks for.
+pub const MAP_SLOTS: &str = "VW_SLOTS";
+/// `HashMap<[u8; 16], u32>`: VIP (as [`Addr`]) → slot of the instance that
+/// owns it, for ARP claims and the master's probe gate.
+pub const MAP_VIPS: &str = "VW_VIPS";
+/// `PerCpuArray<PeerCounters>`, index [`peer_index`]: replies per peer.
 pub const MAP_PEERS: &str = "VW_PEERS";
-/// `Array<GapTracker>`: index [`PEER_MASTER`] and [`PEER_WITNESS`].
+/// `Array<GapTracker>`, index [`peer_index`].
 pub const MAP_GAPS: &str = "VW_GAPS";
-/// `PerCpuArray<ClaimCounters>`, one entry: ARP claims of the VIP by others.
+/// `PerCpuArray<ClaimCounters>`, one entry per slot: ARP claims of the VIP.
 pub const MAP_CLAIMS: &str = "VW_CLAIMS";
+/// `PerCpuArray<GateCounters>`, one entry per slot: probes seen by a master.
+pub const MAP_GATE_COUNTERS: &str = "VW_GATE_CNT";
 /// `RingBuf` of [`ClaimEvent`]: wakes the daemon the moment a claim arrives.
 pub const MAP_EVENTS: &str = "VW_EVENTS";
-/// `Array<DaemonStatus>`, one entry, written by the daemon for `vipwatch stats`.
-pub const MAP_STATUS: &str = "VW_STATUS";
-/// `Array<GateConfig>`, one entry: the master-side probe gate.
-pub const MAP_GATE: &str = "VW_GATE";
-/// `PerCpuArray<GateCounters>`, one entry: what the probe gate saw.
-pub const MAP_GATE_COUNTERS: &str = "VW_GATE_CNT";
+/// `PerCpuArray<u64>`, [`XDP_ERROR_KINDS`] entries: what the program could
+/// not do (see the `XDP_ERR_*` indices).
+pub const MAP_ERRORS: &str = "VW_ERRORS";
 
-/// Name of the backup's XDP program (observes, always `XDP_PASS`).
-pub const PROG_WATCH: &str = "vipwatch";
-/// Name of the master's XDP program (drops vipwatch probes while unhealthy).
-pub const PROG_GATE: &str = "vipwatch_gate";
+/// Name of the XDP program. It observes, and drops nothing but the probes
+/// of a master instance whose gate is closed.
+pub const PROG_XDP: &str = "vipwatch";
 
-/// Index of the master in [`MAP_PEERS`].
+/// Instances one interface can serve (one slot each).
+pub const MAX_SLOTS: u32 = 256;
+
+/// Peers of a backup slot, in [`MAP_PEERS`] and [`MAP_GAPS`].
 pub const PEER_MASTER: u32 = 0;
-/// Index of the witness in [`MAP_PEERS`].
 pub const PEER_WITNESS: u32 = 1;
-/// Number of entries in [`MAP_PEERS`].
-pub const PEER_COUNT: u32 = 2;
+/// Peers per slot.
+pub const PEERS_PER_SLOT: u32 = 2;
+
+/// The [`MAP_PEERS`] / [`MAP_GAPS`] index of `peer` of `slot`.
+#[inline(always)]
+pub const fn peer_index(slot: u32, peer: u32) -> u32 {
+    slot * PEERS_PER_SLOT + peer
+}
 
 /// Size in bytes of the [`MAP_EVENTS`] ring buffer (a power of two and a
 /// multiple of the page size, as the kernel requires).
 pub const EVENTS_RING_BYTES: u32 = 16 * 4096;
 
+/// [`MAP_ERRORS`] index: a frame arrived before the interface config was
+/// written (only possible for an instant at attach).
+pub const XDP_ERR_NO_CONFIG: u32 = 0;
+/// The ring buffer was full: a claim wake-up was lost (the claim is still
+/// counted).
+pub const XDP_ERR_RINGBUF_FULL: u32 = 1;
+/// A vipwatch probe reply named a slot this interface does not have, or one
+/// that is not a backup: a reply to an instance that is gone (a reload), or
+/// forged.
+pub const XDP_ERR_UNKNOWN_SLOT: u32 = 2;
+/// A map lookup that cannot fail did.
+pub const XDP_ERR_MAP: u32 = 3;
+/// Number of [`MAP_ERRORS`] entries.
+pub const XDP_ERROR_KINDS: u32 = 4;
+
+// ---------------------------------------------------------------------------
+// Addresses.
+// ---------------------------------------------------------------------------
+
+/// An IPv4 or IPv6 address in 16 bytes, network byte order: IPv6 as is,
+/// IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2),
+/// so one map key type holds both families.
+pub type Addr = [u8; 16];
+
+/// The IPv4-mapped form of an IPv4 address.
+#[inline(always)]
+pub const fn addr_v4(v4: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// The IPv4 address inside an IPv4-mapped [`Addr`], if it is one.
+#[inline(always)]
+pub fn addr_as_v4(a: &Addr) -> Option<[u8; 4]> {
+    let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+    mapped.then_some([a[12], a[13], a[14], a[15]])
+}
+
 // ---------------------------------------------------------------------------
 // Probe payload (ICMP echo data), as it travels on the wire.
 // ---------------------------------------------------------------------------
 
-/// First bytes of every vipwatch probe payload.
-pub const PROBE_MAGIC: [u8; 4] = *b"VPW1";
-/// Length of the probe payload: magic, nonce, sequence, send time.
-pub const PROBE_PAYLOAD_LEN: usize = 28;
+/// First bytes of every vipwatch probe payload (version 2: slot and VIP).
+pub const PROBE_MAGIC: [u8; 4] = *b"VPW2";
+/// Length of the probe payload: magic, slot, reserved, nonce, sequence,
+/// send time, VIP.
+pub const PROBE_PAYLOAD_LEN: usize = 48;
 
 /// What vipwatch puts in the data of its ICMP echo requests. The master's
 /// kernel echoes it back unchanged (RFC 792), which is how the backup knows
-/// a reply answers one of its own probes and how long it took.
+/// a reply answers one of its own probes, for which instance, and how long
+/// it took; and how a master running vipwatch knows which of its VIPs a
+/// probe watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbePayload {
-    /// Random per-run value; a reply without it is forged.
+    /// The probing instance's slot on the backup's interface.
+    pub slot: u16,
+    /// Random per-instance value; a reply without it is forged.
     pub nonce: u64,
     /// Probe sequence number, shared by the master and witness probes of
     /// one tick.
@@ -67,21 +126,27 @@ pub struct ProbePayload {
     /// CLOCK_MONOTONIC nanoseconds when the probe was sent (the clock
     /// `bpf_ktime_get_ns` reads).
     pub sent_ns: u64,
+    /// The VIP this probe watches over.
+    pub vip: Addr,
 }
 
 impl ProbePayload {
     /// Big-endian wire form.
     pub fn encode(&self) -> [u8; PROBE_PAYLOAD_LEN] {
         let Self {
+            slot,
             nonce,
             seq,
             sent_ns,
+            vip,
         } = *self;
         let mut out = [0u8; PROBE_PAYLOAD_LEN];
         out[0..4].copy_from_slice(&PROBE_MAGIC);
-        out[4..12].copy_from_slice(&nonce.to_be_bytes());
-        out[12..20].copy_from_slice(&seq.to_be_bytes());
-        out[20..28].copy_from_slice(&sent_ns.to_be_bytes());
+        out[4..6].copy_from_slice(&slot.to_be_bytes());
+        out[8..16].copy_from_slice(&nonce.to_be_bytes());
+        out[16..24].copy_from_slice(&seq.to_be_bytes());
+        out[24..32].copy_from_slice(&sent_ns.to_be_bytes());
+        out[32..48].copy_from_slice(&vip);
         out
     }
 
@@ -91,10 +156,18 @@ impl ProbePayload {
         if bytes[0..4] != PROBE_MAGIC {
             return None;
         }
+        let mut vip = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            vip[i] = bytes[32 + i];
+            i += 1;
+        }
         Some(Self {
-            nonce: u64::from_be_bytes(take8(bytes, 4)),
-            seq: u64::from_be_bytes(take8(bytes, 12)),
-            sent_ns: u64::from_be_bytes(take8(bytes, 20)),
+            slot: u16::from_be_bytes([bytes[4], bytes[5]]),
+            nonce: u64::from_be_bytes(take8(bytes, 8)),
+            seq: u64::from_be_bytes(take8(bytes, 16)),
+            sent_ns: u64::from_be_bytes(take8(bytes, 24)),
+            vip,
         })
     }
 }
@@ -114,31 +187,52 @@ fn take8(bytes: &[u8; PROBE_PAYLOAD_LEN], at: usize) -> [u8; 8] {
 // Map values.
 // ---------------------------------------------------------------------------
 
-/// [`Config::flags`]: a witness address is configured.
-pub const CONFIG_WITNESS: u32 = 1 << 0;
-
-/// What the backup's XDP program looks for. Written once by the daemon
-/// before the program is attached.
+/// What is common to every slot of one interface. Written once, before
+/// the program is attached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Config {
-    /// Master's IPv4 address, network byte order.
-    pub master: [u8; 4],
-    /// Witness's IPv4 address (valid when `flags & CONFIG_WITNESS`).
-    pub witness: [u8; 4],
-    /// The VIP (IPv4), whose ARP claims by other hosts are counted.
-    pub vip: [u8; 4],
-    /// ICMP echo identifier of this run, network byte order.
-    pub echo_id: [u8; 2],
-    pub _pad0: [u8; 2],
-    /// Per-run nonce as it appears in the payload (big-endian).
-    pub nonce: [u8; 8],
-    /// Our own MAC address: ARP from it is not a claim by someone else.
+pub struct IfaceConfig {
+    /// The interface's MAC: ARP from it is ours, not a claim by another
+    /// host.
     pub our_mac: [u8; 6],
-    pub _pad1: [u8; 2],
-    /// `CONFIG_*` bits.
+    pub _pad: [u8; 2],
+}
+
+/// [`SlotConfig::role`]: the slot is free; frames naming it are ignored.
+pub const ROLE_NONE: u32 = 0;
+/// The slot is a backup instance: its peers' replies are counted.
+pub const ROLE_BACKUP: u32 = 1;
+/// The slot is a master instance: probes for its VIP pass its gate.
+pub const ROLE_MASTER: u32 = 2;
+
+/// [`SlotConfig::flags`]: a witness address is configured (backup).
+pub const SLOT_WITNESS: u32 = 1 << 0;
+/// [`SlotConfig::flags`]: the probe gate is closed (master): probes for
+/// this slot's VIP are dropped, so its backups see the master dead.
+pub const SLOT_GATE_CLOSED: u32 = 1 << 1;
+
+/// What one instance's part of the program looks for. Written by the
+/// daemon when the instance starts, changed by it (the gate flag), and
+/// reset to zero when it stops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SlotConfig {
+    /// `ROLE_*`.
+    pub role: u32,
+    /// `SLOT_*` bits.
     pub flags: u32,
-    pub _pad2: u32,
+    /// The master's address (backup).
+    pub master: Addr,
+    /// The witness's address (backup, valid with `SLOT_WITNESS`).
+    pub witness: Addr,
+    /// The VIP.
+    pub vip: Addr,
+    /// ICMP echo identifier of this instance, network byte order (backup).
+    pub echo_id: [u8; 2],
+    pub _pad0: [u8; 6],
+    /// Per-instance nonce as it appears in the payload, big-endian
+    /// (backup).
+    pub nonce: [u8; 8],
 }
 
 /// Number of RTT histogram buckets. Bucket 0 counts RTTs below 1 µs,
@@ -165,11 +259,11 @@ pub fn rtt_bucket_upper_us(k: usize) -> u64 {
     1u64 << k
 }
 
-/// Per-CPU heartbeat counters of one peer (master or witness).
+/// Per-CPU heartbeat counters of one peer (master or witness) of a slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PeerCounters {
-    /// Valid replies: right identifier, right nonce, from the peer.
+    /// Valid replies: right slot, identifier and nonce, from the peer.
     pub replies: u64,
     /// Echo replies from the peer's address carrying vipwatch's magic or our
     /// identifier but a wrong nonce or identifier.
@@ -201,7 +295,7 @@ pub struct GapTracker {
     pub max_gap_ns: u64,
 }
 
-/// Per-CPU counters of ARP packets claiming the VIP from another MAC.
+/// Per-CPU counters of ARP packets claiming a slot's VIP from another MAC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ClaimCounters {
@@ -223,88 +317,19 @@ pub struct ClaimEvent {
     pub mac: [u8; 6],
     /// ARP operation (1 request, 2 reply), network byte order.
     pub op: [u8; 2],
-}
-
-/// [`DaemonStatus::xdp_mode`] values.
-pub const XDP_MODE_DRIVER: u32 = 1;
-pub const XDP_MODE_SKB: u32 = 2;
-
-/// [`DaemonStatus::state`] values (the detector's state).
-pub const STATE_STARTING: u32 = 0;
-pub const STATE_STANDBY: u32 = 1;
-pub const STATE_ACTIVE: u32 = 2;
-pub const STATE_ISOLATED: u32 = 3;
-
-/// The timeline of one takeover, CLOCK_MONOTONIC nanoseconds (0 = not yet).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Timeline {
-    /// Kernel timestamp of the master's last valid reply.
-    pub last_reply_ns: u64,
-    /// When silence became long enough (`last_reply + dead_after`).
-    pub deadline_ns: u64,
-    /// When the daemon decided to take over.
-    pub decision_ns: u64,
-    /// When rtnetlink confirmed the VIP was bound.
-    pub vip_bound_ns: u64,
-    /// When the first gratuitous ARP left.
-    pub first_garp_ns: u64,
-}
-
-/// Written by the daemon (userspace) so that `vipwatch stats`, another
-/// process, sees the userspace half of the picture.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct DaemonStatus {
-    /// Daemon process id; `stats` checks it is still alive.
-    pub pid: u32,
-    /// `XDP_MODE_*`.
-    pub xdp_mode: u32,
-    /// `STATE_*`.
-    pub state: u32,
-    /// 1 when `--xdp-mode auto` fell back from driver to skb mode.
-    pub xdp_fallback: u32,
-    /// CLOCK_MONOTONIC ns when the daemon started probing.
-    pub started_ns: u64,
-    /// Probe interval in ns.
-    pub interval_ns: u64,
-    /// Silence that declares the master dead, in ns.
-    pub dead_after_ns: u64,
-    /// Probes actually sent to the master / the witness.
-    pub probes_sent: u64,
-    pub witness_probes_sent: u64,
-    /// Number of takeovers and releases since start.
-    pub takeovers: u64,
-    pub releases: u64,
-    /// Deadlines reached while too few probes had gone out to judge (the
-    /// daemon was starved or stopped): silence excused, not acted on.
-    pub deferred: u64,
-    /// Timeline of the last takeover.
-    pub last_takeover: Timeline,
-    /// CLOCK_MONOTONIC ns of the last release, and the claim that caused it.
-    pub last_release_ns: u64,
-    pub last_claim_ns: u64,
-    /// Longest gap between two probes we sent (ours to blame when it is
-    /// close to the longest reply gap: a starved or stopped daemon).
-    pub max_probe_gap_ns: u64,
-}
-
-/// The master-side gate: `closed == 1` makes `vipwatch_gate` drop
-/// vipwatch's probes, so the backup sees the master as dead.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct GateConfig {
-    pub closed: u32,
+    /// The slot whose VIP was claimed.
+    pub slot: u32,
     pub _pad: u32,
 }
 
-/// Per-CPU counters of the master-side gate.
+/// Per-CPU counters of a master slot's probe gate.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct GateCounters {
-    /// vipwatch probes seen (answered by the kernel when the gate is open).
+    /// vipwatch probes for the slot's VIP seen (answered by the kernel when
+    /// the gate is open).
     pub probes: u64,
-    /// vipwatch probes dropped because the gate was closed.
+    /// Probes dropped because the gate was closed.
     pub dropped: u64,
 }
 
@@ -323,14 +348,13 @@ mod user {
     }
 
     aya_pod!(
-        Config,
+        IfaceConfig,
+        SlotConfig,
         PeerCounters,
         GapTracker,
         ClaimCounters,
         ClaimEvent,
-        DaemonStatus,
-        GateConfig,
-        GateCounters
+        GateCounters,
     );
 }
 
@@ -339,30 +363,57 @@ mod tests {
     extern crate std;
     use super::*;
 
+    const VIP: Addr = addr_v4([192, 0, 2, 100]);
+
     #[test]
     fn payload_round_trips() {
         let p = ProbePayload {
+            slot: 0x0102,
             nonce: 0x0123_4567_89ab_cdef,
             seq: 42,
             sent_ns: 1_000_000_007,
+            vip: VIP,
         };
         let wire = p.encode();
-        assert_eq!(&wire[..4], b"VPW1");
-        assert_eq!(&wire[4..12], &0x0123_4567_89ab_cdefu64.to_be_bytes());
+        assert_eq!(&wire[..4], b"VPW2");
+        assert_eq!(&wire[4..6], &[1, 2]);
+        assert_eq!(&wire[8..16], &0x0123_4567_89ab_cdefu64.to_be_bytes());
+        assert_eq!(&wire[32..48], &VIP);
         assert_eq!(ProbePayload::decode(&wire), Some(p));
     }
 
     #[test]
     fn payload_without_magic_is_rejected() {
         let mut wire = ProbePayload {
+            slot: 0,
             nonce: 1,
             seq: 2,
             sent_ns: 3,
+            vip: VIP,
         }
         .encode();
         wire[0] = b'X';
         assert_eq!(ProbePayload::decode(&wire), None);
         assert_eq!(ProbePayload::decode(&[0; PROBE_PAYLOAD_LEN]), None);
+    }
+
+    #[test]
+    fn ipv4_addresses_map_into_ipv6() {
+        assert_eq!(addr_as_v4(&VIP), Some([192, 0, 2, 100]));
+        let v6: Addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(addr_as_v4(&v6), None);
+        assert_eq!(addr_as_v4(&[0; 16]), None);
+    }
+
+    #[test]
+    fn peer_indices_do_not_overlap() {
+        assert_eq!(peer_index(0, PEER_MASTER), 0);
+        assert_eq!(peer_index(0, PEER_WITNESS), 1);
+        assert_eq!(peer_index(1, PEER_MASTER), 2);
+        assert_eq!(
+            peer_index(MAX_SLOTS - 1, PEER_WITNESS),
+            MAX_SLOTS * PEERS_PER_SLOT - 1
+        );
     }
 
     #[test]
@@ -386,10 +437,11 @@ mod tests {
     #[test]
     fn map_values_have_the_expected_sizes() {
         // Layout is an ABI between the kernel object and userspace.
-        assert_eq!(core::mem::size_of::<Config>(), 40);
+        assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
+        assert_eq!(core::mem::size_of::<SlotConfig>(), 8 + 3 * 16 + 8 + 8);
         assert_eq!(core::mem::size_of::<PeerCounters>(), 40 + 8 * RTT_BUCKETS);
         assert_eq!(core::mem::size_of::<ClaimCounters>(), 24);
-        assert_eq!(core::mem::size_of::<ClaimEvent>(), 16);
+        assert_eq!(core::mem::size_of::<ClaimEvent>(), 24);
         assert_eq!(core::mem::size_of::<GateCounters>(), 16);
     }
 }

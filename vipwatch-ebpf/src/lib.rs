@@ -1,13 +1,15 @@
-//! Packet matching for the vipwatch XDP programs.
+//! Packet matching for the vipwatch XDP program.
 //!
-//! Nothing here touches `XdpContext`: the programs in `main.rs` hand in a
-//! [`Frame`] that reads bounded byte arrays out of the packet, and the same
-//! code runs on the host against `&[u8]`, so every parsing rule is an
-//! ordinary unit test (the pattern firezone's relay uses).
+//! Nothing here touches `XdpContext`: the program in `main.rs` hands in a
+//! [`Frame`] that reads bounded byte arrays out of the packet and a
+//! [`Slots`] view of its maps, and the same code runs on the host against
+//! `&[u8]` and plain arrays, so every parsing rule is an ordinary unit test
+//! (the pattern firezone's relay uses).
 #![cfg_attr(not(test), no_std)]
 
 use vipwatch_common::{
-    CONFIG_WITNESS, Config, PEER_MASTER, PEER_WITNESS, PROBE_PAYLOAD_LEN, ProbePayload,
+    Addr, IfaceConfig, PEER_MASTER, PEER_WITNESS, PROBE_PAYLOAD_LEN, ProbePayload, ROLE_BACKUP,
+    ROLE_MASTER, SLOT_WITNESS, SlotConfig, addr_v4,
 };
 
 /// Bounded reads out of a packet.
@@ -20,6 +22,17 @@ impl Frame for [u8] {
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.get(offset..offset.checked_add(N)?)?.try_into().ok()
     }
+}
+
+/// What the program knows about the interface's instances: the slots and
+/// the VIP index. Maps in the kernel, plain arrays in the host tests.
+pub trait Slots {
+    /// The interface-wide settings.
+    fn iface(&self) -> Option<IfaceConfig>;
+    /// Slot `slot`'s configuration, if the index is in range.
+    fn slot(&self, slot: u32) -> Option<SlotConfig>;
+    /// The slot owning VIP `vip`, if any.
+    fn vip_slot(&self, vip: &Addr) -> Option<u32>;
 }
 
 pub const ETH_HLEN: usize = 14;
@@ -38,23 +51,36 @@ const ICMP_HLEN: usize = 8;
 /// Two tags: 802.1ad (QinQ) outer plus 802.1Q inner.
 const MAX_VLAN_TAGS: usize = 2;
 
-/// What the backup's program made of one frame.
+/// What the program made of one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
     /// Not for us: pass it on and count nothing.
     Other,
-    /// A valid heartbeat reply from `peer` (`PEER_MASTER`/`PEER_WITNESS`).
+    /// The interface config is missing (an instant at attach): count it.
+    NoConfig,
+    /// A valid heartbeat reply for backup `slot` from its `peer`
+    /// (`PEER_MASTER`/`PEER_WITNESS`).
     Reply {
+        slot: u32,
         peer: u32,
         seq: u64,
         sent_ns: u64,
         mac: [u8; 6],
     },
-    /// An echo reply from `peer`'s address that pretends to answer our
-    /// probes (our identifier or our magic) with the wrong nonce/identifier.
-    Forged { peer: u32 },
-    /// An ARP packet announcing the VIP from a MAC that is not ours.
-    Claim { mac: [u8; 6], op: [u8; 2] },
+    /// An echo reply from `peer`'s address naming backup `slot` with the
+    /// wrong nonce or identifier: someone answering in the peer's name.
+    Forged { slot: u32, peer: u32 },
+    /// A vipwatch reply naming a slot that is not a backup here (one that
+    /// stopped, or a forgery).
+    UnknownSlot,
+    /// A vipwatch probe for the VIP of master `slot`: its gate decides.
+    Probe { slot: u32 },
+    /// An ARP packet announcing `slot`'s VIP from a MAC that is not ours.
+    Claim {
+        slot: u32,
+        mac: [u8; 6],
+        op: [u8; 2],
+    },
 }
 
 /// Offset of the layer-3 header and its EtherType, after up to two VLAN tags.
@@ -104,58 +130,80 @@ struct IcmpEcho {
     payload: [u8; PROBE_PAYLOAD_LEN],
 }
 
-/// Classifies a frame for the backup's heartbeat counter.
+/// Classifies a frame for the program.
 #[inline(always)]
-pub fn classify<F: Frame + ?Sized>(frame: &F, cfg: &Config) -> Seen {
+pub fn classify<F: Frame + ?Sized, S: Slots>(frame: &F, slots: &S) -> Seen {
     let Some((ethertype, off)) = l3(frame) else {
         return Seen::Other;
     };
     match ethertype {
-        ETH_P_IPV4 => classify_ipv4(frame, off, cfg),
-        ETH_P_ARP => classify_arp(frame, off, cfg),
+        ETH_P_IPV4 => classify_ipv4(frame, off, slots),
+        ETH_P_ARP => classify_arp(frame, off, slots),
         _ => Seen::Other,
     }
 }
 
 #[inline(always)]
-fn classify_ipv4<F: Frame + ?Sized>(frame: &F, ip: usize, cfg: &Config) -> Seen {
+fn classify_ipv4<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -> Seen {
     let Some(echo) = icmp_echo(frame, ip) else {
         return Seen::Other;
     };
-    if echo.icmp_type != ICMP_ECHO_REPLY || echo.code != 0 {
+    if echo.code != 0 {
         return Seen::Other;
     }
-    let peer = if echo.src == cfg.master {
-        PEER_MASTER
-    } else if cfg.flags & CONFIG_WITNESS != 0 && echo.src == cfg.witness {
-        PEER_WITNESS
-    } else {
+    // Somebody else's ping (plain `ping`, no magic): not our business.
+    let Some(payload) = ProbePayload::decode(&echo.payload) else {
         return Seen::Other;
     };
-    let ours_by_id = echo.id == cfg.echo_id;
-    match ProbePayload::decode(&echo.payload) {
-        Some(p) if ours_by_id && p.nonce.to_be_bytes() == cfg.nonce => {
-            let Some(mac) = frame.load::<6>(6) else {
-                return Seen::Other;
-            };
-            Seen::Reply {
-                peer,
-                seq: p.seq,
-                sent_ns: p.sent_ns,
-                mac,
+    match echo.icmp_type {
+        ICMP_ECHO_REPLY => classify_reply(frame, &echo, &payload, slots),
+        ICMP_ECHO_REQUEST => match slots.vip_slot(&payload.vip) {
+            Some(slot) if slots.slot(slot).is_some_and(|c| c.role == ROLE_MASTER) => {
+                Seen::Probe { slot }
             }
-        }
-        // Our identifier or our magic, but not our nonce: someone is
-        // answering in the peer's name.
-        Some(_) => Seen::Forged { peer },
-        None if ours_by_id => Seen::Forged { peer },
-        // Somebody else's ping to the peer (plain `ping`): not our business.
-        None => Seen::Other,
+            _ => Seen::Other,
+        },
+        _ => Seen::Other,
     }
 }
 
 #[inline(always)]
-fn classify_arp<F: Frame + ?Sized>(frame: &F, arp: usize, cfg: &Config) -> Seen {
+fn classify_reply<F: Frame + ?Sized, S: Slots>(
+    frame: &F,
+    echo: &IcmpEcho,
+    payload: &ProbePayload,
+    slots: &S,
+) -> Seen {
+    let slot = u32::from(payload.slot);
+    let Some(cfg) = slots.slot(slot).filter(|c| c.role == ROLE_BACKUP) else {
+        return Seen::UnknownSlot;
+    };
+    let src = addr_v4(echo.src);
+    let peer = if src == cfg.master {
+        PEER_MASTER
+    } else if cfg.flags & SLOT_WITNESS != 0 && src == cfg.witness {
+        PEER_WITNESS
+    } else {
+        // Another host echoing our magic: not a peer of this slot.
+        return Seen::Other;
+    };
+    if echo.id != cfg.echo_id || payload.nonce.to_be_bytes() != cfg.nonce {
+        return Seen::Forged { slot, peer };
+    }
+    let Some(mac) = frame.load::<6>(6) else {
+        return Seen::Other;
+    };
+    Seen::Reply {
+        slot,
+        peer,
+        seq: payload.seq,
+        sent_ns: payload.sent_ns,
+        mac,
+    }
+}
+
+#[inline(always)]
+fn classify_arp<F: Frame + ?Sized, S: Slots>(frame: &F, arp: usize, slots: &S) -> Seen {
     // htype(2) ptype(2) hlen(1) plen(1) op(2) sha(6) spa(4) tha(6) tpa(4)
     let Some(a) = frame.load::<28>(arp) else {
         return Seen::Other;
@@ -167,29 +215,21 @@ fn classify_arp<F: Frame + ?Sized>(frame: &F, arp: usize, cfg: &Config) -> Seen 
     let sha = [a[8], a[9], a[10], a[11], a[12], a[13]];
     let spa = [a[14], a[15], a[16], a[17]];
     // RFC 5227 probes have sender IP 0.0.0.0 and are not claims; an
-    // announcement or any ARP with sender IP = VIP is (RFC 5227 §2.4).
-    if spa != cfg.vip || sha == cfg.our_mac {
+    // announcement or any ARP with sender IP = a VIP is (RFC 5227 §2.4).
+    let Some(slot) = slots.vip_slot(&addr_v4(spa)) else {
+        return Seen::Other;
+    };
+    let Some(iface) = slots.iface() else {
+        return Seen::NoConfig;
+    };
+    if sha == iface.our_mac {
         return Seen::Other;
     }
     Seen::Claim {
+        slot,
         mac: sha,
         op: [a[6], a[7]],
     }
-}
-
-/// Whether a frame is a vipwatch probe (an ICMP echo request carrying our
-/// magic): what the master-side gate drops while the service is unhealthy.
-#[inline(always)]
-pub fn is_probe<F: Frame + ?Sized>(frame: &F) -> bool {
-    let Some((ETH_P_IPV4, ip)) = l3(frame) else {
-        return false;
-    };
-    let Some(echo) = icmp_echo(frame, ip) else {
-        return false;
-    };
-    echo.icmp_type == ICMP_ECHO_REQUEST
-        && echo.code == 0
-        && ProbePayload::decode(&echo.payload).is_some()
 }
 
 /// RTT in microseconds from the payload's send time, saturating at zero if
@@ -201,27 +241,70 @@ pub fn rtt_us(now_ns: u64, sent_ns: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use vipwatch_common::{MAX_SLOTS, ROLE_NONE, SLOT_GATE_CLOSED};
+
     use super::*;
 
     const MASTER: [u8; 4] = [192, 0, 2, 1];
     const WITNESS: [u8; 4] = [192, 0, 2, 254];
     const OTHER: [u8; 4] = [192, 0, 2, 9];
     const VIP: [u8; 4] = [192, 0, 2, 100];
+    const MASTER_VIP: [u8; 4] = [192, 0, 2, 101];
     const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
     const MASTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const ID: [u8; 2] = [0x12, 0x34];
     const NONCE: u64 = 0xfeed_f00d_dead_beef;
+    /// The backup instance's slot, and a master instance's.
+    const SLOT: u32 = 3;
+    const MASTER_SLOT: u32 = 7;
 
-    fn cfg() -> Config {
-        Config {
-            master: MASTER,
-            witness: WITNESS,
-            vip: VIP,
-            echo_id: ID,
-            nonce: NONCE.to_be_bytes(),
-            our_mac: OUR_MAC,
-            flags: CONFIG_WITNESS,
-            ..Config::default()
+    /// A backup instance in slot 3 (VIP .100, with a witness) and a master
+    /// instance in slot 7 (VIP .101).
+    struct Table {
+        iface: Option<IfaceConfig>,
+        slots: Vec<SlotConfig>,
+    }
+
+    impl Table {
+        fn new() -> Self {
+            let mut slots = vec![SlotConfig::default(); MAX_SLOTS as usize];
+            slots[SLOT as usize] = SlotConfig {
+                role: ROLE_BACKUP,
+                flags: SLOT_WITNESS,
+                master: addr_v4(MASTER),
+                witness: addr_v4(WITNESS),
+                vip: addr_v4(VIP),
+                echo_id: ID,
+                nonce: NONCE.to_be_bytes(),
+                ..SlotConfig::default()
+            };
+            slots[MASTER_SLOT as usize] = SlotConfig {
+                role: ROLE_MASTER,
+                vip: addr_v4(MASTER_VIP),
+                ..SlotConfig::default()
+            };
+            Self {
+                iface: Some(IfaceConfig {
+                    our_mac: OUR_MAC,
+                    _pad: [0; 2],
+                }),
+                slots,
+            }
+        }
+    }
+
+    impl Slots for Table {
+        fn iface(&self) -> Option<IfaceConfig> {
+            self.iface
+        }
+        fn slot(&self, slot: u32) -> Option<SlotConfig> {
+            self.slots.get(slot as usize).copied()
+        }
+        fn vip_slot(&self, vip: &Addr) -> Option<u32> {
+            self.slots
+                .iter()
+                .position(|c| c.role != ROLE_NONE && c.vip == *vip)
+                .and_then(|i| u32::try_from(i).ok())
         }
     }
 
@@ -235,18 +318,24 @@ mod tests {
         frag: [u8; 2],
     }
 
+    fn payload(slot: u16, nonce: u64, vip: [u8; 4]) -> [u8; PROBE_PAYLOAD_LEN] {
+        ProbePayload {
+            slot,
+            nonce,
+            seq: 7,
+            sent_ns: 5_000,
+            vip: addr_v4(vip),
+        }
+        .encode()
+    }
+
     impl Default for Echo {
         fn default() -> Self {
             Self {
                 src: MASTER,
                 icmp_type: ICMP_ECHO_REPLY,
                 id: ID,
-                payload: ProbePayload {
-                    nonce: NONCE,
-                    seq: 7,
-                    sent_ns: 5_000,
-                }
-                .encode(),
+                payload: payload(SLOT as u16, NONCE, VIP),
                 vlans: &[],
                 ihl_byte: 0x45,
                 frag: [0x40, 0], // DF, as Linux sends
@@ -296,6 +385,7 @@ mod tests {
 
     fn reply(peer: u32) -> Seen {
         Seen::Reply {
+            slot: SLOT,
             peer,
             seq: 7,
             sent_ns: 5_000,
@@ -304,9 +394,9 @@ mod tests {
     }
 
     #[test]
-    fn valid_reply_from_master_is_counted() {
+    fn valid_reply_from_master_is_counted_for_its_slot() {
         assert_eq!(
-            classify(echo(Echo::default()).as_slice(), &cfg()),
+            classify(echo(Echo::default()).as_slice(), &Table::new()),
             reply(PEER_MASTER)
         );
     }
@@ -317,9 +407,10 @@ mod tests {
             src: WITNESS,
             ..Echo::default()
         });
-        assert_eq!(classify(f.as_slice(), &cfg()), reply(PEER_WITNESS));
-        let no_witness = Config { flags: 0, ..cfg() };
-        assert_eq!(classify(f.as_slice(), &no_witness), Seen::Other);
+        assert_eq!(classify(f.as_slice(), &Table::new()), reply(PEER_WITNESS));
+        let mut t = Table::new();
+        t.slots[SLOT as usize].flags = 0;
+        assert_eq!(classify(f.as_slice(), &t), Seen::Other);
     }
 
     #[test]
@@ -330,7 +421,7 @@ mod tests {
                 ..Echo::default()
             });
             assert_eq!(
-                classify(f.as_slice(), &cfg()),
+                classify(f.as_slice(), &Table::new()),
                 reply(PEER_MASTER),
                 "{vlans:x?}"
             );
@@ -340,35 +431,41 @@ mod tests {
             vlans: &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
             ..Echo::default()
         });
-        assert_eq!(classify(f.as_slice(), &cfg()), Seen::Other);
+        assert_eq!(classify(f.as_slice(), &Table::new()), Seen::Other);
     }
 
     #[test]
     fn wrong_nonce_or_identifier_from_master_is_forged() {
-        let wrong_nonce = ProbePayload {
-            nonce: NONCE ^ 1,
-            seq: 7,
-            sent_ns: 5_000,
-        }
-        .encode();
+        let forged = Seen::Forged {
+            slot: SLOT,
+            peer: PEER_MASTER,
+        };
         let cases = [
             Echo {
-                payload: wrong_nonce,
+                payload: payload(SLOT as u16, NONCE ^ 1, VIP),
                 ..Echo::default()
             },
             Echo {
                 id: [0xff, 0xff],
                 ..Echo::default()
             },
-            Echo {
-                payload: [0xaa; PROBE_PAYLOAD_LEN],
-                ..Echo::default()
-            },
         ];
         for e in cases {
+            assert_eq!(classify(echo(e).as_slice(), &Table::new()), forged);
+        }
+    }
+
+    #[test]
+    fn replies_for_slots_that_are_not_backups_are_unknown() {
+        for slot in [0, MASTER_SLOT as u16, MAX_SLOTS as u16, u16::MAX] {
+            let f = echo(Echo {
+                payload: payload(slot, NONCE, VIP),
+                ..Echo::default()
+            });
             assert_eq!(
-                classify(echo(e).as_slice(), &cfg()),
-                Seen::Forged { peer: PEER_MASTER }
+                classify(f.as_slice(), &Table::new()),
+                Seen::UnknownSlot,
+                "{slot}"
             );
         }
     }
@@ -381,13 +478,12 @@ mod tests {
                 src: OTHER,
                 ..Echo::default()
             },
-            // Somebody else's plain ping to the master.
+            // Somebody else's plain ping to the master, even with our id.
             Echo {
-                id: [0, 1],
                 payload: [0x55; PROBE_PAYLOAD_LEN],
                 ..Echo::default()
             },
-            // Echo requests are not replies.
+            // A vipwatch probe for a VIP no master instance here holds.
             Echo {
                 icmp_type: ICMP_ECHO_REQUEST,
                 ..Echo::default()
@@ -407,63 +503,96 @@ mod tests {
             },
         ];
         for e in not_ours {
-            assert_eq!(classify(echo(e).as_slice(), &cfg()), Seen::Other);
+            assert_eq!(classify(echo(e).as_slice(), &Table::new()), Seen::Other);
         }
     }
 
     #[test]
     fn truncated_frames_are_ignored() {
-        let full = echo(Echo::default());
-        for len in 0..full.len() {
-            assert_eq!(classify(&full[..len], &cfg()), Seen::Other, "len {len}");
+        for full in [
+            echo(Echo::default()),
+            arp(MASTER_MAC, VIP, 1),
+            echo(Echo {
+                icmp_type: ICMP_ECHO_REQUEST,
+                payload: payload(1, 1, MASTER_VIP),
+                ..Echo::default()
+            }),
+        ] {
+            for len in 0..full.len() {
+                assert_eq!(
+                    classify(&full[..len], &Table::new()),
+                    Seen::Other,
+                    "len {len}"
+                );
+            }
         }
     }
 
     #[test]
-    fn arp_claims_of_the_vip_by_others_are_seen() {
+    fn arp_claims_of_a_vip_by_others_are_seen_for_its_slot() {
+        let t = Table::new();
         assert_eq!(
-            classify(arp(MASTER_MAC, VIP, 1).as_slice(), &cfg()),
+            classify(arp(MASTER_MAC, VIP, 1).as_slice(), &t),
             Seen::Claim {
+                slot: SLOT,
                 mac: MASTER_MAC,
                 op: [0, 1]
             }
         );
         assert_eq!(
-            classify(arp(MASTER_MAC, VIP, 2).as_slice(), &cfg()),
+            classify(arp(MASTER_MAC, MASTER_VIP, 2).as_slice(), &t),
             Seen::Claim {
+                slot: MASTER_SLOT,
                 mac: MASTER_MAC,
                 op: [0, 2]
             }
         );
         // Our own announcements, other addresses and RFC 5227 probes are not.
+        assert_eq!(classify(arp(OUR_MAC, VIP, 1).as_slice(), &t), Seen::Other);
         assert_eq!(
-            classify(arp(OUR_MAC, VIP, 1).as_slice(), &cfg()),
+            classify(arp(MASTER_MAC, MASTER, 1).as_slice(), &t),
             Seen::Other
         );
         assert_eq!(
-            classify(arp(MASTER_MAC, MASTER, 1).as_slice(), &cfg()),
+            classify(arp(MASTER_MAC, [0; 4], 1).as_slice(), &t),
             Seen::Other
         );
+        // Without the interface config we cannot tell ours from theirs.
+        let no_iface = Table { iface: None, ..t };
         assert_eq!(
-            classify(arp(MASTER_MAC, [0; 4], 1).as_slice(), &cfg()),
-            Seen::Other
+            classify(arp(MASTER_MAC, VIP, 1).as_slice(), &no_iface),
+            Seen::NoConfig
         );
     }
 
     #[test]
-    fn probes_are_recognised_for_the_gate() {
-        let probe = echo(Echo {
-            icmp_type: ICMP_ECHO_REQUEST,
-            ..Echo::default()
-        });
-        assert!(is_probe(probe.as_slice()));
-        assert!(!is_probe(echo(Echo::default()).as_slice()));
+    fn probes_for_a_master_slot_s_vip_reach_its_gate() {
+        let probe = |vip| {
+            echo(Echo {
+                icmp_type: ICMP_ECHO_REQUEST,
+                payload: payload(42, 1, vip),
+                ..Echo::default()
+            })
+        };
+        let mut t = Table::new();
+        assert_eq!(
+            classify(probe(MASTER_VIP).as_slice(), &t),
+            Seen::Probe { slot: MASTER_SLOT }
+        );
+        // The gate flag is the program's business, not the classifier's.
+        t.slots[MASTER_SLOT as usize].flags = SLOT_GATE_CLOSED;
+        assert_eq!(
+            classify(probe(MASTER_VIP).as_slice(), &t),
+            Seen::Probe { slot: MASTER_SLOT }
+        );
+        // A backup slot's VIP has no gate.
+        assert_eq!(classify(probe(VIP).as_slice(), &t), Seen::Other);
         let plain_ping = echo(Echo {
             icmp_type: ICMP_ECHO_REQUEST,
             payload: [0x55; PROBE_PAYLOAD_LEN],
             ..Echo::default()
         });
-        assert!(!is_probe(plain_ping.as_slice()));
+        assert_eq!(classify(plain_ping.as_slice(), &t), Seen::Other);
     }
 
     #[test]

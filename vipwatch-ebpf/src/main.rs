@@ -1,15 +1,17 @@
-//! vipwatch's XDP programs.
+//! vipwatch's XDP program, one per interface, serving every instance on it.
 //!
-//! * `vipwatch` runs on the backup. It counts the master's (and witness's)
-//!   replies to our heartbeat probes with kernel timestamps, counts forged
-//!   replies and ARP claims of the VIP, and always returns `XDP_PASS`:
-//!   vipwatch observes, it does not filter.
-//! * `vipwatch_gate` runs on the master. While the master's service is
-//!   unhealthy it drops vipwatch's probes (and only those), so the backup
-//!   sees silence and takes over within its normal detection time.
+//! * For a backup instance it counts the master's (and witness's) replies
+//!   to the instance's heartbeat probes with kernel timestamps, and counts
+//!   forged replies.
+//! * For every instance it counts ARP claims of the instance's VIP by other
+//!   hosts and wakes the daemon through a ring buffer.
+//! * For a master instance whose gate is closed (its service is unhealthy,
+//!   or it is handing over) it drops the vipwatch probes for that VIP, and
+//!   only those, so the backup sees silence and takes over.
 //!
-//! The matching rules live in `lib.rs`, where they are unit-tested on the
-//! host; this file only binds them to `XdpContext` and the maps.
+//! Everything else passes: vipwatch observes, it does not filter. The
+//! matching rules live in `lib.rs`, where they are unit-tested on the host;
+//! this file only binds them to `XdpContext` and the maps.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(not(target_arch = "bpf"))]
@@ -24,40 +26,44 @@ mod program {
         bindings::xdp_action::{XDP_DROP, XDP_PASS},
         helpers::bpf_ktime_get_ns,
         macros::{map, xdp},
-        maps::{Array, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, PerCpuArray, RingBuf},
         programs::XdpContext,
     };
     use vipwatch_common::{
-        ClaimCounters, ClaimEvent, Config, DaemonStatus, EVENTS_RING_BYTES, GapTracker, GateConfig,
-        GateCounters, PEER_COUNT, PeerCounters, rtt_bucket,
+        Addr, ClaimCounters, ClaimEvent, EVENTS_RING_BYTES, GapTracker, GateCounters, IfaceConfig,
+        MAX_SLOTS, PEERS_PER_SLOT, PeerCounters, SLOT_GATE_CLOSED, SlotConfig, XDP_ERR_MAP,
+        XDP_ERR_NO_CONFIG, XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, peer_index,
+        rtt_bucket,
     };
-    use vipwatch_ebpf::{Frame, Seen, classify, is_probe, rtt_us};
+    use vipwatch_ebpf::{Frame, Seen, Slots, classify, rtt_us};
 
-    #[map(name = "VW_CONFIG")]
-    static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+    #[map(name = "VW_IFACE")]
+    static IFACE: Array<IfaceConfig> = Array::with_max_entries(1, 0);
+
+    #[map(name = "VW_SLOTS")]
+    static SLOTS: Array<SlotConfig> = Array::with_max_entries(MAX_SLOTS, 0);
+
+    #[map(name = "VW_VIPS")]
+    static VIPS: HashMap<Addr, u32> = HashMap::with_max_entries(MAX_SLOTS, 0);
 
     #[map(name = "VW_PEERS")]
-    static PEERS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(PEER_COUNT, 0);
+    static PEERS: PerCpuArray<PeerCounters> =
+        PerCpuArray::with_max_entries(MAX_SLOTS * PEERS_PER_SLOT, 0);
 
     #[map(name = "VW_GAPS")]
-    static GAPS: Array<GapTracker> = Array::with_max_entries(PEER_COUNT, 0);
+    static GAPS: Array<GapTracker> = Array::with_max_entries(MAX_SLOTS * PEERS_PER_SLOT, 0);
 
     #[map(name = "VW_CLAIMS")]
-    static CLAIMS: PerCpuArray<ClaimCounters> = PerCpuArray::with_max_entries(1, 0);
+    static CLAIMS: PerCpuArray<ClaimCounters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+
+    #[map(name = "VW_GATE_CNT")]
+    static GATE_COUNTERS: PerCpuArray<GateCounters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
     #[map(name = "VW_EVENTS")]
     static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
-    /// Written by the daemon, read by `vipwatch stats`; no program touches
-    /// it, it lives here so that it is created and pinned with the others.
-    #[map(name = "VW_STATUS")]
-    static STATUS: Array<DaemonStatus> = Array::with_max_entries(1, 0);
-
-    #[map(name = "VW_GATE")]
-    static GATE: Array<GateConfig> = Array::with_max_entries(1, 0);
-
-    #[map(name = "VW_GATE_CNT")]
-    static GATE_COUNTERS: PerCpuArray<GateCounters> = PerCpuArray::with_max_entries(1, 0);
+    #[map(name = "VW_ERRORS")]
+    static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_ERROR_KINDS, 0);
 
     /// The packet, as bounded reads the verifier can follow.
     struct Packet<'a>(&'a XdpContext);
@@ -77,20 +83,60 @@ mod program {
         }
     }
 
+    /// The maps, as the classifier sees them.
+    struct Maps;
+
+    impl Slots for Maps {
+        #[inline(always)]
+        fn iface(&self) -> Option<IfaceConfig> {
+            IFACE.get(0).copied()
+        }
+
+        #[inline(always)]
+        fn slot(&self, slot: u32) -> Option<SlotConfig> {
+            SLOTS.get(slot).copied()
+        }
+
+        #[inline(always)]
+        fn vip_slot(&self, vip: &Addr) -> Option<u32> {
+            // SAFETY: a plain lookup; the value is copied out at once, so a
+            // concurrent delete cannot leave us holding a freed element.
+            unsafe { VIPS.get(vip) }.copied()
+        }
+    }
+
+    /// Counts one of the program's own errors; nothing else can be done
+    /// about it here, and the packet still passes.
+    #[inline(always)]
+    fn count_error(kind: u32) {
+        if let Some(n) = ERRORS.get_ptr_mut(kind) {
+            // SAFETY: per-CPU value: no other CPU writes it, and XDP does
+            // not preempt itself on one CPU.
+            unsafe { *n += 1 };
+        }
+    }
+
     #[xdp]
     pub fn vipwatch(ctx: XdpContext) -> u32 {
         // Whatever happens while counting, the packet goes on: a counting
         // failure must never become packet loss.
-        let _counted: Result<(), ()> = try_vipwatch(&ctx);
-        XDP_PASS
+        match try_vipwatch(&ctx) {
+            Ok(action) => action,
+            Err(kind) => {
+                count_error(kind);
+                XDP_PASS
+            }
+        }
     }
 
     #[inline(always)]
-    fn try_vipwatch(ctx: &XdpContext) -> Result<(), ()> {
-        let cfg = CONFIG.get(0).ok_or(())?;
-        match classify(&Packet(ctx), cfg) {
-            Seen::Other => Ok(()),
+    fn try_vipwatch(ctx: &XdpContext) -> Result<u32, u32> {
+        match classify(&Packet(ctx), &Maps) {
+            Seen::Other => Ok(XDP_PASS),
+            Seen::NoConfig => Err(XDP_ERR_NO_CONFIG),
+            Seen::UnknownSlot => Err(XDP_ERR_UNKNOWN_SLOT),
             Seen::Reply {
+                slot,
                 peer,
                 seq,
                 sent_ns,
@@ -98,9 +144,9 @@ mod program {
             } => {
                 // SAFETY: bpf_ktime_get_ns has no preconditions.
                 let now = unsafe { bpf_ktime_get_ns() };
-                let c = PEERS.get_ptr_mut(peer).ok_or(())?;
-                // SAFETY: per-CPU value, so no other CPU writes it and XDP
-                // does not preempt itself on one CPU.
+                let index = peer_index(slot, peer);
+                let c = PEERS.get_ptr_mut(index).ok_or(XDP_ERR_MAP)?;
+                // SAFETY: per-CPU value, see count_error.
                 let c = unsafe { &mut *c };
                 c.replies += 1;
                 c.last_seen_ns = now;
@@ -112,7 +158,7 @@ mod program {
                 if let Some(slot) = c.rtt_hist.get_mut(bucket) {
                     *slot += 1;
                 }
-                if let Some(g) = GAPS.get_ptr_mut(peer) {
+                if let Some(g) = GAPS.get_ptr_mut(index) {
                     // SAFETY: a shared (not per-CPU) value; concurrent
                     // updates can only overstate a gap (see GapTracker).
                     let g = unsafe { &mut *g };
@@ -121,62 +167,54 @@ mod program {
                     }
                     g.last_ns = now;
                 }
-                Ok(())
+                Ok(XDP_PASS)
             }
-            Seen::Forged { peer } => {
-                let c = PEERS.get_ptr_mut(peer).ok_or(())?;
-                // SAFETY: as above, per-CPU value.
+            Seen::Forged { slot, peer } => {
+                let c = PEERS
+                    .get_ptr_mut(peer_index(slot, peer))
+                    .ok_or(XDP_ERR_MAP)?;
+                // SAFETY: per-CPU value, see count_error.
                 unsafe { (*c).forged += 1 };
-                Ok(())
+                Ok(XDP_PASS)
             }
-            Seen::Claim { mac, op } => {
+            Seen::Probe { slot } => {
+                let closed = SLOTS
+                    .get(slot)
+                    .is_some_and(|c| c.flags & SLOT_GATE_CLOSED != 0);
+                let c = GATE_COUNTERS.get_ptr_mut(slot).ok_or(XDP_ERR_MAP)?;
+                // SAFETY: per-CPU value, see count_error.
+                let c = unsafe { &mut *c };
+                c.probes += 1;
+                if closed {
+                    c.dropped += 1;
+                    return Ok(XDP_DROP);
+                }
+                Ok(XDP_PASS)
+            }
+            Seen::Claim { slot, mac, op } => {
                 // SAFETY: bpf_ktime_get_ns has no preconditions.
                 let now = unsafe { bpf_ktime_get_ns() };
-                let c = CLAIMS.get_ptr_mut(0).ok_or(())?;
-                // SAFETY: as above, per-CPU value.
+                let c = CLAIMS.get_ptr_mut(slot).ok_or(XDP_ERR_MAP)?;
+                // SAFETY: per-CPU value, see count_error.
                 let c = unsafe { &mut *c };
                 c.claims += 1;
                 c.last_ns = now;
                 c.last_mac = mac;
                 // The counter above is the record; the event only wakes the
                 // daemon, so a full ring loses a wake-up, not a claim.
+                let event = ClaimEvent {
+                    ktime_ns: now,
+                    mac,
+                    op,
+                    slot,
+                    _pad: 0,
+                };
                 EVENTS
-                    .output::<ClaimEvent>(
-                        &ClaimEvent {
-                            ktime_ns: now,
-                            mac,
-                            op,
-                        },
-                        0,
-                    )
-                    .map_err(|_| ())
+                    .output::<ClaimEvent>(&event, 0)
+                    .map_err(|_| XDP_ERR_RINGBUF_FULL)?;
+                Ok(XDP_PASS)
             }
         }
-    }
-
-    #[xdp]
-    pub fn vipwatch_gate(ctx: XdpContext) -> u32 {
-        match try_gate(&ctx) {
-            Ok(action) => action,
-            Err(()) => XDP_PASS,
-        }
-    }
-
-    #[inline(always)]
-    fn try_gate(ctx: &XdpContext) -> Result<u32, ()> {
-        if !is_probe(&Packet(ctx)) {
-            return Ok(XDP_PASS);
-        }
-        let closed = GATE.get(0).is_some_and(|g| g.closed != 0);
-        let c = GATE_COUNTERS.get_ptr_mut(0).ok_or(())?;
-        // SAFETY: per-CPU value.
-        let c = unsafe { &mut *c };
-        c.probes += 1;
-        if closed {
-            c.dropped += 1;
-            return Ok(XDP_DROP);
-        }
-        Ok(XDP_PASS)
     }
 
     #[panic_handler]

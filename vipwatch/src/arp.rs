@@ -11,15 +11,14 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{FromRawFd as _, IntoRawFd as _, OwnedFd},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use pnet_datalink::{ChannelType, DataLinkReceiver, DataLinkSender, MacAddr, NetworkInterface};
+use pnet_datalink::{ChannelType, DataLinkSender, MacAddr, NetworkInterface};
 use pnet_packet::{
-    Packet as _,
-    arp::{ArpHardwareTypes, ArpOperation, ArpPacket, MutableArpPacket},
-    ethernet::{EtherTypes, EthernetPacket, MutableEthernetPacket},
+    arp::{ArpHardwareTypes, ArpOperation, MutableArpPacket},
+    ethernet::{EtherTypes, MutableEthernetPacket},
     icmpv6::{
         Icmpv6Code, Icmpv6Packet, Icmpv6Types,
         ndp::{
@@ -31,7 +30,7 @@ use pnet_packet::{
     ipv6::MutableIpv6Packet,
 };
 
-use crate::cli::GarpArgs;
+use crate::config::Garp;
 
 /// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
 pub const ARP_FRAME_LEN: usize = 14 + 28;
@@ -48,6 +47,14 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 /// `ff02::1` maps to `33:33:00:00:00:01` (RFC 2464 §7).
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// `aa:bb:cc:dd:ee:ff`, for logs and status.
+pub fn mac_str(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
 
 /// The fields of an IPv4-over-Ethernet ARP packet that vipwatch looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +155,9 @@ fn arp_frame(src: [u8; 6], arp: Arp) -> [u8; ARP_FRAME_LEN] {
 /// Parses an Ethernet II frame carrying IPv4-over-Ethernet ARP. `None` for
 /// anything else (other EtherTypes, 802.1Q tags, other hardware or protocol
 /// types, truncated frames). Trailing padding is ignored.
+#[cfg(test)]
 pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
+    use pnet_packet::{Packet as _, arp::ArpPacket, ethernet::EthernetPacket};
     let eth = EthernetPacket::new(frame)?;
     if eth.get_ethertype() != EtherTypes::Arp {
         return None;
@@ -254,19 +263,13 @@ impl Announcer {
     pub fn open(iface: &str) -> anyhow::Result<Self> {
         let interface = find_interface(iface)?;
         let mac = interface_mac(&interface)?;
-        let (tx, _rx) = packet_channel(&interface, 0, None)?;
-        // `_rx` is dropped here: with protocol 0 nothing would arrive anyway.
+        let tx = packet_channel(&interface)?;
         Ok(Self {
             iface: interface.name,
             mac,
             tx,
             frames: Vec::new(),
         })
-    }
-
-    /// The interface's MAC address, as read when the announcer was opened.
-    pub fn mac(&self) -> [u8; 6] {
-        self.mac
     }
 
     /// Builds and caches the frames for `vip`, so that [`Self::announce`]
@@ -358,79 +361,6 @@ fn build_frames(mac: [u8; 6], vip: IpAddr) -> anyhow::Result<Frames> {
     }
 }
 
-/// Sends an RFC 5227 ARP probe for `vip` on `iface` and waits up to
-/// `timeout` for an ARP packet (a reply, a probe answer, an announcement)
-/// whose sender IP is `vip`; returns that sender's MAC, i.e. who currently
-/// answers for the VIP, or `None` if nobody spoke up.
-///
-/// ARP from our own MAC is ignored. If nothing is heard by half the timeout
-/// the probe is sent once more, so one lost frame does not make us claim an
-/// address someone holds. The wait for ARP is at most `timeout` plus one
-/// read slice (≤ 20 ms). Closing the socket afterwards costs one more RCU
-/// grace period (`packet_release()` calls `synchronize_net()`), 5-15 ms on
-/// the test machine, so this belongs before a claim, not inside a failover;
-/// [`Announcer`] keeps its socket open for that reason too.
-pub fn probe_owner(
-    iface: &str,
-    vip: Ipv4Addr,
-    timeout: Duration,
-) -> anyhow::Result<Option<[u8; 6]>> {
-    let interface = find_interface(iface)?;
-    let mac = interface_mac(&interface)?;
-    // pnet applies the read timeout to each `next()` (rounded down to whole
-    // milliseconds by poll(2)); short slices keep the overshoot past the
-    // deadline small without spinning.
-    let slice = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(20));
-    // Bound to ETH_P_ARP on this interface only: no other traffic is copied
-    // to us, and nothing from other interfaces sneaks in before bind.
-    let (mut tx, mut rx) = packet_channel(&interface, libc::ETH_P_ARP as u16, Some(slice))?;
-    let probe = arp_probe(mac, vip);
-    let send_probe = |tx: &mut Box<dyn DataLinkSender>| -> anyhow::Result<()> {
-        tx.send_to(&probe, None)
-            .unwrap_or_else(|| Err(io::Error::other("pnet refused the frame")))
-            .map_err(|err| send_error(err, iface))
-            .with_context(|| format!("sending an ARP probe for {vip}"))
-    };
-
-    let start = Instant::now();
-    send_probe(&mut tx)?;
-    let mut resent = false;
-    while start.elapsed() < timeout {
-        if !resent && start.elapsed() >= timeout / 2 {
-            send_probe(&mut tx)?;
-            resent = true;
-        }
-        if let Some(owner) = next_owner(rx.as_mut(), vip, mac, iface)? {
-            return Ok(Some(owner));
-        }
-    }
-    Ok(None)
-}
-
-/// Reads one frame (waiting at most one read slice); the sender MAC if it is
-/// ARP from someone else claiming `vip`.
-fn next_owner(
-    rx: &mut dyn DataLinkReceiver,
-    vip: Ipv4Addr,
-    own_mac: [u8; 6],
-    iface: &str,
-) -> anyhow::Result<Option<[u8; 6]>> {
-    match rx.next() {
-        Ok(frame) => Ok(parse_arp(frame)
-            .filter(|arp| arp.spa == vip && arp.sha != own_mac)
-            .map(|arp| arp.sha)),
-        Err(err)
-            if matches!(
-                err.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(err) => Err(err).with_context(|| format!("reading ARP on {iface} while probing {vip}")),
-    }
-}
-
 /// The interface called `name`, with a user-facing error if there is none.
 fn find_interface(name: &str) -> anyhow::Result<NetworkInterface> {
     pnet_datalink::interfaces()
@@ -451,8 +381,8 @@ fn interface_mac(interface: &NetworkInterface) -> anyhow::Result<[u8; 6]> {
     }
 }
 
-/// An `AF_PACKET`/`SOCK_RAW` channel on `interface` that receives only
-/// `protocol` (host byte order; 0 = nothing).
+/// An `AF_PACKET`/`SOCK_RAW` channel on `interface` that receives nothing
+/// (protocol 0): vipwatch only sends; the XDP program does the listening.
 ///
 /// We create the socket ourselves with protocol 0 and let pnet bind it:
 /// pnet's own socket would be `ETH_P_ALL` from `socket(2)` on, i.e. a tap on
@@ -460,11 +390,7 @@ fn interface_mac(interface: &NetworkInterface) -> anyhow::Result<[u8; 6]> {
 /// passes the protocol to `bind`; it only picks `SOCK_DGRAM` when pnet
 /// creates the socket, so ours stays `SOCK_RAW` and frames keep their
 /// Ethernet header.
-fn packet_channel(
-    interface: &NetworkInterface,
-    protocol: u16,
-    read_timeout: Option<Duration>,
-) -> anyhow::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
+fn packet_channel(interface: &NetworkInterface) -> anyhow::Result<Box<dyn DataLinkSender>> {
     let name = &interface.name;
     // SAFETY: socket(2) takes no pointers; the result is checked below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -483,10 +409,10 @@ fn packet_channel(
         // ARP frames are 42-60 bytes; the announcer never reads.
         read_buffer_size: 256,
         write_buffer_size: 256,
-        read_timeout,
+        read_timeout: None,
         // A full transmit queue must not stall a failover forever.
         write_timeout: Some(Duration::from_millis(100)),
-        channel_type: ChannelType::Layer3(protocol),
+        channel_type: ChannelType::Layer3(0),
         promiscuous: false,
         // pnet owns the descriptor from here on, and closes it on every error
         // path of `channel` as well as on drop.
@@ -494,7 +420,7 @@ fn packet_channel(
         ..pnet_datalink::Config::default()
     };
     match pnet_datalink::channel(interface, config) {
-        Ok(pnet_datalink::Channel::Ethernet(tx, rx)) => Ok((tx, rx)),
+        Ok(pnet_datalink::Channel::Ethernet(tx, _rx)) => Ok(tx),
         Ok(_) => bail!("pnet opened a non-Ethernet channel on {name}"),
         Err(err) => {
             Err(err).with_context(|| format!("binding a packet socket to interface {name}"))
@@ -533,16 +459,16 @@ pub struct GarpSchedule {
 }
 
 impl GarpSchedule {
-    pub fn new(g: &GarpArgs) -> Self {
-        let GarpArgs {
-            garp_count,
-            garp_interval,
-            garp_refresh,
-        } = g;
+    pub fn new(g: &Garp) -> Self {
+        let Garp {
+            count,
+            interval_ns,
+            refresh_ns,
+        } = *g;
         Self {
-            count: *garp_count,
-            interval_ns: duration_ns(*garp_interval),
-            refresh_ns: garp_refresh.map(duration_ns),
+            count,
+            interval_ns,
+            refresh_ns,
             remaining: 0,
             next_ns: None,
         }
@@ -587,10 +513,6 @@ impl GarpSchedule {
             self.refresh_ns.map(|r| due_ns + r)
         };
     }
-}
-
-fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -816,16 +738,13 @@ mod tests {
             err.to_string(),
             "interface vwnoexist0 does not exist; `ip link` lists interfaces"
         );
-        let err = probe_owner("vwnoexist0", VIP, Duration::from_millis(1))
-            .expect_err("no such interface");
-        assert!(err.to_string().contains("does not exist"), "{err}");
     }
 
     fn garp(count: u32, interval_ms: u64, refresh_ms: Option<u64>) -> GarpSchedule {
-        GarpSchedule::new(&GarpArgs {
-            garp_count: count,
-            garp_interval: Duration::from_millis(interval_ms),
-            garp_refresh: refresh_ms.map(Duration::from_millis),
+        GarpSchedule::new(&Garp {
+            count,
+            interval_ns: interval_ms * MS,
+            refresh_ns: refresh_ms.map(|r| r * MS),
         })
     }
 

@@ -1,216 +1,269 @@
-//! `vipwatch backup`: the daemon that watches the master and takes the VIP
-//! over.
+//! The backup instance: a pure state machine.
 //!
-//! One real-time loop owns everything that is timed: it sleeps in ppoll(2)
-//! until the next of (probe due, detector deadline, GARP due), or until the
-//! XDP program reports an ARP claim through its ring buffer, or a signal
-//! arrives (signalfd). The detector decides; this module only turns its
-//! actions into syscalls (rtnetlink, pnet, the status map, hooks).
+//! Same shape as the master's ([`crate::master::Machine`]): timestamped
+//! [`Event`]s in, [`Action`]s that carry their data out, and
+//! [`Machine::next_deadline`], the instant at which the shell must feed
+//! [`Event::Tick`] (with the peers' counters freshly read from the XDP
+//! maps). Every timed rule lives here and is tested on a fake clock:
 //!
-//! Why not tokio timers: tokio's timer wheel has 1 ms resolution, more
-//! than the whole budget between a deadline and the decision at a 0.5 ms
-//! probe interval. tokio is still used for rtnetlink, driven by
-//! `block_on` on this thread (a current-thread runtime: no cross-thread
-//! wake-up on the takeover path).
-
-use anyhow::Context as _;
-use vipwatch_common::{
-    CONFIG_WITNESS, Config, DaemonStatus, STATE_ACTIVE, STATE_ISOLATED, STATE_STANDBY,
-    STATE_STARTING, Timeline,
-};
+//! * when probes go out, and that missed slots are skipped, not burst;
+//! * when the master is dead, or we are the one cut off ([`Detector`],
+//!   which judges liveness from the counters and the probes that left);
+//! * who a claim of the VIP comes from (the master's MAC, or a conflict);
+//! * when to ask whether a returning master holds the VIP (RFC 5227 probe,
+//!   20 ms doubling to 1 s);
+//! * the gratuitous ARP burst and refresh after a takeover;
+//! * retrying a bind or an unbind that failed;
+//! * handing the VIP over, with the master's MAC, after its claim.
+//!
+//! The shell ([`crate::worker`]) only waits, reads the maps, feeds events
+//! and carries out actions; results of actions come back as events
+//! ([`Event::Bound`], [`Event::BindFailed`], ...). It never asks the machine.
 
 use crate::{
-    arp::{Announcer, GarpSchedule},
-    cli::{BackupArgs, Vip},
-    clock::{self, delta_ms, ms},
-    detector::{Action, Detector, Event, PeerSample, Reason, Settings, State, Transition},
-    ebpf::{PeerSnapshot, Watcher},
-    hook::Hooks,
-    netlink::Netlink,
-    prober::Prober,
-    sys::{self, SignalFd},
+    arp::GarpSchedule,
+    config::Garp,
+    detector::{self, Detector, PeerSample},
 };
 
-pub fn run(args: BackupArgs) -> anyhow::Result<()> {
-    sys::require_privileges("vipwatch backup")?;
-    // Signals first: every thread started later inherits the mask.
-    let signals = SignalFd::new()?;
-    let (rt, netlink) = Netlink::with_runtime()?;
-    let ifindex = rt.block_on(netlink.link_index(&args.iface))?;
-    let mac = rt.block_on(netlink.link_mac(ifindex))?;
-    if rt.block_on(netlink.has_address(ifindex, args.vip.addr))? {
-        // Either a backup that was killed left it (then it is a split
-        // brain right now), or it is one of this host's own addresses
-        // (then releasing it later would take the host's address away).
-        anyhow::bail!(
-            "{} is already bound on {}: a backup starts without the VIP; if a killed vipwatch left it, \
-             remove it with `vipwatch release --iface {} --vip {}`",
-            args.vip,
-            args.iface,
-            args.iface,
-            args.vip
-        );
-    }
-    let vip4 = args.vip.v4().context("the backup's VIP must be IPv4")?;
-
-    let nonce = sys::random_u64()?;
-    let echo_id = (sys::random_u64()? & 0xffff) as u16;
-    let config = Config {
-        master: args.master.octets(),
-        witness: args.witness.map_or([0; 4], |w| w.octets()),
-        vip: vip4.octets(),
-        echo_id: echo_id.to_be_bytes(),
-        nonce: nonce.to_be_bytes(),
-        our_mac: mac,
-        flags: if args.witness.is_some() {
-            CONFIG_WITNESS
-        } else {
-            0
-        },
-        ..Config::default()
-    };
-    let watcher = Watcher::attach(&args.iface, config, args.xdp_mode)?;
-    let prober = Prober::open(&args.iface, echo_id, nonce, args.master, args.witness)?;
-    let mut announcer = Announcer::open(&args.iface)?;
-    // Build the GARP frames now, not on the takeover path.
-    announcer.prepare(args.vip.addr)?;
-    let hooks = Hooks::new(args.on_change.clone())?;
-
-    let interval_ns = args.interval.as_nanos() as u64;
-    let settings = Settings {
-        interval_ns,
-        dead_after_ns: args.dead_after.as_nanos() as u64,
-        rise: args.rise,
-        failback: args.failback.into(),
-        witness: args.witness.is_some(),
-    };
-    let start = clock::now_ns();
-    log::info!(
-        "watching master {} on {} every {} (dead after {} = {} unanswered probes{}), VIP {}, failback {:?}",
-        args.master,
-        args.iface,
-        ms(interval_ns),
-        ms(settings.dead_after_ns),
-        settings.probes_needed(),
-        args.witness
-            .map(|w| format!(", witness {w}"))
-            .unwrap_or_default(),
-        args.vip,
-        settings.failback,
-    );
-    let mut daemon = Daemon {
-        detector: Detector::new(settings, start),
-        status: DaemonStatus {
-            pid: std::process::id(),
-            xdp_mode: watcher.mode.code(),
-            xdp_fallback: u32::from(watcher.fell_back),
-            state: STATE_STARTING,
-            started_ns: start,
-            interval_ns,
-            dead_after_ns: settings.dead_after_ns,
-            ..DaemonStatus::default()
-        },
-        watcher,
-        prober,
-        announcer,
-        hooks,
-        netlink,
-        rt,
-        signals,
-        ifindex,
-        vip: args.vip,
-        iface: args.iface.clone(),
-        garp: GarpSchedule::new(&args.garp),
-        count: args.count,
-        next_probe_ns: start,
-        last_sample_ns: 0,
-        master: PeerSnapshot::default(),
-        master_back_logged: false,
-        foreign_claims_logged: 0,
-        status_dirty: true,
-        claim_mac: None,
-        last_tick_ns: 0,
-        next_solicit_ns: 0,
-        solicit_every_ns: SOLICIT_FIRST_NS,
-        vip_bound: Some(false),
-        next_reconcile_ns: 0,
-        vip4,
-        last_publish_ns: 0,
-        published_probes: 0,
-    };
-    if let Some(priority) = args.rt_priority {
-        // After every helper thread exists (the hook thread stays a normal
-        // task, and so do the hooks it starts): only this loop is real-time.
-        sys::realtime(priority)?;
-        log::info!("probe/deadline loop runs under SCHED_FIFO priority {priority}");
-    }
-    // Publish before saying we are up: `vipwatch stats` reads the pid here.
-    daemon.publish();
-    log::info!(
-        "XDP attached to {} in {} mode{}",
-        daemon.iface,
-        daemon.watcher.mode.as_str(),
-        if daemon.watcher.fell_back {
-            " (FALLBACK: the driver refused native mode; generic mode costs more CPU per packet)"
-        } else {
-            ""
-        }
-    );
-    daemon.run()
-}
-
-struct Daemon {
-    detector: Detector,
-    status: DaemonStatus,
-    watcher: Watcher,
-    prober: Prober,
-    announcer: Announcer,
-    hooks: Hooks,
-    netlink: Netlink,
-    rt: tokio::runtime::Runtime,
-    signals: SignalFd,
-    ifindex: u32,
-    vip: Vip,
-    iface: String,
-    garp: GarpSchedule,
-    count: Option<u64>,
-    next_probe_ns: u64,
-    last_sample_ns: u64,
-    /// Latest merged counters of the master (for its MAC and the timeline).
-    master: PeerSnapshot,
-    master_back_logged: bool,
-    foreign_claims_logged: u32,
-    status_dirty: bool,
-    /// MAC of the master's last claim, for the hand-over announcement.
-    claim_mac: Option<[u8; 6]>,
-    last_tick_ns: u64,
-    next_solicit_ns: u64,
-    solicit_every_ns: u64,
-    /// Whether the VIP is bound, as far as we know; `None` after a failed
-    /// bind or unbind, until `reconcile` succeeds.
-    vip_bound: Option<bool>,
-    next_reconcile_ns: u64,
-    vip4: std::net::Ipv4Addr,
-    last_publish_ns: u64,
-    published_probes: u64,
-}
+pub(crate) use crate::detector::{Failback, Reason, State};
 
 /// How soon, then how often at most, a backup holding the VIP asks whether
 /// the returned master holds it too.
 const SOLICIT_FIRST_NS: u64 = 20_000_000;
 const SOLICIT_MAX_NS: u64 = 1_000_000_000;
-/// Bound on one rtnetlink request on the takeover path.
-const NETLINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Retry period after a failed bind or unbind.
-const RECONCILE_EVERY_NS: u64 = 100_000_000;
+pub(crate) const RETRY_NS: u64 = 100_000_000;
+/// Address conflicts logged per takeover (one ARP per second from a
+/// misconfigured host must not flood the log).
+const CONFLICTS_LOGGED: u32 = 10;
 
-/// How often the status map for `vipwatch stats` is refreshed.
-const PUBLISH_EVERY_NS: u64 = 10_000_000;
+/// Validated settings of one backup instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub(crate) detector: detector::Settings,
+    pub(crate) garp: Garp,
+    /// Stop probing after this many probes (diagnostics, `--count`).
+    pub(crate) probe_limit: Option<u64>,
+}
 
-impl Daemon {
+/// Counters of one peer as the XDP program keeps them, merged across CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) replies: u64,
+    pub(crate) last_seen_ns: u64,
+    pub(crate) highest_seq: u64,
+    /// Source MAC of the last valid reply.
+    pub(crate) last_mac: [u8; 6],
+}
+
+impl Peer {
+    fn sample(self) -> PeerSample {
+        let Self {
+            replies,
+            last_seen_ns,
+            highest_seq,
+            last_mac: _,
+        } = self;
+        PeerSample {
+            replies,
+            last_seen_ns,
+            highest_seq,
+        }
+    }
+}
+
+/// Inputs. Every event carries the time it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// [`Machine::next_deadline`] was reached; the peers' counters were
+    /// read at `now_ns` (the witness's when one is configured).
+    Tick {
+        now_ns: u64,
+        master: Peer,
+        witness: Option<Peer>,
+    },
+    /// The probe [`Action::Probe`] asked for left at `at_ns` (a probe the
+    /// kernel refused is not reported: it is no evidence).
+    ProbeSent { at_ns: u64, seq: u64 },
+    /// An ARP packet with sender IP = the VIP from a MAC not ours.
+    Claim { at_ns: u64, mac: [u8; 6] },
+    /// [`Action::TakeOver`] done: the VIP was bound at `bound_ns` and first
+    /// announced at `first_garp_ns`.
+    Bound { bound_ns: u64, first_garp_ns: u64 },
+    /// [`Action::TakeOver`] could not bind the VIP.
+    BindFailed { at_ns: u64 },
+    /// [`Action::Release`] done (the address is gone, or was already).
+    Unbound { at_ns: u64 },
+    /// [`Action::Release`] could not remove the VIP.
+    UnbindFailed { at_ns: u64 },
+    /// `vipwatch release` for this instance.
+    OperatorRelease { at_ns: u64 },
+    /// The instance is stopping (signal, reload).
+    Shutdown { at_ns: u64 },
+}
+
+/// The timeline of a takeover decision, CLOCK_MONOTONIC ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Decision {
+    /// The silence reference: the master's last reply, or the start or the
+    /// last release if later.
+    pub(crate) last_reply_ns: u64,
+    /// `last_reply_ns + dead_after`.
+    pub(crate) deadline_ns: u64,
+    pub(crate) decision_ns: u64,
+}
+
+/// Side effects for the shell, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Send probe tick `seq` (master, and witness if configured); report
+    /// [`Event::ProbeSent`] if it left.
+    Probe { seq: u64 },
+    /// Bind the VIP, then announce it at once; report [`Event::Bound`] or
+    /// [`Event::BindFailed`]. `decision` is for the timeline.
+    TakeOver { decision: Decision },
+    /// Remove the VIP; report [`Event::Unbound`] or [`Event::UnbindFailed`].
+    Release,
+    /// Announce the VIP (gratuitous ARP), as scheduled after a takeover.
+    Announce,
+    /// Announce the VIP at `mac`, the master's, after it claimed it back:
+    /// clients that still send to us move at once.
+    HandOver { mac: [u8; 6] },
+    /// Ask who holds the VIP (RFC 5227 ARP probe): a returning master that
+    /// kept it answers, and the answer is a claim.
+    Solicit,
+    /// Something worth one log line that is not a state change.
+    Note(Note),
+    /// Report a state change: log line, status, `--on-change` hook.
+    Notify(Transition),
+}
+
+pub(crate) use detector::Transition;
+
+/// Log-worthy observations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// A host that is not the master claims the VIP while we hold it.
+    Conflict { mac: [u8; 6], master_mac: [u8; 6] },
+    /// The master answers `rise` probes in a row again while we hold the
+    /// VIP: it gets it back when it claims it (or on `vipwatch release`).
+    MasterBack { mac: [u8; 6], failback: Failback },
+    /// A bind or unbind that failed earlier now asked again.
+    Retry { bind: bool },
+}
+
+/// The backup instance. See the module documentation.
+#[derive(Clone, Debug)]
+pub(crate) struct Machine {
+    settings: Settings,
+    detector: Detector,
+    /// Next probe tick and its sequence number.
+    next_probe_ns: u64,
+    seq: u64,
+    /// Probe ticks asked for (sent or not), for `probe_limit`.
+    probes_asked: u64,
+    /// Latest master counters (its MAC attributes claims).
+    master: Peer,
+    last_sample_ns: u64,
+    garp: GarpSchedule,
+    /// Whether the VIP is bound as far as we know; `None` after a failed
+    /// bind or unbind, until a retry succeeds.
+    bound: Option<bool>,
+    retry_at: Option<u64>,
+    /// The decision being carried out, for retries of its bind.
+    decision: Decision,
+    next_solicit_ns: u64,
+    solicit_every_ns: u64,
+    /// MAC of the master's claim that the detector is about to honour.
+    claim_mac: Option<[u8; 6]>,
+    conflicts_logged: u32,
+    master_back_noted: bool,
+    stats: Stats,
+}
+
+/// What `vipwatch stats` shows of the machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub(crate) probes_sent: u64,
+    pub(crate) takeovers: u64,
+    pub(crate) releases: u64,
+    pub(crate) deferred: u64,
+    /// Timeline of the last takeover: decision, then bound and first GARP.
+    pub(crate) last_takeover: Option<(Decision, u64, u64)>,
+    pub(crate) last_release_ns: u64,
+    pub(crate) last_claim_ns: u64,
+    /// Longest gap between two probes sent, since the master first
+    /// answered (ours to blame when close to the master's reply gap).
+    pub(crate) max_probe_gap_ns: u64,
+    last_probe_ns: u64,
+}
+
+impl Machine {
+    pub(crate) fn new(settings: Settings, now_ns: u64) -> Self {
+        Self {
+            settings,
+            detector: Detector::new(settings.detector, now_ns),
+            next_probe_ns: now_ns,
+            seq: 0,
+            probes_asked: 0,
+            master: Peer::default(),
+            last_sample_ns: now_ns,
+            garp: GarpSchedule::new(&settings.garp),
+            bound: Some(false),
+            retry_at: None,
+            decision: Decision::default(),
+            next_solicit_ns: 0,
+            solicit_every_ns: SOLICIT_FIRST_NS,
+            claim_mac: None,
+            conflicts_logged: 0,
+            master_back_noted: false,
+            stats: Stats::default(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.detector.state()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            deferred: self.detector.deferred(),
+            ..self.stats
+        }
+    }
+
+    /// Whether the master has answered `rise` probes in a row since it went
+    /// silent (while we hold the VIP or are isolated).
+    pub(crate) fn master_back(&self) -> bool {
+        self.detector.master_back()
+    }
+
     fn probing(&self) -> bool {
-        self.count
-            .is_none_or(|n| self.prober.sent + self.prober.errors < n)
+        self.settings
+            .probe_limit
+            .is_none_or(|n| self.probes_asked < n)
+    }
+
+    fn interval(&self) -> u64 {
+        self.settings.detector.interval_ns
+    }
+
+    /// When the shell must next feed [`Event::Tick`]: the earliest of the
+    /// next probe, the detector's deadline, the next announcement or
+    /// solicitation, and a retry.
+    pub(crate) fn next_deadline(&self) -> u64 {
+        let mut at = self.sample_due_ns();
+        if self.probing() {
+            at = at.min(self.next_probe_ns);
+        }
+        for due in [self.garp.next_ns(), self.retry_at, self.solicit_due()]
+            .into_iter()
+            .flatten()
+        {
+            at = at.min(due);
+        }
+        at
     }
 
     /// When the detector wants a fresh sample. A deadline the last sample
@@ -219,476 +272,519 @@ impl Daemon {
     fn sample_due_ns(&self) -> u64 {
         let deadline = self.detector.next_deadline();
         if deadline > self.last_sample_ns {
-            // A deadline the last sample did not reach yet: honour it to
-            // the nanosecond.
             deadline
         } else {
-            self.last_sample_ns + self.detector.settings().interval_ns / 2
+            self.last_sample_ns + self.interval() / 2
         }
     }
 
-    fn run(mut self) -> anyhow::Result<()> {
-        loop {
-            let mut wake = self.sample_due_ns();
-            if self.probing() {
-                wake = wake.min(self.next_probe_ns);
-            }
-            if let Some(g) = self.garp.next_ns() {
-                wake = wake.min(g);
-            }
-            if self.vip_bound.is_none() {
-                wake = wake.min(self.next_reconcile_ns);
-            }
-            let [claim_ready, signal_ready] =
-                clock::wait_readable([self.watcher.events_fd(), self.signals.raw()], wake)
-                    .context("waiting in ppoll")?;
-
-            if signal_ready {
-                for sig in self.signals.read() {
-                    let at_ns = clock::now_ns();
-                    if sig == libc::SIGUSR1 {
-                        log::info!("`vipwatch release` asked us to hand the VIP back");
-                        self.feed(Event::OperatorRelease { at_ns })?;
-                    } else {
-                        log::info!("signal {sig}: stopping");
-                        self.feed(Event::Shutdown { at_ns })?;
-                        self.publish();
-                        return Ok(());
-                    }
-                }
-            }
-            if claim_ready {
-                for ev in self.watcher.drain_events() {
-                    let from_master = self.master.replies == 0 || ev.mac == self.master.last_mac;
-                    if !from_master
-                        && self.detector.state() == State::Active
-                        && self.foreign_claims_logged < 10
-                    {
-                        self.foreign_claims_logged += 1;
-                        log::warn!(
-                            "{} is claimed by {} which is not the master ({}): address conflict on the LAN",
-                            self.vip,
-                            mac_str(ev.mac),
-                            mac_str(self.master.last_mac)
-                        );
-                    }
-                    self.status.last_claim_ns = ev.ktime_ns;
-                    if from_master {
-                        self.claim_mac = Some(ev.mac);
-                    }
-                    self.feed(Event::Claim {
-                        at_ns: ev.ktime_ns,
-                        from_master,
-                    })?;
-                }
-            }
-
-            let now = clock::now_ns();
-            let mut probed = false;
-            if self.probing() && now >= self.next_probe_ns {
-                probed = true;
-                let tick = self.prober.tick();
-                if self.last_tick_ns != 0 && self.detector.state() != State::Starting {
-                    let gap = tick.at_ns.saturating_sub(self.last_tick_ns);
-                    self.status.max_probe_gap_ns = self.status.max_probe_gap_ns.max(gap);
-                }
-                self.last_tick_ns = tick.at_ns;
-                if tick.master_sent {
-                    self.feed(Event::ProbeSent {
-                        at_ns: tick.at_ns,
-                        seq: tick.seq,
-                    })?;
-                }
-                // Missed slots (we were starved or stopped) are skipped, not
-                // sent in a burst: a burst would fake the "probes sent"
-                // evidence the detector relies on.
-                self.next_probe_ns += self.detector.settings().interval_ns;
-                if self.next_probe_ns <= now {
-                    self.next_probe_ns = now + self.detector.settings().interval_ns;
-                }
-                self.status.probes_sent = self.prober.sent;
-                self.status.witness_probes_sent = self.prober.witness_sent;
-            }
-            // A sample due before the next probe rides on this wake-up
-            // instead of costing one of its own (half the wake-ups while
-            // ACTIVE, a sixth while standing by). This only ever samples
-            // earlier: a deadline with no new reply behind it still gets
-            // its own wake-up at the exact deadline.
-            let now = clock::now_ns();
-            let due = self.sample_due_ns();
-            if now >= due || probed && due < self.next_probe_ns {
-                self.sample(now)?;
-            }
-            if let Some(due) = self.garp.next_ns()
-                && clock::now_ns() >= due
-            {
-                self.announce()?;
-                self.garp.sent(clock::now_ns());
-            }
-            self.reconcile(clock::now_ns())?;
-            // `stats` compares probes sent with replies counted by the
-            // kernel, so the count is published as soon as it changes (one
-            // map update per probe), and the rest at least every 10 ms.
-            let now = clock::now_ns();
-            if self.status_dirty
-                || self.status.probes_sent != self.published_probes
-                || now >= self.last_publish_ns + PUBLISH_EVERY_NS
-            {
-                self.publish();
-            }
-        }
+    fn solicit_due(&self) -> Option<u64> {
+        let on_claim = self.settings.detector.failback == Failback::OnClaim;
+        (self.state() == State::Active && on_claim && self.master_back())
+            .then_some(self.next_solicit_ns)
     }
 
-    fn sample(&mut self, now: u64) -> anyhow::Result<()> {
-        let (master, witness) = self
-            .watcher
-            .maps
-            .liveness(self.detector.settings().witness)?;
-        self.last_sample_ns = now;
+    /// The one function that changes state; returns the side effects in
+    /// order. A state change ends the list with one [`Action::Notify`].
+    pub(crate) fn handle(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Tick {
+                now_ns,
+                master,
+                witness,
+            } => self.tick(now_ns, master, witness, &mut out),
+            Event::ProbeSent { at_ns, seq } => {
+                self.stats.probes_sent += 1;
+                if self.stats.last_probe_ns != 0 && self.state() != State::Starting {
+                    let gap = at_ns.saturating_sub(self.stats.last_probe_ns);
+                    self.stats.max_probe_gap_ns = self.stats.max_probe_gap_ns.max(gap);
+                }
+                self.stats.last_probe_ns = at_ns;
+                self.detect(detector::Event::ProbeSent { at_ns, seq }, &mut out);
+            }
+            Event::Claim { at_ns, mac } => self.claim(at_ns, mac, &mut out),
+            Event::Bound {
+                bound_ns,
+                first_garp_ns,
+            } => {
+                self.bound = Some(true);
+                self.retry_at = None;
+                if self.state() == State::Active {
+                    self.garp.burst_started(first_garp_ns);
+                    self.stats.takeovers += 1;
+                    self.stats.last_takeover = Some((self.decision, bound_ns, first_garp_ns));
+                } else {
+                    // Bound after we decided to let go (a retry raced a
+                    // release): undo it.
+                    out.push(Action::Release);
+                }
+            }
+            Event::BindFailed { at_ns } | Event::UnbindFailed { at_ns } => {
+                self.bound = None;
+                self.retry_at = Some(at_ns + RETRY_NS);
+            }
+            Event::Unbound { at_ns } => {
+                self.bound = Some(false);
+                self.retry_at = None;
+                self.stats.releases += 1;
+                self.stats.last_release_ns = at_ns;
+            }
+            Event::OperatorRelease { at_ns } => {
+                self.detect(detector::Event::OperatorRelease { at_ns }, &mut out);
+            }
+            Event::Shutdown { at_ns } => {
+                self.detect(detector::Event::Shutdown { at_ns }, &mut out);
+            }
+        }
+        out
+    }
+
+    fn tick(&mut self, now_ns: u64, master: Peer, witness: Option<Peer>, out: &mut Vec<Action>) {
         self.master = master;
-        let peer = |p: &PeerSnapshot| PeerSample {
-            replies: p.replies,
-            last_seen_ns: p.last_seen_ns,
-            highest_seq: p.highest_seq,
-        };
-        self.feed(Event::Sample {
-            now_ns: now,
-            master: peer(&master),
-            witness: witness.as_ref().map(peer),
-        })?;
-        self.status.deferred = self.detector.deferred();
-        if self.detector.state() == State::Active {
-            let on_claim = self.detector.settings().failback == crate::detector::Failback::OnClaim;
-            if on_claim && self.detector.master_back() && now >= self.next_solicit_ns {
-                // A master that comes back with the VIP still bound (it was
-                // frozen or cut off, not restarted) never announces it. Once
-                // it is back (`--rise` consecutive replies), ask: its kernel
-                // answers our ARP probe for the VIP, and that answer is the
-                // claim that makes us hand the VIP back. A master that
-                // returns without the VIP does not answer, and we keep
-                // serving it, asking less and less often (20 ms doubling to
-                // 1 s) rather than broadcasting 50 probes a second forever.
-                self.next_solicit_ns = now + self.solicit_every_ns;
-                self.solicit_every_ns = (self.solicit_every_ns * 2).min(SOLICIT_MAX_NS);
-                if let Err(e) = self.announcer.solicit(self.vip4) {
-                    log::warn!("could not probe who holds {}: {e:#}", self.vip);
-                }
-            }
-            if self.detector.master_back() && !self.master_back_logged {
-                self.master_back_logged = true;
-                log::info!(
-                    "master {} answers again; keeping {} until it claims it{}",
-                    mac_str(self.master.last_mac),
-                    self.vip,
-                    match self.detector.settings().failback {
-                        crate::detector::Failback::OnClaim => "",
-                        crate::detector::Failback::Manual =>
-                            " and `vipwatch release` is run (failback manual)",
-                    }
+        self.last_sample_ns = self.last_sample_ns.max(now_ns);
+        let witness = witness.filter(|_| self.settings.detector.witness);
+        self.detect(
+            detector::Event::Sample {
+                now_ns,
+                master: master.sample(),
+                witness: witness.map(Peer::sample),
+            },
+            out,
+        );
+        if self.state() == State::Active {
+            if self.master_back() && !self.master_back_noted {
+                self.master_back_noted = true;
+                out.insert(
+                    0,
+                    Action::Note(Note::MasterBack {
+                        mac: master.last_mac,
+                        failback: self.settings.detector.failback,
+                    }),
                 );
+            }
+            if let Some(due) = self.solicit_due()
+                && now_ns >= due
+            {
+                // A master that comes back with the VIP still bound (it was
+                // frozen or cut off, not restarted) never announces it. Its
+                // kernel answers our ARP probe, and that answer is the claim
+                // that makes us hand the VIP back. A master that returns
+                // without the VIP does not answer, and we keep serving it,
+                // asking less and less often rather than 50 times a second.
+                self.next_solicit_ns = now_ns + self.solicit_every_ns;
+                self.solicit_every_ns = (self.solicit_every_ns * 2).min(SOLICIT_MAX_NS);
+                out.push(Action::Solicit);
             }
         } else {
-            self.master_back_logged = false;
+            self.master_back_noted = false;
             self.next_solicit_ns = 0;
+            self.solicit_every_ns = SOLICIT_FIRST_NS;
         }
-        Ok(())
+        if let Some(due) = self.garp.next_ns()
+            && now_ns >= due
+        {
+            self.garp.sent(now_ns);
+            out.push(Action::Announce);
+        }
+        if let Some(due) = self.retry_at
+            && now_ns >= due
+        {
+            self.retry_at = None;
+            let want = self.state() == State::Active;
+            out.push(Action::Note(Note::Retry { bind: want }));
+            out.push(if want {
+                Action::TakeOver {
+                    decision: self.decision,
+                }
+            } else {
+                Action::Release
+            });
+        }
+        if self.probing() && now_ns >= self.next_probe_ns {
+            self.seq += 1;
+            self.probes_asked += 1;
+            out.push(Action::Probe { seq: self.seq });
+            // Missed slots (we were starved or stopped) are skipped, not
+            // sent in a burst: a burst would fake the "probes sent"
+            // evidence the detector relies on.
+            self.next_probe_ns += self.interval();
+            if self.next_probe_ns <= now_ns {
+                self.next_probe_ns = now_ns + self.interval();
+            }
+        }
     }
 
-    /// Feeds one event to the detector and carries out its actions.
-    fn feed(&mut self, event: Event) -> anyhow::Result<()> {
+    /// Who a claim comes from, and what the detector makes of it.
+    fn claim(&mut self, at_ns: u64, mac: [u8; 6], out: &mut Vec<Action>) {
+        self.stats.last_claim_ns = at_ns;
+        // Before the master ever answered we cannot tell its MAC: a claim
+        // then counts as the master's.
+        let from_master = self.master.replies == 0 || mac == self.master.last_mac;
+        if from_master {
+            self.claim_mac = Some(mac);
+        } else if self.state() == State::Active && self.conflicts_logged < CONFLICTS_LOGGED {
+            self.conflicts_logged += 1;
+            out.push(Action::Note(Note::Conflict {
+                mac,
+                master_mac: self.master.last_mac,
+            }));
+        }
+        self.detect(detector::Event::Claim { at_ns, from_master }, out);
+    }
+
+    /// Feeds the detector and turns its decisions into effects.
+    fn detect(&mut self, event: detector::Event, out: &mut Vec<Action>) {
         for action in self.detector.handle(event) {
             match action {
-                Action::TakeOver => self.take_over()?,
-                Action::Release => self.release()?,
-                Action::Notify(t) => self.notify(t),
-            }
-        }
-        Ok(())
-    }
-
-    fn take_over(&mut self) -> anyhow::Result<()> {
-        let decision_ns = clock::now_ns();
-        let (last_reply_ns, deadline_ns, _) =
-            self.detector.last_decision().unwrap_or((0, 0, decision_ns));
-        let bound = self.set_bound(true);
-        let vip_bound_ns = clock::now_ns();
-        if let Err(e) = bound {
-            // Announcing an address we could not bind would attract the
-            // clients to a host that cannot answer them. The detector says
-            // ACTIVE, so `reconcile` retries the bind until it works or the
-            // state changes.
-            log::error!(
-                "TAKEOVER FAILED: could not bind {} on {}: {e:#}; retrying",
-                self.vip,
-                self.iface
-            );
-            self.vip_bound = None;
-            self.next_reconcile_ns = clock::now_ns() + RECONCILE_EVERY_NS;
-            return Ok(());
-        }
-        let first_garp_ns = self.announce_now()?;
-        self.garp.burst_started(first_garp_ns);
-        self.solicit_every_ns = SOLICIT_FIRST_NS;
-        self.status.takeovers += 1;
-        self.status.last_takeover = Timeline {
-            last_reply_ns,
-            deadline_ns,
-            decision_ns,
-            vip_bound_ns,
-            first_garp_ns,
-        };
-        log::info!(
-            "takeover timeline: last reply {:+.3} ms, deadline {:+.3} ms, decision {:+.3} ms, VIP bound {:+.3} ms, \
-             first GARP {:+.3} ms (relative to the decision; decision->first GARP {:.3} ms) mono_ns={decision_ns}",
-            delta_ms(decision_ns, last_reply_ns),
-            delta_ms(decision_ns, deadline_ns),
-            0.0,
-            delta_ms(decision_ns, vip_bound_ns),
-            delta_ms(decision_ns, first_garp_ns),
-            delta_ms(decision_ns, first_garp_ns),
-        );
-        Ok(())
-    }
-
-    fn announce_now(&mut self) -> anyhow::Result<u64> {
-        self.announce()?;
-        Ok(clock::now_ns())
-    }
-
-    fn announce(&mut self) -> anyhow::Result<()> {
-        if let Err(e) = self.announcer.announce(self.vip.addr) {
-            log::warn!(
-                "gratuitous ARP for {} on {} failed: {e:#}",
-                self.vip,
-                self.iface
-            );
-        }
-        Ok(())
-    }
-
-    fn release(&mut self) -> anyhow::Result<()> {
-        self.garp.stop();
-        self.solicit_every_ns = SOLICIT_FIRST_NS;
-        let removed = self.set_bound(false);
-        let at = clock::now_ns();
-        match removed {
-            Ok(true) => log::info!("released {} from {} mono_ns={at}", self.vip, self.iface),
-            Ok(false) => log::info!(
-                "{} was already gone from {} mono_ns={at}",
-                self.vip,
-                self.iface
-            ),
-            Err(e) => {
-                // Still bound while we stand by would be a split brain:
-                // `reconcile` retries until the address is gone.
-                log::error!(
-                    "could not remove {} from {}: {e:#}; retrying",
-                    self.vip,
-                    self.iface
-                );
-                self.vip_bound = None;
-                self.next_reconcile_ns = at + RECONCILE_EVERY_NS;
-            }
-        }
-        self.status.releases += 1;
-        self.status.last_release_ns = at;
-        Ok(())
-    }
-
-    /// Binds or removes the VIP; `Ok(false)` when it already was so.
-    /// rtnetlink calls are bounded: a stuck netlink socket must not stall
-    /// the loop that decides failovers.
-    fn set_bound(&mut self, bound: bool) -> anyhow::Result<bool> {
-        let Vip { addr, prefix } = self.vip;
-        let r = self
-            .rt
-            .block_on(async {
-                let call = async {
-                    if bound {
-                        self.netlink.add_address(self.ifindex, addr, prefix).await
-                    } else {
-                        self.netlink.del_address(self.ifindex, addr, prefix).await
+                detector::Action::TakeOver => {
+                    let (last_reply_ns, deadline_ns, decision_ns) =
+                        self.detector.last_decision().unwrap_or_default();
+                    self.decision = Decision {
+                        last_reply_ns,
+                        deadline_ns,
+                        decision_ns,
+                    };
+                    self.retry_at = None;
+                    self.conflicts_logged = 0;
+                    out.push(Action::TakeOver {
+                        decision: self.decision,
+                    });
+                }
+                detector::Action::Release => {
+                    self.garp.stop();
+                    self.retry_at = None;
+                    out.push(Action::Release);
+                }
+                detector::Action::Notify(t) => {
+                    if t.from == State::Active
+                        && t.reason == Reason::MasterClaimed
+                        && let Some(mac) = self.claim_mac.take()
+                    {
+                        // We released because the master claimed (at once,
+                        // or after its `rise` replies): tell the clients
+                        // that still send to our MAC where the VIP lives
+                        // now, in case the master's own announcement missed
+                        // them (or it never sent one: a frozen master that
+                        // thawed only answered our solicitation).
+                        out.push(Action::HandOver { mac });
                     }
-                };
-                tokio::time::timeout(NETLINK_TIMEOUT, call).await
-            })
-            .map_err(|_| anyhow::anyhow!("rtnetlink did not answer within {NETLINK_TIMEOUT:?}"))
-            .and_then(|r| r);
-        if r.is_ok() {
-            self.vip_bound = Some(bound);
-        }
-        r
-    }
-
-    /// After a failed bind or unbind, makes the interface match the
-    /// detector's state again (retried every 100 ms).
-    fn reconcile(&mut self, now: u64) -> anyhow::Result<()> {
-        if self.vip_bound.is_some() || now < self.next_reconcile_ns {
-            return Ok(());
-        }
-        let want = self.detector.state() == State::Active;
-        let r = self.set_bound(want);
-        match r {
-            Ok(_) => {
-                log::info!(
-                    "{} {} {} after an earlier failure mono_ns={now}",
-                    if want { "bound" } else { "removed" },
-                    self.vip,
-                    if want { "on" } else { "from" },
-                );
-                if want {
-                    self.announce()?;
-                    self.garp.burst_started(clock::now_ns());
+                    out.push(Action::Notify(t));
                 }
             }
-            Err(e) => {
-                log::warn!(
-                    "still cannot {} {}: {e:#}",
-                    if want { "bind" } else { "remove" },
-                    self.vip
-                );
-                self.next_reconcile_ns = now + RECONCILE_EVERY_NS;
-            }
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules that once lived in the loop, on a fake clock. The
+    //! detector's own rules are tested in `detector.rs`.
+
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const T0: u64 = 10_000 * MS;
+    const INTERVAL: u64 = 2 * MS;
+    const RTT: u64 = MS / 20;
+    const MASTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+    fn settings(failback: Failback) -> Settings {
+        Settings {
+            detector: detector::Settings {
+                interval_ns: INTERVAL,
+                dead_after_ns: 5 * INTERVAL,
+                rise: 3,
+                failback,
+                witness: false,
+            },
+            garp: Garp {
+                count: 3,
+                interval_ns: 10 * MS,
+                refresh_ns: None,
+            },
+            probe_limit: None,
+        }
     }
 
-    fn notify(&mut self, t: Transition) {
-        let Transition {
-            from,
-            to,
-            reason,
-            at_ns,
-        } = t;
-        self.status.state = state_code(to);
-        self.status_dirty = true;
-        if from == State::Active
-            && reason == Reason::MasterClaimed
-            && let Some(mac) = self.claim_mac.take()
-        {
-            // We released because the master claimed (at once, or after its
-            // `--rise` replies): tell the clients that still send to our MAC
-            // where the VIP lives now, in case the master's own announcement
-            // did not reach them (or it never sent one: a frozen master that
-            // thawed only answered our solicitation).
-            if let Err(e) = self.announcer.hand_over(self.vip4, mac) {
-                log::warn!(
-                    "could not hand {} over to {}: {e:#}",
-                    self.vip,
-                    mac_str(mac)
-                );
+    /// A backup and a master that answers (or not), driven deadline by
+    /// deadline, with every action's result fed back as the shell would.
+    struct Sim {
+        m: Machine,
+        now: u64,
+        master: Peer,
+        master_up: bool,
+        bind_ok: bool,
+        actions: Vec<(u64, Action)>,
+    }
+
+    impl Sim {
+        fn new(settings: Settings) -> Self {
+            Self {
+                m: Machine::new(settings, T0),
+                now: T0,
+                master: Peer::default(),
+                master_up: true,
+                bind_ok: true,
+                actions: Vec::new(),
             }
         }
-        if from == State::Starting
-            && let Err(e) = self
-                .watcher
-                .maps
-                .reset_max_gap(vipwatch_common::PEER_MASTER)
-        {
-            // The start-up gap (first ARP resolution) says nothing about
-            // the path; without the reset `max_gap_ms` would keep it.
-            log::warn!("could not reset the gap statistic: {e:#}");
+
+        /// Advances to the machine's next deadline and feeds the Tick.
+        fn step(&mut self) {
+            // A deadline already past: we were starved and wake up late.
+            self.now = self.now.max(self.m.next_deadline());
+            let tick = Event::Tick {
+                now_ns: self.now,
+                master: self.master,
+                witness: None,
+            };
+            let actions = self.m.handle(tick);
+            self.carry_out(actions);
         }
-        log::info!(
-            "state {} -> {}: {} mono_ns={at_ns}",
-            state_name(from),
-            state_name(to),
-            describe(reason)
+
+        fn run_for(&mut self, ns: u64) {
+            let end = self.now + ns;
+            let mut guard = 0;
+            while self.m.next_deadline() <= end {
+                self.step();
+                guard += 1;
+                assert!(guard < 100_000, "no progress");
+            }
+            self.now = end;
+        }
+
+        fn feed(&mut self, event: Event) {
+            let actions = self.m.handle(event);
+            self.carry_out(actions);
+        }
+
+        fn carry_out(&mut self, actions: Vec<Action>) {
+            for action in actions {
+                self.actions.push((self.now, action));
+                match action {
+                    Action::Probe { seq } => {
+                        let at = self.now;
+                        self.feed(Event::ProbeSent { at_ns: at, seq });
+                        if self.master_up {
+                            self.master.replies += 1;
+                            self.master.last_seen_ns = at + RTT;
+                            self.master.highest_seq = seq;
+                            self.master.last_mac = MASTER_MAC;
+                        }
+                    }
+                    Action::TakeOver { .. } => {
+                        let at = self.now;
+                        if self.bind_ok {
+                            self.feed(Event::Bound {
+                                bound_ns: at,
+                                first_garp_ns: at,
+                            });
+                        } else {
+                            self.feed(Event::BindFailed { at_ns: at });
+                        }
+                    }
+                    Action::Release => {
+                        let at = self.now;
+                        self.feed(Event::Unbound { at_ns: at });
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn count(&self, pred: impl Fn(&Action) -> bool) -> usize {
+            self.actions.iter().filter(|(_, a)| pred(a)).count()
+        }
+
+        fn times(&self, pred: impl Fn(&Action) -> bool) -> Vec<u64> {
+            self.actions
+                .iter()
+                .filter(|(_, a)| pred(a))
+                .map(|(t, _)| *t)
+                .collect()
+        }
+
+        fn standby(settings: Settings) -> Self {
+            let mut sim = Self::new(settings);
+            sim.run_for(20 * MS);
+            assert_eq!(sim.m.state(), State::Standby);
+            sim
+        }
+
+        fn active(settings: Settings) -> Self {
+            let mut sim = Self::standby(settings);
+            sim.master_up = false;
+            sim.run_for(20 * MS);
+            assert_eq!(sim.m.state(), State::Active);
+            sim
+        }
+    }
+
+    #[test]
+    fn probes_go_out_every_interval_and_missed_slots_are_skipped() {
+        let mut sim = Sim::new(settings(Failback::OnClaim));
+        sim.run_for(10 * INTERVAL);
+        let times = sim.times(|a| matches!(a, Action::Probe { .. }));
+        assert_eq!(times.len(), 11, "{times:?}");
+        assert!(times.windows(2).all(|w| w[1] - w[0] == INTERVAL));
+        // Starved for 7 intervals: one probe when we wake, then on schedule.
+        sim.now += 7 * INTERVAL;
+        sim.step();
+        sim.run_for(2 * INTERVAL);
+        let times = sim.times(|a| matches!(a, Action::Probe { .. }));
+        let late: Vec<u64> = times[11..].to_vec();
+        assert_eq!(late.len(), 3, "no burst after a stall: {late:?}");
+        assert!(late.windows(2).all(|w| w[1] - w[0] == INTERVAL));
+    }
+
+    #[test]
+    fn probe_limit_stops_probing() {
+        let mut s = settings(Failback::OnClaim);
+        s.probe_limit = Some(5);
+        let mut sim = Sim::new(s);
+        sim.run_for(30 * INTERVAL);
+        assert_eq!(sim.count(|a| matches!(a, Action::Probe { .. })), 5);
+        assert_eq!(sim.m.stats().probes_sent, 5);
+    }
+
+    #[test]
+    fn takeover_carries_its_timeline_and_starts_the_garp_burst() {
+        let mut sim = Sim::standby(settings(Failback::OnClaim));
+        let last_reply = sim.master.last_seen_ns;
+        sim.master_up = false;
+        sim.run_for(40 * MS);
+        let decision = sim
+            .actions
+            .iter()
+            .find_map(|(_, a)| match a {
+                Action::TakeOver { decision } => Some(*decision),
+                _ => None,
+            })
+            .expect("took over");
+        assert_eq!(decision.last_reply_ns, last_reply);
+        assert_eq!(decision.deadline_ns, last_reply + 5 * INTERVAL);
+        assert!(decision.decision_ns >= decision.deadline_ns);
+        // Two more announcements, 10 ms apart, then none (no refresh).
+        let garps = sim.times(|a| *a == Action::Announce);
+        assert_eq!(garps.len(), 2, "{garps:?}");
+        assert_eq!(garps[0], decision.decision_ns + 10 * MS);
+        assert_eq!(garps[1], decision.decision_ns + 20 * MS);
+        let st = sim.m.stats();
+        assert_eq!(st.takeovers, 1);
+        assert_eq!(st.last_takeover.map(|(d, _, _)| d), Some(decision));
+    }
+
+    #[test]
+    fn a_failed_bind_is_retried_every_100_ms_until_it_works() {
+        let mut sim = Sim::standby(settings(Failback::OnClaim));
+        sim.master_up = false;
+        sim.bind_ok = false;
+        sim.run_for(250 * MS);
+        let tries = sim.times(|a| matches!(a, Action::TakeOver { .. }));
+        assert_eq!(tries.len(), 3, "{tries:?}");
+        assert_eq!(tries[1] - tries[0], RETRY_NS);
+        assert_eq!(sim.m.stats().takeovers, 0);
+        sim.bind_ok = true;
+        sim.run_for(150 * MS);
+        assert_eq!(sim.m.stats().takeovers, 1);
+        assert_eq!(sim.m.state(), State::Active);
+        // Announced once bound, not before.
+        let first_garp = sim.times(|a| *a == Action::Announce)[0];
+        assert!(first_garp > tries[2]);
+    }
+
+    #[test]
+    fn a_claim_by_the_returned_master_hands_the_vip_over_with_its_mac() {
+        let mut sim = Sim::active(settings(Failback::OnClaim));
+        sim.master_up = true;
+        sim.run_for(20 * MS);
+        assert!(sim.m.master_back());
+        let at = sim.now;
+        sim.feed(Event::Claim {
+            at_ns: at,
+            mac: MASTER_MAC,
+        });
+        let tail: Vec<Action> = sim
+            .actions
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(|(_, a)| *a)
+            .collect();
+        assert!(matches!(tail[0], Action::Release), "{tail:?}");
+        assert_eq!(tail[1], Action::HandOver { mac: MASTER_MAC });
+        assert!(matches!(tail[2], Action::Notify(t) if t.reason == Reason::MasterClaimed));
+        assert_eq!(sim.m.state(), State::Standby);
+        assert_eq!(sim.m.stats().releases, 1);
+    }
+
+    #[test]
+    fn a_claim_from_another_mac_is_a_conflict_not_a_failback() {
+        let mut sim = Sim::active(settings(Failback::OnClaim));
+        sim.master_up = true;
+        sim.run_for(20 * MS);
+        for _ in 0..20 {
+            let at = sim.now;
+            sim.feed(Event::Claim {
+                at_ns: at,
+                mac: OTHER_MAC,
+            });
+        }
+        assert_eq!(sim.m.state(), State::Active);
+        let conflicts = sim.count(|a| matches!(a, Action::Note(Note::Conflict { .. })));
+        assert_eq!(conflicts, CONFLICTS_LOGGED as usize, "logged, but bounded");
+    }
+
+    #[test]
+    fn a_returning_master_is_solicited_20_ms_doubling_to_1_s() {
+        let mut sim = Sim::active(settings(Failback::OnClaim));
+        sim.master_up = true;
+        sim.run_for(3000 * MS);
+        let times = sim.times(|a| *a == Action::Solicit);
+        let gaps: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]) / MS).collect();
+        assert_eq!(&gaps[..6], &[20, 40, 80, 160, 320, 640], "{gaps:?}");
+        assert!(gaps[6..].iter().all(|g| *g == 1000), "{gaps:?}");
+        assert_eq!(
+            sim.count(|a| matches!(a, Action::Note(Note::MasterBack { .. }))),
+            1
         );
-        self.hooks.notify(
-            state_name(to),
-            &self.vip.to_string(),
-            &self.iface,
-            reason_token(reason),
+    }
+
+    #[test]
+    fn manual_failback_never_solicits() {
+        let mut sim = Sim::active(settings(Failback::Manual));
+        sim.master_up = true;
+        sim.run_for(500 * MS);
+        assert_eq!(sim.count(|a| *a == Action::Solicit), 0);
+        assert_eq!(sim.m.state(), State::Active);
+    }
+
+    #[test]
+    fn a_failed_release_is_retried_while_standing_by() {
+        let mut sim = Sim::active(settings(Failback::Manual));
+        let at = sim.now;
+        let actions = sim.m.handle(Event::OperatorRelease { at_ns: at });
+        assert_eq!(actions[0], Action::Release);
+        sim.feed(Event::UnbindFailed { at_ns: at });
+        sim.master_up = true;
+        sim.run_for(150 * MS);
+        assert_eq!(
+            sim.times(|a| *a == Action::Release).len(),
+            1,
+            "one retry after 100 ms (the first Release went to the test)"
         );
+        assert_eq!(sim.m.stats().releases, 1);
     }
 
-    fn publish(&mut self) {
-        self.status_dirty = false;
-        self.last_publish_ns = clock::now_ns();
-        self.published_probes = self.status.probes_sent;
-        if let Err(e) = self.watcher.maps.set_status(&self.status) {
-            log::warn!("could not publish status for `vipwatch stats`: {e:#}");
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Whatever made us stop, do not leave the VIP behind: a stopped
-        // backup that still answers for it is a split brain.
-        if self.detector.state() == State::Active {
-            log::warn!("stopping while holding {}: releasing it", self.vip);
-            if let Err(e) = self.release() {
-                log::error!("{e:#}");
-            }
-        }
-    }
-}
-
-pub fn state_name(s: State) -> &'static str {
-    match s {
-        State::Starting => "STARTING",
-        State::Standby => "STANDBY",
-        State::Active => "ACTIVE",
-        State::Isolated => "ISOLATED",
-    }
-}
-
-pub fn state_code(s: State) -> u32 {
-    match s {
-        State::Starting => STATE_STARTING,
-        State::Standby => STATE_STANDBY,
-        State::Active => STATE_ACTIVE,
-        State::Isolated => STATE_ISOLATED,
-    }
-}
-
-fn describe(r: Reason) -> String {
-    match r {
-        Reason::MasterReplied => "the master answers our probes".into(),
-        Reason::MasterSilent { silence_ns, probes } => {
-            format!(
-                "master silent for {} ({probes} probes sent since its last reply)",
-                ms(silence_ns)
-            )
-        }
-        Reason::WitnessSilent { silence_ns } => format!(
-            "master AND witness silent for {}: we are the one cut off, not taking the VIP",
-            ms(silence_ns)
-        ),
-        Reason::MasterClaimed => "the master claimed the VIP back (ARP)".into(),
-        Reason::OperatorRelease => "operator release".into(),
-        Reason::MasterBack { replies } => format!("master back ({replies} consecutive replies)"),
-        Reason::Shutdown => "daemon stopping".into(),
-    }
-}
-
-fn reason_token(r: Reason) -> &'static str {
-    match r {
-        Reason::MasterReplied => "master-replied",
-        Reason::MasterSilent { .. } => "master-silent",
-        Reason::WitnessSilent { .. } => "witness-silent",
-        Reason::MasterClaimed => "master-claimed",
-        Reason::OperatorRelease => "operator-release",
-        Reason::MasterBack { .. } => "master-back",
-        Reason::Shutdown => "shutdown",
-    }
-}
-
-pub fn mac_str(m: [u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
-/// Used by `vipwatch stats` to name a status code.
-pub fn state_name_from_code(code: u32) -> &'static str {
-    match code {
-        STATE_STANDBY => "STANDBY",
-        STATE_ACTIVE => "ACTIVE",
-        STATE_ISOLATED => "ISOLATED",
-        _ => "STARTING",
+    #[test]
+    fn the_gap_between_probes_is_measured_once_the_master_answered() {
+        let mut sim = Sim::standby(settings(Failback::OnClaim));
+        assert!(sim.m.stats().max_probe_gap_ns <= INTERVAL);
+        sim.now += 9 * MS;
+        sim.step();
+        assert!(sim.m.stats().max_probe_gap_ns >= 9 * MS);
     }
 }

@@ -1,15 +1,18 @@
-//! Command line: clap definitions and the validation that turns raw
-//! arguments into settings the rest of the daemon can trust.
+//! Command line: clap definitions, and turning the one-instance shorthands
+//! (`vipwatch backup`, `vipwatch master`) into the same [`Instance`] a
+//! configuration file describes, checked by the same rules.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    str::FromStr,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{detector::Failback, ebpf::ModeArg};
+use crate::{
+    config::{
+        self, Backup, CheckSpec, Garp, Health, Instance, Master, Problem, Role, Vip, parse_duration,
+    },
+    detector::Failback,
+    ebpf::ModeArg,
+};
 
 /// Sub-second, XDP-accelerated failover of a virtual IP.
 #[derive(Debug, Parser)]
@@ -21,15 +24,27 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Watch the master and take the VIP over when it goes silent.
+    /// Watch the master and take the VIP over when it goes silent (one
+    /// instance; `run --config` runs any number).
     Backup(BackupArgs),
     /// Hold the VIP on this host (the classic master.sh), with an optional
-    /// service health gate.
+    /// service health gate (one instance).
     Master(MasterArgs),
+    /// Run every instance of a configuration file; SIGHUP reloads it.
+    Run(ConfigArgs),
+    /// Check a configuration file without touching the system.
+    Check(ConfigArgs),
     /// Remove the VIP from an interface (the classic `ifconfig ... down`).
     Release(ReleaseArgs),
-    /// Show the counters of the daemon running on an interface.
+    /// Show the counters of the backup instances running here.
     Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The TOML configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +58,9 @@ pub struct BackupArgs {
     /// The virtual IP to take over, as ADDRESS/PREFIX (e.g. 192.0.2.100/24).
     #[arg(long)]
     pub vip: Vip,
+    /// Instance name in logs, status and hooks (default: the VIP address).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Probe interval (units: s, ms, us, ns).
     #[arg(long, default_value = "2ms", value_parser = parse_duration)]
     pub interval: Duration,
@@ -50,7 +68,7 @@ pub struct BackupArgs {
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub dead_after: Duration,
     /// Consecutive replies after which a silent master counts as back.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = config::DEFAULT_RISE)]
     pub rise: u32,
     /// A third host (e.g. the gateway) that must still answer for a
     /// takeover: if it is silent too, we are the one cut off.
@@ -80,7 +98,7 @@ pub struct BackupArgs {
 #[derive(Debug, Args)]
 pub struct GarpArgs {
     /// Gratuitous ARPs per announcement (each is a request and a reply).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = config::DEFAULT_GARP_COUNT)]
     pub garp_count: u32,
     /// Spacing of the announcement burst.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
@@ -88,6 +106,17 @@ pub struct GarpArgs {
     /// Re-announce periodically while holding the VIP (off by default).
     #[arg(long, value_parser = parse_duration)]
     pub garp_refresh: Option<Duration>,
+}
+
+impl GarpArgs {
+    fn garp(&self) -> Garp {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Garp {
+            count: self.garp_count,
+            interval_ns: ns(self.garp_interval),
+            refresh_ns: self.garp_refresh.map(ns),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +127,9 @@ pub struct MasterArgs {
     /// The virtual IP, as ADDRESS/PREFIX.
     #[arg(long)]
     pub vip: Vip,
+    /// Instance name in logs, status and hooks (default: the VIP address).
+    #[arg(long)]
+    pub name: Option<String>,
     #[command(flatten)]
     pub garp: GarpArgs,
     /// Wait until no other host answers for the VIP before claiming it
@@ -111,16 +143,16 @@ pub struct MasterArgs {
     #[arg(long)]
     pub health_http: Option<String>,
     /// Text the --health-http body must contain (the classic wget | grep).
-    #[arg(long, requires = "health_http")]
+    #[arg(long)]
     pub health_expect: Option<String>,
     /// Time between health checks.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub health_interval: Duration,
     /// Consecutive failed checks before the master steps down.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = config::DEFAULT_HEALTH_FALL)]
     pub health_fall: u32,
     /// Consecutive good checks before it claims the VIP again.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = config::DEFAULT_HEALTH_RISE)]
     pub health_rise: u32,
     /// Command run on every state change with: STATE VIP IFACE REASON.
     #[arg(long)]
@@ -139,10 +171,14 @@ pub struct ReleaseArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// Interface of the daemon (default: the only one running).
+    /// Interface of the instances to show (default: all).
     #[arg(long)]
     pub iface: Option<String>,
-    /// Machine-readable output (schema in the README).
+    /// Only the instance of this name.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Machine-readable output (schema in the README), one object per
+    /// backup instance, one per line.
     #[arg(long)]
     pub json: bool,
     /// Refresh every second until interrupted.
@@ -167,278 +203,116 @@ impl From<FailbackArg> for Failback {
     }
 }
 
-/// A VIP as ADDRESS/PREFIX.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Vip {
-    pub addr: IpAddr,
-    pub prefix: u8,
+fn named(name: &Option<String>, vip: &Vip) -> String {
+    name.clone().unwrap_or_else(|| vip.addr.to_string())
 }
 
-impl Vip {
-    /// The IPv4 address, for what only IPv4 supports (ARP claim watching).
-    pub fn v4(&self) -> Option<Ipv4Addr> {
-        match self.addr {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        }
+/// The first problem, as the command line shows it.
+fn checked(instance: Instance) -> Result<Instance, String> {
+    match instance.problems().first() {
+        Some(p) => Err(p.as_flag()),
+        None => Ok(instance),
     }
 }
 
-impl std::fmt::Display for Vip {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+impl BackupArgs {
+    /// The instance these flags describe, validated.
+    pub fn instance(&self) -> Result<Instance, String> {
+        let Self {
+            iface,
+            master,
+            vip,
+            name,
+            interval,
+            dead_after,
+            rise,
+            witness,
+            failback,
+            garp,
+            on_change,
+            xdp_mode,
+            count,
+            rt_priority,
+        } = self;
+        checked(Instance {
+            name: named(name, vip),
+            iface: iface.clone(),
+            vip: *vip,
+            garp: garp.garp(),
+            on_change: on_change.clone(),
+            xdp_mode: *xdp_mode,
+            role: Role::Backup(Backup {
+                master: *master,
+                interval: *interval,
+                dead_after: *dead_after,
+                rise: *rise,
+                witness: *witness,
+                failback: (*failback).into(),
+                count: *count,
+                rt_priority: *rt_priority,
+            }),
+        })
     }
 }
 
-impl FromStr for Vip {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (e.g. 192.0.2.100/24)"))?;
-        let addr: IpAddr = addr.parse().map_err(|_| {
-            format!("{addr:?} is not an IP address (in VIP {s:?}; expected e.g. 192.0.2.100/24)")
-        })?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (1..=max).contains(p))
-            .ok_or_else(|| {
-                format!("prefix {prefix:?} of VIP {s:?} must be a number from 1 to {max}")
-            })?;
-        if !is_unicast(addr) {
-            return Err(format!("VIP {addr} must be a unicast address"));
-        }
-        Ok(Self { addr, prefix })
+impl MasterArgs {
+    /// The instance these flags describe, validated.
+    pub fn instance(&self) -> Result<Instance, String> {
+        let Self {
+            iface,
+            vip,
+            name,
+            garp,
+            no_preempt,
+            health_cmd,
+            health_http,
+            health_expect,
+            health_interval,
+            health_fall,
+            health_rise,
+            on_change,
+            xdp_mode,
+        } = self;
+        let check = match (health_cmd, health_http, health_expect) {
+            (_, None, Some(_)) => {
+                return Err(Problem {
+                    key: "health_expect",
+                    message: "needs --health-http: it is text the HTTP body must contain".into(),
+                }
+                .as_flag());
+            }
+            (Some(cmd), _, _) => Some(CheckSpec::Command(cmd.clone())),
+            (None, Some(url), expect) => Some(CheckSpec::Http {
+                url: url.clone(),
+                expect: expect.clone(),
+            }),
+            (None, None, None) => None,
+        };
+        checked(Instance {
+            name: named(name, vip),
+            iface: iface.clone(),
+            vip: *vip,
+            garp: garp.garp(),
+            on_change: on_change.clone(),
+            xdp_mode: *xdp_mode,
+            role: Role::Master(Master {
+                preempt: !no_preempt,
+                health: check.map(|check| Health {
+                    check,
+                    interval: *health_interval,
+                    fall: *health_fall,
+                    rise: *health_rise,
+                }),
+            }),
+        })
     }
-}
-
-fn is_unicast(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => {
-            !(a.is_unspecified()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || a.is_loopback()
-                || a.octets()[0] == 0)
-        }
-        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast() || a.is_loopback()),
-    }
-}
-
-/// Parses `2ms`, `500us`, `1.5s`, `250000ns`. A unit is required: a bare
-/// number is ambiguous for something that ranges from µs to seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?} needs a unit: s, ms, us or ns (e.g. 2ms)"))?;
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 2ms, 500us, 1s)"))?;
-    let scale = match unit {
-        "s" => 1e9,
-        "ms" => 1e6,
-        "us" | "µs" => 1e3,
-        "ns" => 1.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {s:?}: use s, ms, us or ns"
-            ));
-        }
-    };
-    let ns = value * scale;
-    if !ns.is_finite() || ns >= u64::MAX as f64 {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_nanos(ns.round() as u64))
-}
-
-/// Limits on timing settings: beyond them the setting is a typo, not a
-/// choice (a 0 interval would flood the master; an hour is not failover).
-pub const MIN_INTERVAL: Duration = Duration::from_micros(100);
-pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
-pub const MAX_DEAD_AFTER: Duration = Duration::from_secs(60);
-
-/// Validates the backup's arguments beyond what clap's types check.
-pub fn validate_backup(a: &BackupArgs) -> Result<(), String> {
-    let BackupArgs {
-        iface,
-        master,
-        vip,
-        interval,
-        dead_after,
-        rise,
-        witness,
-        failback: _,
-        garp,
-        on_change: _,
-        xdp_mode: _,
-        count,
-        rt_priority,
-    } = a;
-    validate_iface(iface)?;
-    validate_peer("master", *master)?;
-    if let Some(w) = witness {
-        validate_peer("witness", *w)?;
-        if w == master {
-            return Err("--witness must be a third host, not the master".into());
-        }
-    }
-    if vip.addr == IpAddr::V4(*master) {
-        return Err(format!(
-            "--vip {vip} is the master's own address; the VIP must float"
-        ));
-    }
-    if vip.v4().is_none() {
-        return Err(format!(
-            "--vip {vip}: the backup watches ARP claims of the VIP, so the VIP must be IPv4"
-        ));
-    }
-    if *interval < MIN_INTERVAL || *interval > MAX_INTERVAL {
-        return Err(format!(
-            "--interval {interval:?} is out of range: use {MIN_INTERVAL:?} to {MAX_INTERVAL:?}"
-        ));
-    }
-    if *dead_after < *interval * 2 {
-        return Err(format!(
-            "--dead-after {dead_after:?} must cover at least 2 probe intervals ({:?}), or one lost probe is a failover",
-            *interval * 2
-        ));
-    }
-    if *dead_after > MAX_DEAD_AFTER {
-        return Err(format!(
-            "--dead-after {dead_after:?} is absurd: at most {MAX_DEAD_AFTER:?}"
-        ));
-    }
-    if !(1..=1000).contains(rise) {
-        return Err(format!("--rise {rise} must be from 1 to 1000"));
-    }
-    if *count == Some(0) {
-        return Err("--count 0 would send no probe at all".into());
-    }
-    if let Some(p) = rt_priority
-        && !(1..=99).contains(p)
-    {
-        return Err(format!(
-            "--rt-priority {p} must be from 1 to 99 (SCHED_FIFO priorities)"
-        ));
-    }
-    validate_garp(garp)
-}
-
-pub fn validate_master(a: &MasterArgs) -> Result<(), String> {
-    validate_iface(&a.iface)?;
-    validate_garp(&a.garp)?;
-    if a.health_interval < Duration::from_millis(10)
-        || a.health_interval > Duration::from_secs(3600)
-    {
-        return Err(format!(
-            "--health-interval {:?} must be from 10ms to 1h",
-            a.health_interval
-        ));
-    }
-    if a.health_fall == 0 || a.health_rise == 0 {
-        return Err("--health-fall and --health-rise must be at least 1".into());
-    }
-    if let Some(url) = &a.health_http
-        && !url.starts_with("http://")
-    {
-        return Err(format!(
-            "--health-http {url:?}: only http:// URLs are supported"
-        ));
-    }
-    Ok(())
-}
-
-pub fn validate_garp(g: &GarpArgs) -> Result<(), String> {
-    if !(1..=100).contains(&g.garp_count) {
-        return Err(format!(
-            "--garp-count {} must be from 1 to 100",
-            g.garp_count
-        ));
-    }
-    if g.garp_interval < Duration::from_millis(1) || g.garp_interval > Duration::from_secs(10) {
-        return Err(format!(
-            "--garp-interval {:?} must be from 1ms to 10s",
-            g.garp_interval
-        ));
-    }
-    if let Some(r) = g.garp_refresh
-        && (r < Duration::from_millis(100) || r > Duration::from_secs(3600))
-    {
-        return Err(format!("--garp-refresh {r:?} must be from 100ms to 1h"));
-    }
-    Ok(())
-}
-
-pub fn validate_iface(iface: &str) -> Result<(), String> {
-    // IFNAMSIZ is 16 including the NUL.
-    if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ', '\0']) {
-        return Err(format!(
-            "{iface:?} is not a valid interface name; `ip link` lists interfaces"
-        ));
-    }
-    Ok(())
-}
-
-fn validate_peer(what: &str, addr: Ipv4Addr) -> Result<(), String> {
-    if !is_unicast(IpAddr::V4(addr)) {
-        return Err(format!("--{what} {addr} must be an IPv4 unicast address"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations_need_a_unit() {
-        for (s, ns) in [
-            ("2ms", 2_000_000),
-            ("500us", 500_000),
-            ("0.5ms", 500_000),
-            ("1s", 1_000_000_000),
-            ("250ns", 250),
-            (" 10ms ", 10_000_000),
-        ] {
-            assert_eq!(parse_duration(s), Ok(Duration::from_nanos(ns)), "{s}");
-        }
-        for bad in ["2", "", "ms", "2 ms", "2h", "1e3ms", "-1ms", "1.2.3ms"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn vips_are_address_slash_prefix() {
-        assert_eq!(
-            "192.0.2.100/24".parse::<Vip>(),
-            Ok(Vip {
-                addr: "192.0.2.100".parse().unwrap(),
-                prefix: 24
-            })
-        );
-        assert!("2001:db8::10/64".parse::<Vip>().is_ok());
-        for bad in [
-            "192.0.2.100",
-            "192.0.2.100/33",
-            "192.0.2.100/0",
-            "192.0.2/24",
-            "vip/24",
-            "224.0.0.1/24",
-            "255.255.255.255/32",
-            "0.0.0.0/8",
-            "2001:db8::1/129",
-        ] {
-            assert!(bad.parse::<Vip>().is_err(), "{bad:?} accepted");
-        }
-    }
-
-    fn backup(args: &[&str]) -> Result<BackupArgs, String> {
+    fn backup(args: &[&str]) -> Result<Instance, String> {
         let mut argv = vec![
             "vipwatch",
             "backup",
@@ -454,51 +328,56 @@ mod tests {
         let Command::Backup(a) = cli.command else {
             return Err("not backup".into());
         };
-        validate_backup(&a)?;
-        Ok(a)
+        a.instance()
     }
 
     #[test]
     fn backup_defaults_are_the_documented_ones() {
-        let a = backup(&[]).unwrap();
-        assert_eq!(a.interval, Duration::from_millis(2));
-        assert_eq!(a.dead_after, Duration::from_millis(10));
-        assert_eq!(a.rise, 5);
-        assert_eq!(a.garp.garp_count, 3);
-        assert_eq!(a.garp.garp_interval, Duration::from_millis(10));
-        assert_eq!(a.garp.garp_refresh, None);
-        assert_eq!(a.failback, FailbackArg::OnClaim);
-        assert_eq!(a.xdp_mode, ModeArg::Auto);
+        let i = backup(&[]).expect("valid");
+        let Role::Backup(b) = i.role else {
+            panic!("backup")
+        };
+        assert_eq!(b.interval, Duration::from_millis(2));
+        assert_eq!(b.dead_after, Duration::from_millis(10));
+        assert_eq!(b.rise, 5);
+        assert_eq!(i.garp.count, 3);
+        assert_eq!(i.garp.interval_ns, 10_000_000);
+        assert_eq!(i.garp.refresh_ns, None);
+        assert_eq!(b.failback, Failback::OnClaim);
+        assert_eq!(i.xdp_mode, ModeArg::Auto);
+        assert_eq!(i.name, "192.0.2.100");
     }
 
     #[test]
-    fn bad_backup_arguments_are_refused() {
-        for bad in [
-            &["--interval", "0ms"][..],
-            &["--interval", "0"],
-            &["--interval", "50us"],
-            &["--interval", "1h"],
-            &["--dead-after", "3ms"],
-            &["--dead-after", "10m"],
-            &["--dead-after", "2h"],
-            &["--rise", "0"],
-            &["--witness", "192.0.2.1"],
-            &["--witness", "224.0.0.5"],
-            &["--garp-count", "0"],
-            &["--garp-refresh", "1ms"],
-            &["--count", "0"],
-            &["--xdp-mode", "hw"],
-            &["--rt-priority", "0"],
-            &["--rt-priority", "100"],
-            &["--failback", "sometimes"],
+    fn bad_backup_arguments_are_refused_naming_the_flag() {
+        for (bad, flag) in [
+            (&["--interval", "0ms"][..], "--interval"),
+            (&["--interval", "0"], "--interval"),
+            (&["--interval", "50us"], "--interval"),
+            (&["--interval", "1h"], "--interval"),
+            (&["--dead-after", "3ms"], "--dead-after"),
+            (&["--dead-after", "10m"], "--dead-after"),
+            (&["--dead-after", "2h"], "--dead-after"),
+            (&["--rise", "0"], "--rise"),
+            (&["--witness", "192.0.2.1"], "--witness"),
+            (&["--witness", "224.0.0.5"], "--witness"),
+            (&["--garp-count", "0"], "--garp-count"),
+            (&["--garp-refresh", "1ms"], "--garp-refresh"),
+            (&["--count", "0"], "--count"),
+            (&["--xdp-mode", "hw"], "--xdp-mode"),
+            (&["--rt-priority", "0"], "--rt-priority"),
+            (&["--rt-priority", "100"], "--rt-priority"),
+            (&["--failback", "sometimes"], "--failback"),
+            (&["--name", "a b"], "--name"),
         ] {
-            assert!(backup(bad).is_err(), "{bad:?} accepted");
+            let err = backup(bad).expect_err(&format!("{bad:?} accepted"));
+            assert!(err.contains(flag), "{bad:?}: {err}");
         }
         let parse = |argv: &[&str]| {
             Cli::try_parse_from(argv)
                 .map_err(|e| e.to_string())
                 .and_then(|c| match c.command {
-                    Command::Backup(a) => validate_backup(&a),
+                    Command::Backup(a) => a.instance().map(drop),
                     _ => Ok(()),
                 })
         };
@@ -580,7 +459,7 @@ mod tests {
             "--failback",
             "manual",
         ])
-        .unwrap();
+        .expect("valid");
         backup(&[
             "--xdp-mode",
             "skb",
@@ -588,8 +467,33 @@ mod tests {
             "1s",
             "--on-change",
             "logger",
+            "--name",
+            "redis",
         ])
-        .unwrap();
-        backup(&["--rt-priority", "10"]).unwrap();
+        .expect("valid");
+        backup(&["--rt-priority", "10"]).expect("valid");
+    }
+
+    #[test]
+    fn health_expect_without_health_http_names_both() {
+        let cli = Cli::try_parse_from([
+            "vipwatch",
+            "master",
+            "--iface",
+            "eth0",
+            "--vip",
+            "192.0.2.100/24",
+            "--health-expect",
+            "ok",
+        ])
+        .expect("parses");
+        let Command::Master(a) = cli.command else {
+            panic!("master")
+        };
+        let err = a.instance().expect_err("refused");
+        assert!(
+            err.contains("--health-expect") && err.contains("--health-http"),
+            "{err}"
+        );
     }
 }

@@ -327,6 +327,7 @@ impl Detector {
     }
 
     /// The settings it was built with.
+    #[cfg(test)]
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -527,6 +528,7 @@ impl Detector {
     }
 
     /// Whether the master claimed the VIP while not back yet.
+    #[cfg(test)]
     pub fn claim_pending(&self) -> bool {
         self.pending_claim.is_some()
     }

@@ -16,6 +16,8 @@ use std::{
     time::Duration,
 };
 
+use crate::config::CheckSpec;
+
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -47,23 +49,18 @@ pub enum Check {
 }
 
 impl Check {
-    /// The check the arguments ask for, if any. `cmd` and `http` are mutually
-    /// exclusive (clap enforces it; `cmd` wins if both are given anyway).
-    pub fn from_args(
-        cmd: Option<String>,
-        http: Option<String>,
-        expect: Option<String>,
-    ) -> anyhow::Result<Option<Self>> {
-        if let Some(cmd) = cmd {
-            return Ok(Some(Self::Command(cmd)));
-        }
-        match http {
-            Some(url) => {
-                let url = HttpUrl::parse(&url)
-                    .map_err(|why| anyhow::anyhow!("--health-http {url:?}: {why}"))?;
-                Ok(Some(Self::Http { url, expect }))
+    /// The check a configuration describes.
+    pub fn from_spec(spec: &CheckSpec) -> anyhow::Result<Self> {
+        match spec {
+            CheckSpec::Command(cmd) => Ok(Self::Command(cmd.clone())),
+            CheckSpec::Http { url, expect } => {
+                let parsed = HttpUrl::parse(url)
+                    .map_err(|why| anyhow::anyhow!("health_http {url:?}: {why}"))?;
+                Ok(Self::Http {
+                    url: parsed,
+                    expect: expect.clone(),
+                })
             }
-            None => Ok(None),
         }
     }
 
@@ -90,6 +87,69 @@ impl fmt::Display for Check {
                 url,
                 expect: Some(text),
             } => write!(f, "GET {url} (2xx, body contains {text:?})"),
+        }
+    }
+}
+
+/// Runs a check every interval on a thread of its own (a current-thread
+/// tokio runtime: commands and HTTP are async there) and hands each result
+/// to `deliver`. Each check is bounded by the interval, so the next one
+/// starts on time. Dropping the runner stops it; a check still running is
+/// killed with its process group.
+pub struct Runner {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Runner {
+    pub fn start(
+        name: &str,
+        check: Check,
+        interval: Duration,
+        deliver: impl Fn(Result<(), String>) + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the health check runtime")?;
+        let thread = std::thread::Builder::new()
+            .name(format!("health-{name}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = &mut stopped => return,
+                            _ = ticker.tick() => {}
+                        }
+                        tokio::select! {
+                            _ = &mut stopped => return,
+                            result = check.run(interval) => deliver(result),
+                        }
+                    }
+                });
+            })
+            .context("starting the health check thread")?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // Err: the thread is already gone, which is what we want.
+            let _gone = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the health check thread panicked");
         }
     }
 }

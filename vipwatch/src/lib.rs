@@ -1,19 +1,25 @@
 //! vipwatch: sub-second, XDP-accelerated failover of a virtual IP.
 //!
 //! The binary (`main.rs`) only parses arguments and dispatches; each concern
-//! lives in its own module here.
+//! lives in its own module here. Modules are private unless the binary or
+//! the end-to-end test crate needs them, so dead code shows up.
 
-pub mod arp;
-pub mod backup;
+mod arp;
+mod backup;
 pub mod cli;
-pub mod clock;
-pub mod detector;
-pub mod ebpf;
-pub mod health;
-pub mod hook;
-pub mod master;
-pub mod netlink;
+mod clock;
+pub mod config;
+mod control;
+pub mod daemon;
+mod detector;
+mod ebpf;
+mod health;
+mod hook;
+mod master;
+mod netlink;
 pub mod prober;
 pub mod release;
 pub mod stats;
-pub mod sys;
+mod sys;
+mod vip;
+mod worker;

@@ -2,9 +2,8 @@
 
 use clap::Parser as _;
 use vipwatch::{
-    backup,
-    cli::{self, Cli, Command},
-    master, release, stats,
+    cli::{Cli, Command},
+    config, daemon, release, stats,
 };
 
 fn main() {
@@ -28,21 +27,29 @@ fn main() {
         }
         Err(e) => e.exit(),
     };
-    let validated = match &cli.command {
-        Command::Backup(a) => cli::validate_backup(a),
-        Command::Master(a) => cli::validate_master(a),
-        Command::Release(a) => cli::validate_iface(&a.iface),
-        Command::Stats(a) => a.iface.as_deref().map_or(Ok(()), cli::validate_iface),
-    };
-    if let Err(e) = validated {
-        eprintln!("error: {e}");
+    let bad_arguments = |message: String| -> ! {
+        eprintln!("error: {message}");
         std::process::exit(2);
-    }
+    };
     let result = match cli.command {
-        Command::Backup(a) => backup::run(a),
-        Command::Master(a) => master::run(a),
-        Command::Release(a) => release::run(a),
-        Command::Stats(a) => stats::run(a),
+        Command::Backup(a) => match a.instance() {
+            Ok(i) => daemon::run(daemon::Source::Flags(i)),
+            Err(e) => bad_arguments(e),
+        },
+        Command::Master(a) => match a.instance() {
+            Ok(i) => daemon::run(daemon::Source::Flags(i)),
+            Err(e) => bad_arguments(e),
+        },
+        Command::Run(a) => daemon::run(daemon::Source::File(a.config)),
+        Command::Check(a) => daemon::check(a.config),
+        Command::Release(a) => match config::check_iface(&a.iface) {
+            Ok(()) => release::run(a),
+            Err(e) => bad_arguments(format!("--iface: {e}")),
+        },
+        Command::Stats(a) => match a.iface.as_deref().map(config::check_iface) {
+            Some(Err(e)) => bad_arguments(format!("--iface: {e}")),
+            _ => stats::run(a),
+        },
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

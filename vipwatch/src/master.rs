@@ -1,85 +1,67 @@
-//! `vipwatch master`: hold the VIP on this host — the classic `master.sh`
-//! (`ifconfig eth0:0 VIP up` + `arping -U`) — with an optional service
-//! health gate.
+//! The master instance: a pure state machine. It holds the VIP on this host
+//! — the classic `master.sh` (`ip addr add` + `arping -U`) — behind an
+//! optional service health gate.
 //!
-//! Start-up: an RFC 5227 §2.1.1 ARP probe asks who answers for the VIP.
-//! By default the master claims it anyway (preempt: the gratuitous ARP is
-//! the claim that makes an on-claim backup release it); with
-//! `--no-preempt` it waits until nobody answers. A claim binds the VIP
-//! (rtnetlink) and announces it (RFC 5227 §3 / RFC 5944 §4.6 gratuitous
-//! ARP, RFC 4861 §7.2.6 unsolicited NA for IPv6): a burst of
-//! `--garp-count`, then optionally every `--garp-refresh`.
+//! Same shape as the backup's ([`crate::backup::Machine`]): timestamped
+//! [`Event`]s in, [`Action`]s that carry their data out, and
+//! [`Machine::next_deadline`]. Every timed rule lives here:
 //!
-//! The XDP probe gate (`vipwatch_gate`) is always attached. Closed, it
-//! drops the backup's probes, so the backup sees this master dead and
-//! takes over within its detection time, while everything else this host
-//! does (ssh, monitoring, our own ARP) is untouched. It is closed:
-//!
-//! - with `--health-cmd`/`--health-http`, after `--health-fall` failed
-//!   checks, once the VIP is released; after `--health-rise` good checks
-//!   it opens again (the backup sees the master alive) and the VIP is
-//!   claimed back;
-//! - on SIGINT/SIGTERM, a planned handover (keepalived sends priority 0
-//!   when it stops, RFC 5798 §6.4.3): the VIP is released and the gate
-//!   stays closed for [`HANDOVER_HOLD`], so the backup detects the silence
-//!   and takes the VIP. Without this the host, still up, keeps answering
-//!   the probes after the daemon exits and nobody serves the VIP.
-//!
-//! As in the backup, the decisions are a pure state machine ([`Machine`]:
-//! events in, actions and at most one [`Transition`] out) and [`Daemon`]
-//! only turns actions into syscalls. Nothing here is timed below a
-//! millisecond, so a current-thread tokio runtime drives it all: signals,
-//! health results, the ARP probe (on the blocking pool) and the timers.
+//! * Start-up asks who answers for the VIP with an RFC 5227 §2.1.1 ARP probe
+//!   ([`Action::Solicit`]), sent again after [`PROBE_RESEND`] if nobody
+//!   spoke up, and decided after [`PROBE_WINDOW`]; the answer is a claim
+//!   the XDP program reports ([`Event::Claim`]). By default the master
+//!   claims the VIP anyway (preempt: its gratuitous ARP makes an on-claim
+//!   backup release); with `no_preempt` it waits, and asks again every
+//!   [`RECHECK_EVERY`].
+//! * A claim binds the VIP and announces it (RFC 5227 §3 / RFC 5944 §4.6
+//!   gratuitous ARP, RFC 4861 §7.2.6 unsolicited NA for IPv6): a burst of
+//!   `garp_count`, then every `garp_refresh` if set.
+//! * Health: `fall` failed checks in a row release the VIP and close the
+//!   XDP probe gate (the backup's probes are dropped, so it sees this master
+//!   dead and takes over); `rise` good ones open the gate and claim again.
+//! * Stopping is a planned handover (keepalived sends priority 0 when it
+//!   stops, RFC 5798 §6.4.3): release, close the gate, and keep it closed
+//!   for [`HANDOVER_HOLD`] so the backup notices; then [`Action::Exit`].
+//!   Without it the host, still up, would keep answering the probes and
+//!   nobody would serve the VIP.
+//! * A bind or unbind that failed is retried every 100 ms.
 
-use std::{net::IpAddr, time::Duration};
-
-use anyhow::{Context as _, bail};
-use tokio::{
-    runtime::Runtime,
-    signal::unix::{Signal, SignalKind, signal},
-    sync::mpsc,
-    task::{JoinError, JoinHandle},
-    time::{Instant, MissedTickBehavior},
-};
+use std::time::Duration;
 
 use crate::{
-    arp::{self, Announcer, GarpSchedule},
-    backup::mac_str,
-    cli::{GarpArgs, MasterArgs, Vip},
-    clock,
-    ebpf::{Gate, ModeArg},
-    health::{Check, Hysteresis, Verdict},
-    hook::Hooks,
-    netlink::Netlink,
-    sys,
+    arp::GarpSchedule,
+    backup::RETRY_NS,
+    config::Garp,
+    health::{Hysteresis, Verdict},
 };
 
 /// How long the ARP probe listens for another owner of the VIP.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
-/// How often a `--no-preempt` master waiting for the VIP probes again.
-pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
-/// How long stopping waits for blocking work still running (an ARP probe,
-/// a DNS lookup of `--health-http`) before exiting without it.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_WINDOW: Duration = Duration::from_millis(200);
+/// When the probe is sent once more if nobody answered: one lost frame
+/// must not make us take an address somebody holds.
+pub(crate) const PROBE_RESEND: Duration = Duration::from_millis(100);
+/// How often a `no_preempt` master waiting for the VIP probes again.
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping master keeps the probe gate closed before it exits
-/// (exiting detaches the gate, and the kernel answers the probes again).
-/// It must exceed the backup's `--dead-after` (default 10 ms) plus a few
-/// probe intervals, or the backup still sees this host alive and never
-/// takes over; 200 ms covers the default with a wide margin (a backup
-/// configured with a longer `--dead-after` does not take over on a planned
-/// stop). A second SIGINT/SIGTERM cuts it short.
-pub const HANDOVER_HOLD: Duration = Duration::from_millis(200);
+/// (exiting clears its slot, and the kernel answers the probes again). It
+/// must exceed the backup's `dead_after` (default 10 ms) plus a few probe
+/// intervals, or the backup still sees this host alive and never takes
+/// over; 200 ms covers the default with a wide margin. A second stop
+/// request cuts it short.
+pub(crate) const HANDOVER_HOLD: Duration = Duration::from_millis(200);
+/// Conflicting claims logged while holding.
+const CONFLICTS_LOGGED: u32 = 10;
 
-// ---------------------------------------------------------------------------
-// The pure state machine.
+const fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
 
-/// What the master is doing. The names are what logs and `--on-change`
-/// hooks show.
+/// What the master is doing. The names are what logs and hooks show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Waiting for the first health verdict or the first ARP probe.
     Starting,
-    /// Healthy, but another host answers for the VIP (`--no-preempt`).
+    /// Healthy, but another host answers for the VIP (`no_preempt`).
     Waiting,
     /// The VIP is bound here and announced.
     Holding,
@@ -90,7 +72,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Starting => "STARTING",
             Self::Waiting => "WAITING",
@@ -103,1000 +85,498 @@ impl State {
 
 /// Who answered the ARP probe for the VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Owner {
+pub(crate) enum Owner {
     Nobody,
     Host([u8; 6]),
-    /// The probe failed (its error is logged); nobody can say.
+    /// The probe could not be sent; nobody can say.
     Unknown,
 }
 
+/// Validated settings of one master instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The health verdict changed (the first verdict counts as a change).
-    Health(Verdict),
-    /// An ARP probe for the VIP finished.
-    Probed(Owner),
-    /// `RECHECK_EVERY` passed since a probe found the VIP taken.
-    RecheckDue,
-    /// SIGINT/SIGTERM.
-    Shutdown,
+pub(crate) struct Settings {
+    pub(crate) preempt: bool,
+    /// `Some((fall, rise))` when a health check is configured: nothing is
+    /// claimed before its first verdict.
+    pub(crate) health: Option<(u32, u32)>,
+    pub(crate) garp: Garp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Start an ARP probe; its result comes back as [`Event::Probed`].
-    Probe,
-    /// Deliver [`Event::RecheckDue`] after [`RECHECK_EVERY`].
-    RecheckLater,
-    /// Bind the VIP, then start the gratuitous ARP burst.
-    Claim,
-    /// Stop announcing and remove the VIP (idempotent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// [`Machine::next_deadline`] was reached.
+    Tick {
+        now_ns: u64,
+    },
+    /// One health check finished: `Err` says why the service is unhealthy.
+    Health {
+        at_ns: u64,
+        result: Result<(), String>,
+    },
+    /// An ARP packet with sender IP = the VIP from a MAC not ours.
+    Claim {
+        at_ns: u64,
+        mac: [u8; 6],
+    },
+    /// [`Action::Solicit`] could not be sent.
+    SolicitFailed {
+        at_ns: u64,
+    },
+    /// [`Action::TakeOver`] done: bound at `bound_ns`, announced at
+    /// `first_garp_ns`.
+    Bound {
+        bound_ns: u64,
+        first_garp_ns: u64,
+    },
+    BindFailed {
+        at_ns: u64,
+    },
+    /// [`Action::Release`] done (`removed`: the address was there).
+    Unbound {
+        at_ns: u64,
+    },
+    UnbindFailed {
+        at_ns: u64,
+    },
+    /// The instance is stopping (signal, reload). A second one during the
+    /// handover hold cuts it short.
+    Shutdown {
+        at_ns: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Send an RFC 5227 ARP probe for the VIP; report
+    /// [`Event::SolicitFailed`] if it could not be sent.
+    Solicit,
+    /// Bind the VIP, then announce it at once; report [`Event::Bound`] or
+    /// [`Event::BindFailed`].
+    TakeOver,
+    /// Remove the VIP; report [`Event::Unbound`] or [`Event::UnbindFailed`].
     Release,
+    /// Announce the VIP, as scheduled while holding.
+    Announce,
     /// Let the backup's probes through: it sees this master alive.
     OpenGate,
     /// Drop the backup's probes: it sees this master dead and takes over.
     CloseGate,
-    /// Keep the gate as it is (closed) for [`HANDOVER_HOLD`] before
-    /// stopping, so the backup notices the silence.
-    HoldForHandover,
+    /// Something worth a log line that is not a state change.
+    Note(Note),
+    Notify(Transition),
+    /// The handover is over (`cut_short`: by a second stop request): the
+    /// instance may go.
+    Exit {
+        cut_short: bool,
+    },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// A check failed without changing the verdict (yet).
+    HealthCheck {
+        result: Result<(), String>,
+        against: u32,
+        needed: u32,
+    },
+    /// Another host claims the VIP while we hold it.
+    Conflict { mac: [u8; 6] },
+    /// A bind or unbind that failed earlier now asked again.
+    Retry { bind: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
     /// Nobody else answered for the VIP (or the probe could not tell and
     /// we preempt anyway).
     Claimed,
     /// Another host answered for the VIP and we took it (preempt).
     Preempted([u8; 6]),
-    /// Another host answers for the VIP and `--no-preempt` is set (`None`:
+    /// Another host answers for the VIP and `no_preempt` is set (`None`:
     /// the probe failed, so we cannot know it is free).
     VipInUse(Option<[u8; 6]>),
-    /// `--health-fall` consecutive failed checks (or the first one).
-    HealthFailed,
-    /// `--health-rise` consecutive good checks after being unhealthy.
-    HealthRecovered,
+    /// `fall` consecutive failed checks (or the first check), with the last
+    /// failure.
+    HealthFailed {
+        first: bool,
+        fall: u32,
+        last: String,
+    },
+    /// `rise` consecutive good checks after being unhealthy.
+    HealthRecovered {
+        rise: u32,
+    },
     Shutdown,
 }
 
 impl Reason {
-    /// The token `--on-change` hooks get.
-    pub fn token(self) -> &'static str {
+    /// The token hooks get.
+    pub(crate) fn token(&self) -> &'static str {
         match self {
             Self::Claimed => "claimed",
             Self::Preempted(_) => "preempted",
             Self::VipInUse(_) => "vip-in-use",
-            Self::HealthFailed => "health-failed",
-            Self::HealthRecovered => "health-recovered",
+            Self::HealthFailed { .. } => "health-failed",
+            Self::HealthRecovered { .. } => "health-recovered",
             Self::Shutdown => "shutdown",
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transition {
-    pub from: State,
-    pub to: State,
-    pub reason: Reason,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) from: State,
+    pub(crate) to: State,
+    pub(crate) reason: Reason,
+    pub(crate) at_ns: u64,
 }
 
-/// What one event asks for: actions, in the order they must be done, and
-/// the state change they make (if any).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Step {
-    pub actions: Vec<Action>,
-    pub transition: Option<Transition>,
+/// An ARP probe that is out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Probe {
+    started_ns: u64,
+    resent: bool,
 }
 
 /// The master's decisions. Pure: no clock, no I/O.
 #[derive(Clone, Debug)]
-pub struct Machine {
+pub(crate) struct Machine {
+    settings: Settings,
     state: State,
-    preempt: bool,
-    /// The current health verdict (always true without a health check).
+    /// The current health verdict (always healthy without a check).
     healthy: bool,
-    /// An ARP probe is out; its result may be stale by the time it comes.
-    probing: bool,
-    /// Whether the gate drops probes (it starts open when attached).
+    hysteresis: Option<Hysteresis>,
+    last_failure: Option<String>,
+    probe: Option<Probe>,
+    recheck_at: Option<u64>,
+    /// Whether the gate drops probes (it starts open).
     gate_closed: bool,
     /// The claim being prepared follows a recovery (for its reason).
     recovering: bool,
+    garp: GarpSchedule,
+    /// The VIP is bound by us as far as we know; `None` after a failure.
+    bound: Option<bool>,
+    retry_at: Option<u64>,
+    hold_until: Option<u64>,
+    conflicts_logged: u32,
 }
 
 impl Machine {
-    /// `health_gated`: a health check is configured, so nothing is claimed
-    /// before its first verdict.
-    pub fn new(preempt: bool, health_gated: bool) -> Self {
+    pub(crate) fn new(settings: Settings) -> Self {
         Self {
+            settings,
             state: State::Starting,
-            preempt,
-            healthy: !health_gated,
-            probing: false,
+            healthy: settings.health.is_none(),
+            hysteresis: settings
+                .health
+                .map(|(fall, rise)| Hysteresis::new(fall, rise)),
+            last_failure: None,
+            probe: None,
+            recheck_at: None,
             gate_closed: false,
             recovering: false,
+            garp: GarpSchedule::new(&settings.garp),
+            bound: Some(false),
+            retry_at: None,
+            hold_until: None,
+            conflicts_logged: 0,
         }
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.state
+    }
+
+    #[cfg(test)]
+    pub(crate) fn gate_closed(&self) -> bool {
+        self.gate_closed
     }
 
     /// The first actions: probe at once without a health check, else wait
     /// for the first verdict.
-    pub fn start(&mut self) -> Step {
+    pub(crate) fn start(&mut self, now_ns: u64) -> Vec<Action> {
+        let mut out = Vec::new();
         if self.state == State::Starting && self.healthy {
-            return Step {
-                actions: self.probe(),
-                transition: None,
-            };
+            self.begin_probe(now_ns, &mut out);
         }
-        Step::default()
+        out
+    }
+
+    /// When the shell must feed [`Event::Tick`]; `u64::MAX` when nothing
+    /// is timed.
+    pub(crate) fn next_deadline(&self) -> u64 {
+        let probe = self.probe.map(|p| {
+            p.started_ns
+                + if p.resent {
+                    ns(PROBE_WINDOW)
+                } else {
+                    ns(PROBE_RESEND)
+                }
+        });
+        [
+            probe,
+            self.recheck_at,
+            self.garp.next_ns(),
+            self.retry_at,
+            self.hold_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(u64::MAX)
     }
 
     /// The one function that changes state.
-    pub fn handle(&mut self, event: Event) -> Step {
+    pub(crate) fn handle(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
         if self.state == State::Stopped {
-            return Step::default();
+            match event {
+                Event::Tick { now_ns } if self.hold_until.is_some_and(|t| now_ns >= t) => {
+                    self.hold_until = None;
+                    out.push(Action::Exit { cut_short: false });
+                }
+                Event::Shutdown { .. } if self.hold_until.is_some() => {
+                    self.hold_until = None;
+                    out.push(Action::Exit { cut_short: true });
+                }
+                Event::Unbound { .. } => self.bound = Some(false),
+                Event::UnbindFailed { .. } => self.bound = None,
+                _ => {}
+            }
+            return out;
         }
         match event {
-            Event::Health(Verdict::Healthy) => self.healthy(),
-            Event::Health(Verdict::Unhealthy) => self.unhealthy(),
-            Event::Probed(owner) => self.probed(owner),
-            Event::RecheckDue if self.state == State::Waiting && self.healthy => Step {
-                actions: self.probe(),
-                transition: None,
-            },
-            Event::RecheckDue => Step::default(),
-            Event::Shutdown => {
+            Event::Tick { now_ns } => self.tick(now_ns, &mut out),
+            Event::Health { at_ns, result } => self.health(at_ns, result, &mut out),
+            Event::Claim { at_ns, mac } => {
+                if self.probe.is_some() {
+                    self.probed(at_ns, Owner::Host(mac), &mut out);
+                } else if self.state == State::Holding && self.conflicts_logged < CONFLICTS_LOGGED {
+                    self.conflicts_logged += 1;
+                    out.push(Action::Note(Note::Conflict { mac }));
+                }
+            }
+            Event::SolicitFailed { at_ns } => {
+                if self.probe.is_some() {
+                    self.probed(at_ns, Owner::Unknown, &mut out);
+                }
+            }
+            Event::Bound { first_garp_ns, .. } => {
+                self.bound = Some(true);
+                self.retry_at = None;
+                if self.state == State::Holding {
+                    self.garp.burst_started(first_garp_ns);
+                } else {
+                    out.push(Action::Release);
+                }
+            }
+            Event::BindFailed { at_ns } | Event::UnbindFailed { at_ns } => {
+                self.bound = None;
+                self.retry_at = Some(at_ns + RETRY_NS);
+            }
+            Event::Unbound { .. } => {
+                self.bound = Some(false);
+                self.retry_at = None;
+            }
+            Event::Shutdown { at_ns } => {
                 // A planned handover: release, then (as for a failed health
                 // check, and for the same reason) close the gate, and hold
-                // it closed until the backup has noticed. Whatever the state:
-                // a master stopped before it claimed the VIP must not keep
-                // the backup standing by for a VIP nobody serves.
-                let mut actions = Vec::new();
-                if self.state == State::Holding {
-                    actions.push(Action::Release);
+                // it closed until the backup has noticed. Whatever the
+                // state: a master stopped before it claimed the VIP must not
+                // keep the backup standing by for a VIP nobody serves.
+                self.probe = None;
+                self.recheck_at = None;
+                self.retry_at = None;
+                if self.bound != Some(false) {
+                    self.release(&mut out);
                 }
-                self.close_gate(&mut actions);
-                actions.push(Action::HoldForHandover);
-                self.go(State::Stopped, Reason::Shutdown, actions)
+                self.close_gate(&mut out);
+                self.hold_until = Some(at_ns + ns(HANDOVER_HOLD));
+                self.go(State::Stopped, Reason::Shutdown, at_ns, &mut out);
+            }
+        }
+        out
+    }
+
+    fn tick(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        if let Some(p) = self.probe {
+            if now_ns >= p.started_ns + ns(PROBE_WINDOW) {
+                self.probed(now_ns, Owner::Nobody, out);
+            } else if !p.resent && now_ns >= p.started_ns + ns(PROBE_RESEND) {
+                self.probe = Some(Probe { resent: true, ..p });
+                out.push(Action::Solicit);
+            }
+        }
+        if let Some(at) = self.recheck_at
+            && now_ns >= at
+        {
+            self.recheck_at = None;
+            if self.state == State::Waiting && self.healthy {
+                self.begin_probe(now_ns, out);
+            }
+        }
+        if let Some(due) = self.garp.next_ns()
+            && now_ns >= due
+        {
+            self.garp.sent(now_ns);
+            out.push(Action::Announce);
+        }
+        if let Some(at) = self.retry_at
+            && now_ns >= at
+        {
+            self.retry_at = None;
+            let want = self.state == State::Holding;
+            out.push(Action::Note(Note::Retry { bind: want }));
+            out.push(if want {
+                Action::TakeOver
+            } else {
+                Action::Release
+            });
+        }
+    }
+
+    fn health(&mut self, at_ns: u64, result: Result<(), String>, out: &mut Vec<Action>) {
+        let Some(h) = self.hysteresis.as_mut() else {
+            return;
+        };
+        let first = h.verdict().is_none();
+        let changed = h.record(result.is_ok());
+        if let Err(why) = &result {
+            self.last_failure = Some(why.clone());
+        }
+        match changed {
+            Some(Verdict::Healthy) => self.healthy_now(at_ns, out),
+            Some(Verdict::Unhealthy) => self.unhealthy_now(at_ns, first, out),
+            None => {
+                let (against, needed) = h.progress();
+                out.push(Action::Note(Note::HealthCheck {
+                    result,
+                    against,
+                    needed,
+                }));
             }
         }
     }
 
-    fn healthy(&mut self) -> Step {
-        if self.healthy {
-            return Step::default();
-        }
+    fn healthy_now(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         self.healthy = true;
-        let mut actions = Vec::new();
         if self.state == State::Unhealthy {
             // Gate first: once the claim's GARP makes the backup release
             // the VIP, it must already see this master alive, or it would
             // take the VIP right back.
             self.recovering = true;
-            self.open_gate(&mut actions);
+            self.open_gate(out);
         }
         if matches!(self.state, State::Starting | State::Unhealthy) {
-            actions.extend(self.probe());
-        }
-        Step {
-            actions,
-            transition: None,
+            self.begin_probe(now_ns, out);
         }
     }
 
-    fn unhealthy(&mut self) -> Step {
+    fn unhealthy_now(&mut self, at_ns: u64, first: bool, out: &mut Vec<Action>) {
         self.healthy = false;
         self.recovering = false;
-        let mut actions = Vec::new();
-        match self.state {
-            // At start the VIP may be left over from a daemon that died:
-            // release it too (removing an absent address is a no-op).
-            // Release before closing the gate: the backup must never bind
-            // the VIP while this host still answers for it.
-            State::Starting | State::Holding => actions.push(Action::Release),
-            State::Waiting | State::Unhealthy | State::Stopped => {}
+        self.probe = None;
+        self.recheck_at = None;
+        // At start the VIP may be left over from a daemon that died:
+        // release it too (removing an absent address is a no-op). Release
+        // before closing the gate: the backup must never bind the VIP while
+        // this host still answers for it.
+        if matches!(self.state, State::Starting | State::Holding) {
+            self.release(out);
         }
-        self.close_gate(&mut actions);
+        self.close_gate(out);
         if self.state == State::Unhealthy {
             // A recovery that failed again before its claim: just re-close.
-            return Step {
-                actions,
-                transition: None,
-            };
+            return;
         }
-        self.go(State::Unhealthy, Reason::HealthFailed, actions)
+        let fall = self.settings.health.map_or(1, |(fall, _)| fall);
+        let last = self
+            .last_failure
+            .clone()
+            .unwrap_or_else(|| "no detail".into());
+        self.go(
+            State::Unhealthy,
+            Reason::HealthFailed { first, fall, last },
+            at_ns,
+            out,
+        );
     }
 
-    fn probed(&mut self, owner: Owner) -> Step {
-        self.probing = false;
+    fn probed(&mut self, at_ns: u64, owner: Owner, out: &mut Vec<Action>) {
+        self.probe = None;
         if !self.healthy
             || !matches!(
                 self.state,
                 State::Starting | State::Waiting | State::Unhealthy
             )
         {
-            // Stale: the verdict changed while the probe was out.
-            return Step::default();
+            return;
         }
-        let claim_reason =
-            |preempted: Option<[u8; 6]>, recovering: bool| match (recovering, preempted) {
-                (true, _) => Reason::HealthRecovered,
-                (false, Some(mac)) => Reason::Preempted(mac),
-                (false, None) => Reason::Claimed,
-            };
-        let reason = match owner {
-            Owner::Nobody => claim_reason(None, self.recovering),
-            Owner::Host(mac) if self.preempt => claim_reason(Some(mac), self.recovering),
-            Owner::Unknown if self.preempt => claim_reason(None, self.recovering),
-            Owner::Host(_) | Owner::Unknown => {
-                let actions = vec![Action::RecheckLater];
+        let reason = match (self.recovering, owner) {
+            (_, Owner::Host(_) | Owner::Unknown) if !self.settings.preempt => {
+                self.recheck_at = Some(at_ns + ns(RECHECK_EVERY));
                 if self.state == State::Waiting {
-                    return Step {
-                        actions,
-                        transition: None,
-                    };
+                    return;
                 }
                 self.recovering = false;
                 let mac = match owner {
                     Owner::Host(mac) => Some(mac),
                     Owner::Nobody | Owner::Unknown => None,
                 };
-                return self.go(State::Waiting, Reason::VipInUse(mac), actions);
+                self.go(State::Waiting, Reason::VipInUse(mac), at_ns, out);
+                return;
             }
+            (true, _) => Reason::HealthRecovered {
+                rise: self.settings.health.map_or(1, |(_, rise)| rise),
+            },
+            (false, Owner::Host(mac)) => Reason::Preempted(mac),
+            (false, Owner::Nobody | Owner::Unknown) => Reason::Claimed,
         };
         self.recovering = false;
-        self.go(State::Holding, reason, vec![Action::Claim])
+        self.conflicts_logged = 0;
+        out.push(Action::TakeOver);
+        self.go(State::Holding, reason, at_ns, out);
     }
 
-    fn probe(&mut self) -> Vec<Action> {
-        if self.probing {
-            return Vec::new();
-        }
-        self.probing = true;
-        vec![Action::Probe]
-    }
-
-    fn open_gate(&mut self, actions: &mut Vec<Action>) {
-        if self.gate_closed {
-            self.gate_closed = false;
-            actions.push(Action::OpenGate);
-        }
-    }
-
-    fn close_gate(&mut self, actions: &mut Vec<Action>) {
-        if !self.gate_closed {
-            self.gate_closed = true;
-            actions.push(Action::CloseGate);
-        }
-    }
-
-    fn go(&mut self, to: State, reason: Reason, actions: Vec<Action>) -> Step {
-        let from = self.state;
-        self.state = to;
-        Step {
-            actions,
-            transition: Some(Transition { from, to, reason }),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The shell.
-
-pub fn run(args: MasterArgs) -> anyhow::Result<()> {
-    sys::require_privileges("vipwatch master")?;
-    let MasterArgs {
-        iface,
-        vip,
-        garp,
-        no_preempt,
-        health_cmd,
-        health_http,
-        health_expect,
-        health_interval,
-        health_fall,
-        health_rise,
-        on_change,
-        xdp_mode,
-    } = args;
-    if no_preempt && vip.v4().is_none() {
-        bail!(
-            "--no-preempt needs an IPv4 VIP: it asks who answers for the VIP with an ARP probe, \
-             and IPv6 (NDP) probing is not implemented; drop --no-preempt or use an IPv4 VIP"
-        );
-    }
-    let check = Check::from_args(health_cmd, health_http, health_expect)?;
-    let (rt, netlink) = Netlink::with_runtime()?;
-    let settings = Settings {
-        iface,
-        vip,
-        garp,
-        preempt: !no_preempt,
-        check,
-        health_interval,
-        health_fall,
-        health_rise,
-        on_change,
-        xdp_mode,
-    };
-    let result = serve(&rt, netlink, settings);
-    // A probe or a DNS lookup may still run on the blocking pool: give it a
-    // moment, never an unbounded wait.
-    rt.shutdown_timeout(SHUTDOWN_GRACE);
-    result
-}
-
-struct Settings {
-    iface: String,
-    vip: Vip,
-    garp: GarpArgs,
-    preempt: bool,
-    check: Option<Check>,
-    health_interval: Duration,
-    health_fall: u32,
-    health_rise: u32,
-    on_change: Option<String>,
-    xdp_mode: ModeArg,
-}
-
-fn serve(rt: &Runtime, netlink: Netlink, s: Settings) -> anyhow::Result<()> {
-    let Settings {
-        iface,
-        vip,
-        garp,
-        preempt,
-        check,
-        health_interval,
-        health_fall,
-        health_rise,
-        on_change,
-        xdp_mode,
-    } = s;
-    let ifindex = rt.block_on(netlink.link_index(&iface))?;
-    let mut announcer = Announcer::open(&iface)?;
-    announcer.prepare(vip.addr)?;
-    let hooks = Hooks::new(on_change)?;
-    let (sigint, sigterm) = {
-        let _enter = rt.enter();
-        (
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        )
-    };
-
-    log::info!(
-        "vipwatch master on {iface}: VIP {vip}, {}, GARP {}x every {} ms{}",
-        if preempt { "preempt" } else { "no-preempt" },
-        garp.garp_count,
-        garp.garp_interval.as_millis(),
-        garp.garp_refresh
-            .map(|r| format!(", then every {} ms", r.as_millis()))
-            .unwrap_or_default(),
-    );
-    // Always attached, health check or not: closing it on SIGINT/SIGTERM is
-    // what hands the VIP over to the backup.
-    let gate = Gate::attach(&iface, xdp_mode)
-        .with_context(|| format!("attaching the probe gate (XDP) to {iface}"))?;
-    if gate.fell_back {
-        log::warn!(
-            "XDP FALLBACK: the driver of {iface} refused native mode; the probe gate runs in skb \
-             (generic) mode, which costs more CPU per packet (use --xdp-mode skb to make this explicit)"
-        );
-    } else {
-        log::info!(
-            "probe gate attached to {iface} in {} mode",
-            gate.mode.as_str()
-        );
-    }
-    let health = match check {
-        Some(check) => {
-            log::info!(
-                "health check: {check} every {} ms (--health-fall {health_fall}, --health-rise {health_rise} \
-                 consecutive checks); the VIP is claimed only once it passes",
-                health_interval.as_millis()
-            );
-            let (tx, rx) = mpsc::channel(4);
-            let task = rt.spawn(health_loop(check, health_interval, tx));
-            Some(HealthFeed {
-                rx,
-                task,
-                hysteresis: Hysteresis::new(health_fall, health_rise),
-            })
-        }
-        None => {
-            log::info!("no health check: holding {vip} for as long as vipwatch runs");
-            None
-        }
-    };
-
-    let mut daemon = Daemon {
-        rt,
-        machine: Machine::new(preempt, health.is_some()),
-        netlink,
-        ifindex,
-        vip,
-        iface,
-        announcer,
-        gate,
-        hooks,
-        garp: GarpSchedule::new(&garp),
-        held: false,
-        health_failure: None,
-        probe_failures: 0,
-        health_fall,
-        health_rise,
-        waits: Waits {
-            sigint,
-            sigterm,
-            health,
-            probe: None,
-            recheck_at: None,
-            garp_at: None,
-        },
-    };
-    daemon.run()
-}
-
-/// Runs the check every `interval` and sends each result. Each check is
-/// bounded by the interval, so the next one starts on time.
-async fn health_loop(check: Check, interval: Duration, tx: mpsc::Sender<Result<(), String>>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let result = check.run(interval).await;
-        if tx.send(result).await.is_err() {
-            // The daemon is stopping and dropped the receiver.
+    fn begin_probe(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        if self.probe.is_some() {
             return;
         }
-    }
-}
-
-struct HealthFeed {
-    rx: mpsc::Receiver<Result<(), String>>,
-    task: JoinHandle<()>,
-    hysteresis: Hysteresis,
-}
-
-type ProbeResult = anyhow::Result<Option<[u8; 6]>>;
-
-/// Everything the daemon waits for.
-struct Waits {
-    sigint: Signal,
-    sigterm: Signal,
-    health: Option<HealthFeed>,
-    probe: Option<JoinHandle<ProbeResult>>,
-    recheck_at: Option<Instant>,
-    garp_at: Option<Instant>,
-}
-
-enum Wake {
-    Signal(&'static str),
-    Health(Option<Result<(), String>>),
-    Probed(Result<ProbeResult, JoinError>),
-    Recheck,
-    Garp,
-}
-
-impl Waits {
-    /// The next thing to act on. Every branch is a wake-up from the kernel
-    /// or a timer: no polling.
-    async fn next(&mut self) -> Wake {
-        let Self {
-            sigint,
-            sigterm,
-            health,
-            probe,
-            recheck_at,
-            garp_at,
-        } = self;
-        tokio::select! {
-            _ = sigint.recv() => Wake::Signal("SIGINT"),
-            _ = sigterm.recv() => Wake::Signal("SIGTERM"),
-            result = recv(health) => Wake::Health(result),
-            result = join(probe) => Wake::Probed(result),
-            () = sleep(*recheck_at) => Wake::Recheck,
-            () = sleep(*garp_at) => Wake::Garp,
-        }
-    }
-}
-
-async fn recv(health: &mut Option<HealthFeed>) -> Option<Result<(), String>> {
-    match health {
-        Some(feed) => feed.rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn join<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
-    match handle {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What carrying out one step's actions did, for its log line.
-#[derive(Default)]
-struct Effects {
-    /// (newly added, bound at, first GARP sent at).
-    claimed: Option<(bool, u64, u64)>,
-    /// (was bound, removed at).
-    released: Option<(bool, u64)>,
-    gate_closed: Option<bool>,
-    /// The gate is held closed this long after the step's log line.
-    handover_hold: Option<Duration>,
-}
-
-struct Daemon<'rt> {
-    rt: &'rt Runtime,
-    machine: Machine,
-    netlink: Netlink,
-    ifindex: u32,
-    vip: Vip,
-    iface: String,
-    announcer: Announcer,
-    /// Dropped after the VIP is released (field order): detaching it lets
-    /// the backup's probes through again.
-    gate: Gate,
-    hooks: Hooks,
-    garp: GarpSchedule,
-    /// The VIP is bound by us (what the drop guard releases).
-    held: bool,
-    /// Why the latest health check failed, for the transition's log line.
-    health_failure: Option<String>,
-    /// Consecutive failed ARP probes (the first is logged as a warning).
-    probe_failures: u32,
-    health_fall: u32,
-    health_rise: u32,
-    waits: Waits,
-}
-
-impl Daemon<'_> {
-    fn run(&mut self) -> anyhow::Result<()> {
-        let step = self.machine.start();
-        self.apply(step)?;
-        loop {
-            let wake = self.rt.block_on(self.waits.next());
-            match wake {
-                Wake::Signal(name) => {
-                    log::info!(
-                        "{name}: stopping (a second SIGINT/SIGTERM skips the handover hold)"
-                    );
-                    let step = self.machine.handle(Event::Shutdown);
-                    return self.apply(step);
-                }
-                Wake::Health(Some(result)) => self.on_health(result)?,
-                Wake::Health(None) => {
-                    bail!(
-                        "the health check task stopped unexpectedly (did it panic? see above); restart vipwatch"
-                    )
-                }
-                Wake::Probed(result) => {
-                    self.waits.probe = None;
-                    let owner = self.owner(result)?;
-                    let step = self.machine.handle(Event::Probed(owner));
-                    self.apply(step)?;
-                }
-                Wake::Recheck => {
-                    self.waits.recheck_at = None;
-                    let step = self.machine.handle(Event::RecheckDue);
-                    self.apply(step)?;
-                }
-                Wake::Garp => {
-                    self.announce();
-                    self.garp.sent(clock::now_ns());
-                    self.arm_garp_timer();
-                }
-            }
-        }
-    }
-
-    fn on_health(&mut self, result: Result<(), String>) -> anyhow::Result<()> {
-        let Some(feed) = self.waits.health.as_mut() else {
-            return Ok(());
-        };
-        let changed = feed.hysteresis.record(result.is_ok());
-        if changed.is_none() {
-            // Quiet unless it changes the verdict: debug only.
-            let (against, needed) = feed.hysteresis.progress();
-            match (&result, feed.hysteresis.verdict()) {
-                (Err(why), Some(Verdict::Healthy)) => {
-                    log::debug!(
-                        "health check failed ({against}/{needed} towards unhealthy): {why}"
-                    );
-                }
-                (Err(why), _) => log::debug!("health check failed (still unhealthy): {why}"),
-                (Ok(()), Some(Verdict::Unhealthy)) => {
-                    log::debug!("health check passed ({against}/{needed} towards healthy)");
-                }
-                (Ok(()), _) => {}
-            }
-        }
-        if let Err(why) = result {
-            self.health_failure = Some(why);
-        }
-        match changed {
-            Some(verdict) => {
-                let step = self.machine.handle(Event::Health(verdict));
-                self.apply(step)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Turns a finished probe into an [`Owner`], logging what the user
-    /// should know.
-    fn owner(&mut self, result: Result<ProbeResult, JoinError>) -> anyhow::Result<Owner> {
-        let result = match result {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => bail!("the ARP probe thread panicked: {e}"),
-            Err(e) => bail!("the ARP probe was cancelled: {e}"),
-        };
-        match result {
-            Ok(owner) => {
-                self.probe_failures = 0;
-                match owner {
-                    Some(mac) if self.machine.preempt => {
-                        log::info!(
-                            "VIP currently answered by {}; claiming it (preempt)",
-                            mac_str(mac)
-                        );
-                        Ok(Owner::Host(mac))
-                    }
-                    Some(mac) => Ok(Owner::Host(mac)),
-                    None => Ok(Owner::Nobody),
-                }
-            }
-            Err(e) => {
-                self.probe_failures += 1;
-                if self.probe_failures == 1 {
-                    log::warn!(
-                        "could not ask who answers for {} on {} ({e:#}); {}",
-                        self.vip.addr,
-                        self.iface,
-                        if self.machine.preempt {
-                            "claiming it anyway (preempt)"
-                        } else {
-                            "not claiming it (--no-preempt) until a probe succeeds"
-                        }
-                    );
-                } else {
-                    log::debug!("ARP probe failed again ({}x): {e:#}", self.probe_failures);
-                }
-                Ok(Owner::Unknown)
-            }
-        }
-    }
-
-    /// Carries out one step's actions in order, then logs its transition
-    /// and runs the hook.
-    fn apply(&mut self, step: Step) -> anyhow::Result<()> {
-        let Step {
-            actions,
-            transition,
-        } = step;
-        let mut effects = Effects::default();
-        // A failed release must not skip the gate that follows it: with the
-        // gate open, the backup would keep seeing a live master and never
-        // take over from a host that cannot even drop the VIP. The error is
-        // returned once every action had its chance.
-        let mut first_error = None;
-        for action in actions {
-            if action == Action::Release {
-                if let Err(e) = self.release(&mut effects) {
-                    log::error!("{e:#}");
-                    first_error.get_or_insert(e);
-                }
-                continue;
-            }
-            match action {
-                Action::Probe => self.start_probe(),
-                Action::RecheckLater => {
-                    self.waits.recheck_at = Some(Instant::now() + RECHECK_EVERY)
-                }
-                Action::Claim => self.claim(&mut effects)?,
-                Action::Release => {}
-                Action::OpenGate => self.set_gate(false, &mut effects)?,
-                Action::CloseGate => self.set_gate(true, &mut effects)?,
-                // Held after the log line below: the line says when the
-                // handover started, not when the hold ended.
-                Action::HoldForHandover => effects.handover_hold = Some(HANDOVER_HOLD),
-            }
-        }
-        if let Some(t) = transition {
-            self.report(t, &effects);
-        }
-        if let Some(hold) = effects.handover_hold {
-            self.hold_gate(hold);
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Waits `hold` with the gate as it is (closed), or until a second
-    /// SIGINT/SIGTERM, and says what the gate dropped meanwhile.
-    fn hold_gate(&mut self, hold: Duration) {
-        let before = self.gate.counters();
-        let started = Instant::now();
-        let Waits {
-            sigint, sigterm, ..
-        } = &mut self.waits;
-        let cut_short = self.rt.block_on(async {
-            tokio::select! {
-                () = tokio::time::sleep(hold) => None,
-                _ = sigint.recv() => Some("SIGINT"),
-                _ = sigterm.recv() => Some("SIGTERM"),
-            }
+        self.probe = Some(Probe {
+            started_ns: now_ns,
+            resent: false,
         });
-        let held_ms = started.elapsed().as_millis();
-        let dropped = match (before, self.gate.counters()) {
-            (Ok((_, before)), Ok((_, after))) => {
-                let n = after.saturating_sub(before);
-                if n == 0 {
-                    "no probes dropped (is a backup probing this host?)".to_owned()
-                } else {
-                    format!("{n} probes dropped")
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => format!("probe gate counters unreadable ({e:#})"),
-        };
-        match cut_short {
-            None => log::info!("handover: probe gate held closed {held_ms} ms, {dropped}; exiting"),
-            Some(name) => log::warn!(
-                "{name} again: exiting after holding the probe gate closed only {held_ms} ms of {} ms, \
-                 {dropped}; the backup may not have taken over",
-                hold.as_millis()
-            ),
-        }
+        out.push(Action::Solicit);
     }
 
-    fn start_probe(&mut self) {
-        let iface = self.iface.clone();
-        let task = match self.vip.addr {
-            IpAddr::V4(vip) => self
-                .rt
-                .spawn_blocking(move || arp::probe_owner(&iface, vip, PROBE_TIMEOUT)),
-            // No NDP probe: an IPv6 VIP is claimed at once (--no-preempt is
-            // refused for IPv6 at start).
-            IpAddr::V6(_) => self.rt.spawn(async { Ok(None) }),
-        };
-        self.waits.probe = Some(task);
-    }
-
-    fn claim(&mut self, effects: &mut Effects) -> anyhow::Result<()> {
-        let added = self
-            .rt
-            .block_on(
-                self.netlink
-                    .add_address(self.ifindex, self.vip.addr, self.vip.prefix),
-            )
-            .with_context(|| format!("binding {} on {}", self.vip, self.iface))?;
-        let bound_ns = clock::now_ns();
-        self.held = true;
-        // The first announcement right after the bind: the GARP is what
-        // moves the clients (and makes an on-claim backup release).
-        self.announce();
-        let first_garp_ns = clock::now_ns();
-        self.garp.burst_started(first_garp_ns);
-        self.arm_garp_timer();
-        effects.claimed = Some((added, bound_ns, first_garp_ns));
-        Ok(())
-    }
-
-    fn release(&mut self, effects: &mut Effects) -> anyhow::Result<()> {
+    fn release(&mut self, out: &mut Vec<Action>) {
         self.garp.stop();
-        self.waits.garp_at = None;
-        let removed = self
-            .rt
-            .block_on(self.netlink.del_address(self.ifindex, self.vip.addr, self.vip.prefix))
-            .with_context(|| {
-                format!(
-                    "removing {} from {}; remove it by hand (`vipwatch release --iface {} --vip {}`) \
-                     or this host keeps answering for it",
-                    self.vip, self.iface, self.iface, self.vip
-                )
-            })?;
-        self.held = false;
-        effects.released = Some((removed, clock::now_ns()));
-        Ok(())
+        out.push(Action::Release);
     }
 
-    fn set_gate(&mut self, closed: bool, effects: &mut Effects) -> anyhow::Result<()> {
-        self.gate.set_closed(closed).with_context(|| {
-            format!(
-                "{} the probe gate on {}",
-                if closed { "closing" } else { "opening" },
-                self.iface
-            )
-        })?;
-        effects.gate_closed = Some(closed);
-        match self.gate.counters() {
-            Ok((seen, dropped)) => {
-                log::debug!("probe gate: {seen} probes seen, {dropped} dropped so far")
-            }
-            Err(e) => log::debug!("probe gate counters unreadable: {e:#}"),
-        }
-        Ok(())
-    }
-
-    fn announce(&mut self) {
-        if let Err(e) = self.announcer.announce(self.vip.addr) {
-            log::warn!(
-                "gratuitous ARP for {} on {} failed: {e:#}",
-                self.vip,
-                self.iface
-            );
+    fn open_gate(&mut self, out: &mut Vec<Action>) {
+        if self.gate_closed {
+            self.gate_closed = false;
+            out.push(Action::OpenGate);
         }
     }
 
-    fn arm_garp_timer(&mut self) {
-        self.waits.garp_at = self.garp.next_ns().map(|due| {
-            let now = clock::now_ns();
-            Instant::now() + Duration::from_nanos(due.saturating_sub(now))
-        });
-    }
-
-    /// The one log line (and hook) of a state change. `mono_ns` is the
-    /// CLOCK_MONOTONIC time of the address change it made (bind or
-    /// release), else of the decision.
-    fn report(&self, t: Transition, effects: &Effects) {
-        let Transition { from, to, reason } = t;
-        let why = self.describe(from, reason);
-        let vip = self.vip;
-        let iface = &self.iface;
-        let gate = match effects.gate_closed {
-            Some(true) => ", probe gate closed",
-            Some(false) => ", probe gate open",
-            None => "",
-        };
-        let released = |(removed, at): (bool, u64)| {
-            let what = if removed {
-                format!("released {vip} from {iface}")
-            } else {
-                format!("{vip} was not bound on {iface}")
-            };
-            (what, at)
-        };
-        match to {
-            State::Holding => {
-                let (added, bound_ns, first_garp_ns) = effects.claimed.unwrap_or_else(|| {
-                    let now = clock::now_ns();
-                    (false, now, now)
-                });
-                let note = if added { "" } else { "; it was already bound" };
-                log::info!(
-                    "state -> HOLDING: bound {vip} on {iface}, first GARP {:+.3} ms (from {}, {why}{note}) \
-                     mono_ns={bound_ns}",
-                    clock::delta_ms(bound_ns, first_garp_ns),
-                    from.name(),
-                );
-            }
-            State::Unhealthy => {
-                let (what, at) = effects
-                    .released
-                    .map_or_else(|| (format!("{vip} not bound"), clock::now_ns()), released);
-                log::info!(
-                    "state -> UNHEALTHY: {what}{gate} (from {}, {why}) mono_ns={at}",
-                    from.name()
-                );
-            }
-            State::Waiting => {
-                log::info!(
-                    "state -> WAITING: not claiming {vip} (--no-preempt); probing again every {} s (from {}, {why}) \
-                     mono_ns={}",
-                    RECHECK_EVERY.as_secs(),
-                    from.name(),
-                    clock::now_ns()
-                );
-            }
-            State::Stopped => {
-                let (what, at) = effects
-                    .released
-                    .map_or_else(|| (format!("{vip} not bound"), clock::now_ns()), released);
-                let counters = match self.gate.counters() {
-                    Ok((seen, dropped)) => {
-                        format!("; probe gate saw {seen} probes, dropped {dropped}")
-                    }
-                    Err(e) => format!("; probe gate counters unreadable ({e:#})"),
-                };
-                let handover = match effects.handover_hold {
-                    Some(hold) => format!(
-                        ", probe gate closed for {} ms so the backup takes over",
-                        hold.as_millis()
-                    ),
-                    None => gate.to_owned(),
-                };
-                log::info!(
-                    "state -> STOPPED: {what}{handover} (from {}, {why}{counters}) mono_ns={at}",
-                    from.name()
-                );
-            }
-            State::Starting => log::info!("state -> STARTING (from {}, {why})", from.name()),
-        }
-        self.hooks
-            .notify(to.name(), &vip.to_string(), iface, reason.token());
-    }
-
-    fn describe(&self, from: State, reason: Reason) -> String {
-        let token = reason.token();
-        match reason {
-            Reason::Claimed if self.vip.addr.is_ipv6() => {
-                format!("{token}: IPv6 VIP, claimed without probing")
-            }
-            Reason::Claimed => format!("{token}: nobody else answers for {}", self.vip.addr),
-            Reason::Preempted(mac) => format!("{token}: taken from {}", mac_str(mac)),
-            Reason::VipInUse(Some(mac)) => {
-                format!("{token}: {} answers for {}", mac_str(mac), self.vip.addr)
-            }
-            Reason::VipInUse(None) => {
-                format!("{token}: the ARP probe failed, so the VIP may be in use")
-            }
-            Reason::HealthFailed => {
-                let last = self.health_failure.as_deref().unwrap_or("no detail");
-                if from == State::Starting {
-                    format!("{token}: the first check failed: {last}")
-                } else {
-                    format!(
-                        "{token}: {} consecutive failed checks, last: {last}",
-                        self.health_fall
-                    )
-                }
-            }
-            Reason::HealthRecovered => {
-                format!("{token}: {} consecutive good checks", self.health_rise)
-            }
-            Reason::Shutdown => token.to_owned(),
+    fn close_gate(&mut self, out: &mut Vec<Action>) {
+        if !self.gate_closed {
+            self.gate_closed = true;
+            out.push(Action::CloseGate);
         }
     }
-}
 
-impl Drop for Daemon<'_> {
-    /// Whatever made us stop (an error, a panic), do not leave the VIP
-    /// bound: a stopped master that still answers for it fights the backup.
-    /// No handover hold on this path: the gate detaches with the rest of
-    /// the daemon (after this, by field order), so the backup keeps seeing
-    /// the host alive, as it does when the daemon is killed.
-    fn drop(&mut self) {
-        if let Some(feed) = self.waits.health.as_ref() {
-            // Dropping the task kills a health command still running.
-            feed.task.abort();
-        }
-        if self.held {
-            self.garp.stop();
-            let removed = self.rt.block_on(self.netlink.del_address(
-                self.ifindex,
-                self.vip.addr,
-                self.vip.prefix,
-            ));
-            let at = clock::now_ns();
-            match removed {
-                Ok(true) => log::warn!(
-                    "stopping on an error: released {} from {} mono_ns={at}",
-                    self.vip,
-                    self.iface
-                ),
-                Ok(false) => log::warn!(
-                    "stopping on an error: {} was already gone from {}",
-                    self.vip,
-                    self.iface
-                ),
-                Err(e) => log::error!(
-                    "stopping on an error, and could not remove {} from {} ({e:#}); remove it with \
-                     `vipwatch release --iface {} --vip {}`",
-                    self.vip,
-                    self.iface,
-                    self.iface,
-                    self.vip
-                ),
-            }
-        }
+    fn go(&mut self, to: State, reason: Reason, at_ns: u64, out: &mut Vec<Action>) {
+        let from = self.state;
+        self.state = to;
+        out.push(Action::Notify(Transition {
+            from,
+            to,
+            reason,
+            at_ns,
+        }));
     }
 }
 
@@ -1104,327 +584,442 @@ impl Drop for Daemon<'_> {
 mod tests {
     use super::*;
 
+    const MS: u64 = 1_000_000;
+    const T0: u64 = 1_000 * MS;
     const OTHER: [u8; 6] = [0x02, 0, 0x5e, 0, 0x53, 0x99];
+    const GARP: Garp = Garp {
+        count: 3,
+        interval_ns: 10 * MS,
+        refresh_ns: None,
+    };
 
-    fn step(actions: &[Action], t: Option<(State, State, Reason)>) -> Step {
-        Step {
-            actions: actions.to_vec(),
-            transition: t.map(|(from, to, reason)| Transition { from, to, reason }),
-        }
+    fn machine(preempt: bool, health: bool) -> Machine {
+        Machine::new(Settings {
+            preempt,
+            health: health.then_some((2, 3)),
+            garp: GARP,
+        })
+    }
+
+    fn transition(actions: &[Action]) -> Option<(State, State, Reason)> {
+        actions.iter().find_map(|a| match a {
+            Action::Notify(t) => Some((t.from, t.to, t.reason.clone())),
+            _ => None,
+        })
+    }
+
+    fn effects(actions: &[Action]) -> Vec<Action> {
+        actions
+            .iter()
+            .filter(|a| !matches!(a, Action::Notify(_) | Action::Note(_)))
+            .cloned()
+            .collect()
+    }
+
+    fn ok(m: &mut Machine, at: u64) -> Vec<Action> {
+        m.handle(Event::Health {
+            at_ns: at,
+            result: Ok(()),
+        })
+    }
+
+    fn fail(m: &mut Machine, at: u64) -> Vec<Action> {
+        m.handle(Event::Health {
+            at_ns: at,
+            result: Err("exit 1".into()),
+        })
+    }
+
+    /// Lets the probe window run out with nobody answering.
+    fn nobody(m: &mut Machine, from: u64) -> Vec<Action> {
+        let mut all = m.handle(Event::Tick {
+            now_ns: from + ns(PROBE_RESEND),
+        });
+        all.extend(m.handle(Event::Tick {
+            now_ns: from + ns(PROBE_WINDOW),
+        }));
+        all
+    }
+
+    fn holding() -> Machine {
+        let mut m = machine(true, false);
+        m.start(T0);
+        nobody(&mut m, T0);
+        m.handle(Event::Bound {
+            bound_ns: T0 + 200 * MS,
+            first_garp_ns: T0 + 200 * MS,
+        });
+        assert_eq!(m.state(), State::Holding);
+        m
     }
 
     #[test]
-    fn without_health_check_probe_then_claim() {
-        let mut m = Machine::new(true, false);
-        assert_eq!(m.start(), step(&[Action::Probe], None));
-        assert_eq!(
-            m.handle(Event::Probed(Owner::Nobody)),
-            step(
-                &[Action::Claim],
-                Some((State::Starting, State::Holding, Reason::Claimed))
-            )
-        );
-        // A planned handover: release first (the backup must never bind
-        // the VIP while we answer for it), then close the gate and hold it.
-        assert_eq!(
-            m.handle(Event::Shutdown),
-            step(
-                &[Action::Release, Action::CloseGate, Action::HoldForHandover],
-                Some((State::Holding, State::Stopped, Reason::Shutdown))
-            )
+    fn without_health_check_probe_twice_then_claim_after_the_window() {
+        let mut m = machine(true, false);
+        assert_eq!(m.start(T0), vec![Action::Solicit]);
+        assert_eq!(m.next_deadline(), T0 + ns(PROBE_RESEND));
+        assert!(
+            m.handle(Event::Tick {
+                now_ns: T0 + ns(PROBE_RESEND) - 1
+            })
+            .is_empty(),
+            "not one ns early"
         );
         assert_eq!(
-            m.handle(Event::Probed(Owner::Nobody)),
-            Step::default(),
-            "nothing after stop"
+            m.handle(Event::Tick {
+                now_ns: T0 + ns(PROBE_RESEND)
+            }),
+            vec![Action::Solicit],
+            "sent once more"
         );
-        assert_eq!(m.handle(Event::Shutdown), Step::default(), "stops once");
+        assert_eq!(m.next_deadline(), T0 + ns(PROBE_WINDOW));
+        let actions = m.handle(Event::Tick {
+            now_ns: T0 + ns(PROBE_WINDOW),
+        });
+        assert_eq!(effects(&actions), vec![Action::TakeOver]);
+        assert_eq!(
+            transition(&actions),
+            Some((State::Starting, State::Holding, Reason::Claimed))
+        );
     }
 
     #[test]
-    fn preempt_claims_a_vip_someone_else_answers() {
-        let mut m = Machine::new(true, false);
-        m.start();
+    fn an_answer_ends_the_window_at_once() {
+        let mut m = machine(true, false);
+        m.start(T0);
+        let actions = m.handle(Event::Claim {
+            at_ns: T0 + MS,
+            mac: OTHER,
+        });
+        assert_eq!(effects(&actions), vec![Action::TakeOver]);
         assert_eq!(
-            m.handle(Event::Probed(Owner::Host(OTHER))),
-            step(
-                &[Action::Claim],
-                Some((State::Starting, State::Holding, Reason::Preempted(OTHER)))
-            )
+            transition(&actions),
+            Some((State::Starting, State::Holding, Reason::Preempted(OTHER)))
         );
-        let mut m = Machine::new(true, false);
-        m.start();
+        // A probe that could not be sent: preempt claims anyway.
+        let mut m = machine(true, false);
+        m.start(T0);
+        let actions = m.handle(Event::SolicitFailed { at_ns: T0 });
         assert_eq!(
-            m.handle(Event::Probed(Owner::Unknown)),
-            step(
-                &[Action::Claim],
-                Some((State::Starting, State::Holding, Reason::Claimed))
-            )
+            transition(&actions),
+            Some((State::Starting, State::Holding, Reason::Claimed))
         );
+    }
+
+    #[test]
+    fn holding_announces_the_burst_then_stops() {
+        let mut m = holding();
+        let t = T0 + 200 * MS;
+        assert_eq!(m.next_deadline(), t + 10 * MS);
+        assert_eq!(
+            m.handle(Event::Tick {
+                now_ns: t + 10 * MS
+            }),
+            vec![Action::Announce]
+        );
+        assert_eq!(
+            m.handle(Event::Tick {
+                now_ns: t + 20 * MS
+            }),
+            vec![Action::Announce]
+        );
+        assert_eq!(m.next_deadline(), u64::MAX, "count 3, no refresh");
+    }
+
+    #[test]
+    fn shutdown_releases_closes_the_gate_and_holds_it_200_ms() {
+        let mut m = holding();
+        let at = T0 + 500 * MS;
+        let actions = m.handle(Event::Shutdown { at_ns: at });
+        assert_eq!(effects(&actions), vec![Action::Release, Action::CloseGate]);
+        assert_eq!(
+            transition(&actions),
+            Some((State::Holding, State::Stopped, Reason::Shutdown))
+        );
+        assert_eq!(m.next_deadline(), at + ns(HANDOVER_HOLD));
+        assert!(
+            m.handle(Event::Tick {
+                now_ns: at + ns(HANDOVER_HOLD) - 1
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            m.handle(Event::Tick {
+                now_ns: at + ns(HANDOVER_HOLD)
+            }),
+            vec![Action::Exit { cut_short: false }]
+        );
+    }
+
+    #[test]
+    fn a_second_shutdown_cuts_the_hold_short() {
+        let mut m = holding();
+        m.handle(Event::Shutdown { at_ns: T0 });
+        assert_eq!(
+            m.handle(Event::Shutdown { at_ns: T0 + MS }),
+            vec![Action::Exit { cut_short: true }]
+        );
+        assert!(m.handle(Event::Shutdown { at_ns: T0 + 2 * MS }).is_empty());
     }
 
     #[test]
     fn no_preempt_waits_until_the_vip_is_free() {
-        let mut m = Machine::new(false, false);
-        m.start();
+        let mut m = machine(false, false);
+        m.start(T0);
+        let actions = m.handle(Event::Claim {
+            at_ns: T0 + MS,
+            mac: OTHER,
+        });
+        assert_eq!(effects(&actions), Vec::<Action>::new());
         assert_eq!(
-            m.handle(Event::Probed(Owner::Host(OTHER))),
-            step(
-                &[Action::RecheckLater],
-                Some((
-                    State::Starting,
-                    State::Waiting,
-                    Reason::VipInUse(Some(OTHER))
-                ))
-            )
+            transition(&actions),
+            Some((
+                State::Starting,
+                State::Waiting,
+                Reason::VipInUse(Some(OTHER))
+            ))
         );
-        assert_eq!(m.handle(Event::RecheckDue), step(&[Action::Probe], None));
+        let recheck = T0 + MS + ns(RECHECK_EVERY);
+        assert_eq!(m.next_deadline(), recheck);
+        assert_eq!(
+            m.handle(Event::Tick { now_ns: recheck }),
+            vec![Action::Solicit]
+        );
         // Still taken: keep waiting, quietly.
-        assert_eq!(
-            m.handle(Event::Probed(Owner::Host(OTHER))),
-            step(&[Action::RecheckLater], None)
+        assert!(
+            m.handle(Event::Claim {
+                at_ns: recheck + MS,
+                mac: OTHER
+            })
+            .is_empty()
         );
-        m.handle(Event::RecheckDue);
         // A failed probe cannot prove the VIP free.
+        let recheck = recheck + MS + ns(RECHECK_EVERY);
+        m.handle(Event::Tick { now_ns: recheck });
+        assert!(m.handle(Event::SolicitFailed { at_ns: recheck }).is_empty());
+        let recheck = recheck + ns(RECHECK_EVERY);
+        m.handle(Event::Tick { now_ns: recheck });
+        let actions = nobody(&mut m, recheck);
         assert_eq!(
-            m.handle(Event::Probed(Owner::Unknown)),
-            step(&[Action::RecheckLater], None)
-        );
-        m.handle(Event::RecheckDue);
-        assert_eq!(
-            m.handle(Event::Probed(Owner::Nobody)),
-            step(
-                &[Action::Claim],
-                Some((State::Waiting, State::Holding, Reason::Claimed))
-            )
-        );
-        // Shutdown while waiting releases nothing, but still hands over:
-        // the backup must not stand by for a master that is going away.
-        let mut m = Machine::new(false, false);
-        m.start();
-        m.handle(Event::Probed(Owner::Host(OTHER)));
-        assert_eq!(
-            m.handle(Event::Shutdown),
-            step(
-                &[Action::CloseGate, Action::HoldForHandover],
-                Some((State::Waiting, State::Stopped, Reason::Shutdown))
-            )
+            transition(&actions),
+            Some((State::Waiting, State::Holding, Reason::Claimed))
         );
     }
 
     #[test]
     fn nothing_is_claimed_before_the_first_health_verdict() {
-        let mut m = Machine::new(true, true);
-        assert_eq!(m.start(), Step::default());
-        assert_eq!(m.handle(Event::RecheckDue), Step::default());
+        let mut m = machine(true, true);
+        assert!(m.start(T0).is_empty());
+        assert_eq!(m.next_deadline(), u64::MAX);
+        assert_eq!(ok(&mut m, T0 + MS), vec![Action::Solicit]);
+        let actions = nobody(&mut m, T0 + MS);
         assert_eq!(
-            m.handle(Event::Health(Verdict::Healthy)),
-            step(&[Action::Probe], None)
-        );
-        assert_eq!(
-            m.handle(Event::Probed(Owner::Nobody)),
-            step(
-                &[Action::Claim],
-                Some((State::Starting, State::Holding, Reason::Claimed))
-            )
+            transition(&actions),
+            Some((State::Starting, State::Holding, Reason::Claimed))
         );
     }
 
     #[test]
     fn unhealthy_at_start_closes_the_gate_and_binds_nothing() {
-        let mut m = Machine::new(true, true);
-        m.start();
-        assert_eq!(
-            m.handle(Event::Health(Verdict::Unhealthy)),
-            step(
-                &[Action::Release, Action::CloseGate],
-                Some((State::Starting, State::Unhealthy, Reason::HealthFailed))
-            )
-        );
+        let mut m = machine(true, true);
+        m.start(T0);
+        let actions = fail(&mut m, T0);
+        assert_eq!(effects(&actions), vec![Action::Release, Action::CloseGate]);
+        assert!(matches!(
+            transition(&actions),
+            Some((
+                State::Starting,
+                State::Unhealthy,
+                Reason::HealthFailed { first: true, .. }
+            ))
+        ));
     }
 
     #[test]
-    fn failing_health_releases_before_closing_the_gate() {
-        let mut m = Machine::new(true, true);
-        m.handle(Event::Health(Verdict::Healthy));
-        m.handle(Event::Probed(Owner::Nobody));
+    fn failing_health_releases_before_closing_the_gate_after_fall_checks() {
+        let mut m = machine(true, true);
+        ok(&mut m, T0);
+        nobody(&mut m, T0);
+        assert_eq!(m.state(), State::Holding);
+        let first = fail(&mut m, T0 + 300 * MS);
+        assert!(matches!(
+            first[..],
+            [Action::Note(Note::HealthCheck {
+                against: 1,
+                needed: 2,
+                ..
+            })]
+        ));
+        let actions = fail(&mut m, T0 + 400 * MS);
+        assert_eq!(effects(&actions), vec![Action::Release, Action::CloseGate]);
+        assert!(matches!(
+            transition(&actions),
+            Some((
+                State::Holding,
+                State::Unhealthy,
+                Reason::HealthFailed {
+                    first: false,
+                    fall: 2,
+                    ..
+                }
+            ))
+        ));
+        // Recovery after rise (3) good checks: gate first, then the probe.
+        ok(&mut m, T0 + 500 * MS);
+        ok(&mut m, T0 + 600 * MS);
+        let actions = ok(&mut m, T0 + 700 * MS);
+        assert_eq!(actions, vec![Action::OpenGate, Action::Solicit]);
+        let actions = m.handle(Event::Claim {
+            at_ns: T0 + 701 * MS,
+            mac: OTHER,
+        });
         assert_eq!(
-            m.handle(Event::Health(Verdict::Unhealthy)),
-            step(
-                &[Action::Release, Action::CloseGate],
-                Some((State::Holding, State::Unhealthy, Reason::HealthFailed))
-            )
-        );
-        // Recovery: gate first, then the probe, then the claim.
-        assert_eq!(
-            m.handle(Event::Health(Verdict::Healthy)),
-            step(&[Action::OpenGate, Action::Probe], None)
-        );
-        assert_eq!(
-            m.handle(Event::Probed(Owner::Host(OTHER))),
-            step(
-                &[Action::Claim],
-                Some((State::Unhealthy, State::Holding, Reason::HealthRecovered))
-            )
-        );
-        // Shutdown from HOLDING releases, then closes the opened gate.
-        assert_eq!(
-            m.handle(Event::Shutdown),
-            step(
-                &[Action::Release, Action::CloseGate, Action::HoldForHandover],
-                Some((State::Holding, State::Stopped, Reason::Shutdown))
-            )
+            transition(&actions),
+            Some((
+                State::Unhealthy,
+                State::Holding,
+                Reason::HealthRecovered { rise: 3 }
+            ))
         );
     }
 
     #[test]
     fn a_relapse_during_the_recovery_probe_closes_the_gate_again() {
-        let mut m = Machine::new(true, true);
-        m.handle(Event::Health(Verdict::Unhealthy));
-        assert_eq!(
-            m.handle(Event::Health(Verdict::Healthy)),
-            step(&[Action::OpenGate, Action::Probe], None)
+        let mut m = Machine::new(Settings {
+            preempt: true,
+            health: Some((1, 1)),
+            garp: GARP,
+        });
+        fail(&mut m, T0);
+        assert_eq!(ok(&mut m, T0 + MS), vec![Action::OpenGate, Action::Solicit]);
+        assert_eq!(fail(&mut m, T0 + 2 * MS), vec![Action::CloseGate]);
+        // The probe window was abandoned: nothing comes of its deadline.
+        assert!(
+            m.handle(Event::Tick {
+                now_ns: T0 + 300 * MS
+            })
+            .is_empty()
         );
-        assert_eq!(
-            m.handle(Event::Health(Verdict::Unhealthy)),
-            step(&[Action::CloseGate], None)
-        );
-        // The probe that was out comes back stale: ignored.
-        assert_eq!(m.handle(Event::Probed(Owner::Nobody)), Step::default());
         assert_eq!(m.state(), State::Unhealthy);
-        // The next recovery probes again.
-        assert_eq!(
-            m.handle(Event::Health(Verdict::Healthy)),
-            step(&[Action::OpenGate, Action::Probe], None)
-        );
-    }
-
-    #[test]
-    fn unhealthy_before_the_first_probe_returns_is_not_claimed() {
-        let mut m = Machine::new(true, true);
-        m.handle(Event::Health(Verdict::Healthy));
-        assert_eq!(
-            m.handle(Event::Health(Verdict::Unhealthy)),
-            step(
-                &[Action::Release, Action::CloseGate],
-                Some((State::Starting, State::Unhealthy, Reason::HealthFailed))
-            )
-        );
-        assert_eq!(m.handle(Event::Probed(Owner::Nobody)), Step::default());
     }
 
     #[test]
     fn no_preempt_recovery_waits_with_the_gate_open() {
-        let mut m = Machine::new(false, true);
-        m.handle(Event::Health(Verdict::Healthy));
-        m.handle(Event::Probed(Owner::Nobody));
-        m.handle(Event::Health(Verdict::Unhealthy));
+        let mut m = Machine::new(Settings {
+            preempt: false,
+            health: Some((1, 1)),
+            garp: GARP,
+        });
+        ok(&mut m, T0);
+        nobody(&mut m, T0);
+        fail(&mut m, T0 + 300 * MS);
         assert_eq!(
-            m.handle(Event::Health(Verdict::Healthy)),
-            step(&[Action::OpenGate, Action::Probe], None)
+            ok(&mut m, T0 + 400 * MS),
+            vec![Action::OpenGate, Action::Solicit]
         );
         // The backup took the VIP while we were unhealthy: leave it there.
+        let actions = m.handle(Event::Claim {
+            at_ns: T0 + 401 * MS,
+            mac: OTHER,
+        });
         assert_eq!(
-            m.handle(Event::Probed(Owner::Host(OTHER))),
-            step(
-                &[Action::RecheckLater],
-                Some((
-                    State::Unhealthy,
-                    State::Waiting,
-                    Reason::VipInUse(Some(OTHER))
-                ))
-            )
+            transition(&actions),
+            Some((
+                State::Unhealthy,
+                State::Waiting,
+                Reason::VipInUse(Some(OTHER))
+            ))
         );
+        assert!(!m.gate_closed());
         // Failing while waiting: nothing to release, gate closes.
-        assert_eq!(
-            m.handle(Event::Health(Verdict::Unhealthy)),
-            step(
-                &[Action::CloseGate],
-                Some((State::Waiting, State::Unhealthy, Reason::HealthFailed))
-            )
-        );
+        let actions = fail(&mut m, T0 + 500 * MS);
+        assert_eq!(effects(&actions), vec![Action::CloseGate]);
         // A recheck that fires while unhealthy does nothing.
-        assert_eq!(m.handle(Event::RecheckDue), Step::default());
+        assert!(
+            m.handle(Event::Tick {
+                now_ns: T0 + 401 * MS + ns(RECHECK_EVERY)
+            })
+            .is_empty()
+        );
     }
 
     #[test]
     fn shutdown_hands_over_from_every_state() {
-        let holding = || {
-            let mut m = Machine::new(true, false);
-            m.start();
-            m.handle(Event::Probed(Owner::Nobody));
-            m
-        };
         let unhealthy = || {
-            let mut m = Machine::new(true, true);
-            m.handle(Event::Health(Verdict::Unhealthy));
+            let mut m = machine(true, true);
+            fail(&mut m, T0);
+            m.handle(Event::Unbound { at_ns: T0 });
             m
         };
-        let table: [(&str, Machine, State, &[Action]); 5] = [
+        let table: [(&str, Machine, State, &[Action]); 4] = [
             (
-                "starting, no check",
-                Machine::new(true, false),
+                "starting, no check (probe out)",
+                {
+                    let mut m = machine(true, false);
+                    m.start(T0);
+                    m
+                },
                 State::Starting,
-                &[Action::CloseGate, Action::HoldForHandover],
+                &[Action::CloseGate],
             ),
             (
                 "starting, before the first verdict",
-                Machine::new(true, true),
+                machine(true, true),
                 State::Starting,
-                &[Action::CloseGate, Action::HoldForHandover],
+                &[Action::CloseGate],
             ),
             (
                 "holding",
                 holding(),
                 State::Holding,
-                &[Action::Release, Action::CloseGate, Action::HoldForHandover],
+                &[Action::Release, Action::CloseGate],
             ),
-            // The gate is closed already: it stays closed for the hold too,
-            // in case the backup has not noticed yet.
-            (
-                "unhealthy",
-                unhealthy(),
-                State::Unhealthy,
-                &[Action::HoldForHandover],
-            ),
-            (
-                "unhealthy, recovering (gate reopened, probe out)",
-                {
-                    let mut m = unhealthy();
-                    m.handle(Event::Health(Verdict::Healthy));
-                    m
-                },
-                State::Unhealthy,
-                &[Action::CloseGate, Action::HoldForHandover],
-            ),
+            // The gate is closed already: it stays closed for the hold.
+            ("unhealthy", unhealthy(), State::Unhealthy, &[]),
         ];
-        for (name, mut m, from, actions) in table {
+        for (name, mut m, from, expected) in table {
+            let actions = m.handle(Event::Shutdown { at_ns: T0 });
+            assert_eq!(effects(&actions), expected, "{name}");
             assert_eq!(
-                m.handle(Event::Shutdown),
-                step(actions, Some((from, State::Stopped, Reason::Shutdown))),
+                transition(&actions),
+                Some((from, State::Stopped, Reason::Shutdown)),
                 "{name}"
             );
-            assert_eq!(m.state(), State::Stopped, "{name}");
+            assert_eq!(m.next_deadline(), T0 + ns(HANDOVER_HOLD), "{name}");
         }
     }
 
     #[test]
-    fn one_probe_at_a_time() {
-        let mut m = Machine::new(false, false);
-        m.start();
-        m.handle(Event::Probed(Owner::Host(OTHER)));
-        assert_eq!(m.handle(Event::RecheckDue), step(&[Action::Probe], None));
-        assert_eq!(m.handle(Event::RecheckDue), Step::default());
+    fn a_failed_bind_is_retried_while_holding() {
+        let mut m = machine(true, false);
+        m.start(T0);
+        nobody(&mut m, T0);
+        let at = T0 + 200 * MS;
+        assert!(m.handle(Event::BindFailed { at_ns: at }).is_empty());
+        assert_eq!(m.next_deadline(), at + RETRY_NS);
+        let actions = m.handle(Event::Tick {
+            now_ns: at + RETRY_NS,
+        });
+        assert_eq!(
+            actions,
+            vec![Action::Note(Note::Retry { bind: true }), Action::TakeOver]
+        );
     }
 
     #[test]
-    fn repeated_verdicts_change_nothing() {
-        let mut m = Machine::new(true, true);
-        m.handle(Event::Health(Verdict::Healthy));
-        assert_eq!(m.handle(Event::Health(Verdict::Healthy)), Step::default());
-        m.handle(Event::Probed(Owner::Nobody));
-        m.handle(Event::Health(Verdict::Unhealthy));
-        assert_eq!(m.handle(Event::Health(Verdict::Unhealthy)), Step::default());
+    fn claims_while_holding_are_conflicts_logged_a_bounded_number_of_times() {
+        let mut m = holding();
+        let notes: usize = (0..50)
+            .map(|k| {
+                m.handle(Event::Claim {
+                    at_ns: T0 + k,
+                    mac: OTHER,
+                })
+                .len()
+            })
+            .sum();
+        assert_eq!(notes, CONFLICTS_LOGGED as usize);
+        assert_eq!(m.state(), State::Holding);
     }
 
     #[test]
@@ -1433,8 +1028,15 @@ mod tests {
             (Reason::Claimed, "claimed"),
             (Reason::Preempted(OTHER), "preempted"),
             (Reason::VipInUse(None), "vip-in-use"),
-            (Reason::HealthFailed, "health-failed"),
-            (Reason::HealthRecovered, "health-recovered"),
+            (
+                Reason::HealthFailed {
+                    first: true,
+                    fall: 2,
+                    last: String::new(),
+                },
+                "health-failed",
+            ),
+            (Reason::HealthRecovered { rise: 3 }, "health-recovered"),
             (Reason::Shutdown, "shutdown"),
         ];
         for (reason, token) in table {

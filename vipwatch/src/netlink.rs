@@ -14,9 +14,8 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     AddressMessageBuilder,
     packet_route::{
-        AddressFamily,
         address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
-        link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage, State},
+        link::{LinkAttribute, LinkLayerType, LinkMessage},
     },
 };
 
@@ -93,13 +92,6 @@ impl Netlink {
         link_mac_of(&link)
     }
 
-    /// Whether the link is administratively up and has carrier (`IFF_UP`,
-    /// `IFF_LOWER_UP` and an operational state that is up or unknown).
-    pub async fn link_up(&self, index: u32) -> anyhow::Result<bool> {
-        let link = self.link(index).await?;
-        Ok(link_is_up(&link))
-    }
-
     /// Binds `addr/prefix` on the interface. Idempotent: `Ok(false)` if it
     /// was already there (`EEXIST`), `Ok(true)` if added.
     ///
@@ -142,28 +134,41 @@ impl Netlink {
         }
     }
 
-    /// Whether `addr` is currently bound on the interface.
-    pub async fn has_address(&self, index: u32, addr: IpAddr) -> anyhow::Result<bool> {
-        let mut request = self.handle.address().get().set_link_index_filter(index);
-        // Dump only the address family we look for; the index in the header
-        // is only honoured by kernels with strict checking, hence the
-        // client-side filter above as well.
-        let header = &mut request.message_mut().header;
-        header.family = family(addr);
-        header.index = index;
-        let mut addresses = request.execute();
-        loop {
-            match addresses.try_next().await {
-                Ok(Some(message)) if message_has_address(&message, addr) => return Ok(true),
-                Ok(Some(_)) => {}
-                Ok(None) => return Ok(false),
-                Err(err) => {
-                    return Err(describe(err, || {
-                        format!("listing the addresses of interface index {index}")
-                    }));
-                }
+    /// Every interface's name and index.
+    pub async fn links(&self) -> anyhow::Result<Vec<(u32, String)>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(|e| describe(e, || "listing interfaces".into()))?
+        {
+            let name = link.attributes.iter().find_map(|attr| match attr {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            if let Some(name) = name {
+                out.push((link.header.index, name));
             }
         }
+        Ok(out)
+    }
+
+    /// Every address of every interface: (interface index, address, prefix
+    /// length).
+    pub async fn addresses(&self) -> anyhow::Result<Vec<(u32, IpAddr, u8)>> {
+        let mut addresses = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(message) = addresses
+            .try_next()
+            .await
+            .map_err(|e| describe(e, || "listing addresses".into()))?
+        {
+            if let Some(addr) = local_address(&message) {
+                out.push((message.header.index, addr, message.header.prefix_len));
+            }
+        }
+        Ok(out)
     }
 
     /// One link by index.
@@ -240,13 +245,6 @@ fn check_prefix(addr: IpAddr, prefix: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn family(addr: IpAddr) -> AddressFamily {
-    match addr {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    }
-}
-
 /// The `RTM_DELADDR` body: same attributes `ip address del` sends.
 fn address_message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
     match addr {
@@ -261,15 +259,12 @@ fn address_message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
     }
 }
 
-/// Whether an `RTM_NEWADDR` message carries `addr` as the local address.
+/// The local address an `RTM_NEWADDR` message carries.
 ///
 /// For IPv4, `IFA_LOCAL` is the interface's own address and `IFA_ADDRESS` is
 /// the peer on point-to-point links, so `IFA_LOCAL` wins when present. IPv6
 /// only sends `IFA_ADDRESS` (plus `IFA_LOCAL` for peer addresses).
-fn message_has_address(message: &AddressMessage, addr: IpAddr) -> bool {
-    if message.header.family != family(addr) {
-        return false;
-    }
+fn local_address(message: &AddressMessage) -> Option<IpAddr> {
     let local = message.attributes.iter().find_map(|attr| match attr {
         AddressAttribute::Local(local) => Some(*local),
         _ => None,
@@ -278,7 +273,7 @@ fn message_has_address(message: &AddressMessage, addr: IpAddr) -> bool {
         AddressAttribute::Address(address) => Some(*address),
         _ => None,
     });
-    local.or(address) == Some(addr)
+    local.or(address)
 }
 
 /// The MAC of an Ethernet link.
@@ -311,24 +306,11 @@ fn link_mac_of(link: &LinkMessage) -> anyhow::Result<[u8; 6]> {
     }
 }
 
-/// `IFF_UP` and `IFF_LOWER_UP`, and an RFC 2863 operational state that does
-/// not contradict them. Virtual links without carrier tracking (dummy, some
-/// tunnels) report `UNKNOWN`, which counts as up, as iproute2 prints it.
-fn link_is_up(link: &LinkMessage) -> bool {
-    let flags = link.header.flags;
-    let oper = link.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::OperState(state) => Some(*state),
-        _ => None,
-    });
-    flags.contains(LinkFlags::Up | LinkFlags::LowerUp)
-        && matches!(oper, None | Some(State::Up | State::Unknown))
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    use rtnetlink::packet_core::ErrorMessage;
+    use rtnetlink::{packet_core::ErrorMessage, packet_route::AddressFamily};
 
     use super::*;
 
@@ -368,7 +350,7 @@ mod tests {
         let message = address_message(7, IpAddr::V4(vip), 24);
         assert_eq!(message.header.index, 7);
         assert_eq!(message.header.prefix_len, 24);
-        assert!(message_has_address(&message, IpAddr::V4(vip)));
+        assert_eq!(local_address(&message), Some(IpAddr::V4(vip)));
     }
 
     fn addr_message(family: AddressFamily, attributes: Vec<AddressAttribute>) -> AddressMessage {
@@ -389,78 +371,39 @@ mod tests {
                 AddressAttribute::Local(local),
             ],
         );
-        assert!(message_has_address(&message, local));
-        assert!(!message_has_address(&message, peer));
+        assert_eq!(local_address(&message), Some(local));
     }
 
     #[test]
-    fn ipv6_uses_address_and_checks_family() {
+    fn ipv6_uses_address() {
         let addr: IpAddr = "2001:db8::10".parse().expect("literal");
         let message = addr_message(AddressFamily::Inet6, vec![AddressAttribute::Address(addr)]);
-        assert!(message_has_address(&message, addr));
-        let other: IpAddr = "2001:db8::11".parse().expect("literal");
-        assert!(!message_has_address(&message, other));
-        let wrong_family = addr_message(AddressFamily::Inet, vec![AddressAttribute::Address(addr)]);
-        assert!(!message_has_address(&wrong_family, addr));
+        assert_eq!(local_address(&message), Some(addr));
+        assert_eq!(
+            local_address(&addr_message(AddressFamily::Inet6, vec![])),
+            None
+        );
     }
 
-    fn link_message(
-        flags: LinkFlags,
-        oper: Option<State>,
-        attrs: Vec<LinkAttribute>,
-    ) -> LinkMessage {
+    fn link_message(attrs: Vec<LinkAttribute>) -> LinkMessage {
         let mut link = LinkMessage::default();
         link.header.index = 3;
         link.header.link_layer_type = LinkLayerType::Ether;
-        link.header.flags = flags;
         link.attributes = attrs;
-        if let Some(state) = oper {
-            link.attributes.push(LinkAttribute::OperState(state));
-        }
         link
-    }
-
-    #[test]
-    fn link_up_needs_admin_up_carrier_and_oper_state() {
-        let up = LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running;
-        let table = [
-            (up, Some(State::Up), true),
-            (up, Some(State::Unknown), true),
-            (up, None, true),
-            (up, Some(State::Dormant), false),
-            (up, Some(State::LowerLayerDown), false),
-            (LinkFlags::Up, Some(State::Up), false),
-            (LinkFlags::LowerUp, Some(State::Up), false),
-            (LinkFlags::Up, Some(State::LowerLayerDown), false),
-        ];
-        for (flags, oper, expected) in table {
-            assert_eq!(
-                link_is_up(&link_message(flags, oper, vec![])),
-                expected,
-                "{flags:?} {oper:?}"
-            );
-        }
     }
 
     #[test]
     fn link_mac_requires_ethernet_with_address() {
         let mac = [0x02, 0, 0x5e, 0, 0x53, 1];
-        let link = link_message(
-            LinkFlags::Up,
-            None,
-            vec![LinkAttribute::Address(mac.to_vec())],
-        );
+        let link = link_message(vec![LinkAttribute::Address(mac.to_vec())]);
         assert_eq!(link_mac_of(&link).expect("ethernet link"), mac);
 
-        let no_mac = link_message(
-            LinkFlags::Up,
-            None,
-            vec![LinkAttribute::IfName("veth0".into())],
-        );
+        let no_mac = link_message(vec![LinkAttribute::IfName("veth0".into())]);
         let text = format!("{:#}", link_mac_of(&no_mac).expect_err("no address"));
         assert!(text.contains("veth0") && text.contains("no MAC"), "{text}");
 
-        let mut tun = link_message(LinkFlags::Up, None, vec![]);
+        let mut tun = link_message(vec![]);
         tun.header.link_layer_type = LinkLayerType::None;
         assert!(
             link_mac_of(&tun)

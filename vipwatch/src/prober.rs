@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use vipwatch_common::{PROBE_PAYLOAD_LEN, ProbePayload};
+use vipwatch_common::{Addr, PROBE_PAYLOAD_LEN, ProbePayload};
 
 use crate::clock;
 
@@ -57,13 +57,20 @@ pub struct Tick {
     pub witness_sent: bool,
 }
 
+/// What identifies one instance's probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub echo_id: u16,
+    pub nonce: u64,
+    pub slot: u16,
+    pub vip: Addr,
+}
+
 pub struct Prober {
     fd: OwnedFd,
-    echo_id: u16,
-    nonce: u64,
+    id: Identity,
     master: Ipv4Addr,
     witness: Option<Ipv4Addr>,
-    seq: u64,
     pub sent: u64,
     pub witness_sent: u64,
     pub errors: u64,
@@ -73,8 +80,7 @@ pub struct Prober {
 impl Prober {
     pub fn open(
         iface: &str,
-        echo_id: u16,
-        nonce: u64,
+        id: Identity,
         master: Ipv4Addr,
         witness: Option<Ipv4Addr>,
     ) -> anyhow::Result<Self> {
@@ -106,11 +112,9 @@ impl Prober {
             .context("filtering ICMP out of the probe socket's receive queue")?;
         Ok(Self {
             fd,
-            echo_id,
-            nonce,
+            id,
             master,
             witness,
-            seq: 0,
             sent: 0,
             witness_sent: 0,
             errors: 0,
@@ -121,16 +125,16 @@ impl Prober {
     /// Sends one tick: a probe to the master and, if configured, to the
     /// witness, with the same sequence number. A probe counts as sent only
     /// when the kernel accepted it.
-    pub fn tick(&mut self) -> Tick {
-        self.seq += 1;
-        let seq = self.seq;
+    pub fn tick(&mut self, seq: u64) -> Tick {
         let at_ns = clock::now_ns();
         let payload = ProbePayload {
-            nonce: self.nonce,
+            slot: self.id.slot,
+            nonce: self.id.nonce,
             seq,
             sent_ns: at_ns,
+            vip: self.id.vip,
         };
-        let pkt = echo_request(self.echo_id, seq, &payload);
+        let pkt = echo_request(self.id.echo_id, seq, &payload);
         let master_sent = self.send(self.master, &pkt);
         if master_sent {
             self.sent += 1;
@@ -222,9 +226,11 @@ mod tests {
     #[test]
     fn echo_request_is_well_formed() {
         let payload = ProbePayload {
+            slot: 3,
             nonce: 0xabcd,
             seq: 0x1_0002,
             sent_ns: 99,
+            vip: vipwatch_common::addr_v4([192, 0, 2, 100]),
         };
         let pkt = echo_request(0x4242, payload.seq, &payload);
         assert_eq!(pkt[0], 8, "type echo request");

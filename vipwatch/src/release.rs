@@ -1,25 +1,29 @@
 //! `vipwatch release`: remove the VIP from an interface, the classic
-//! `ifconfig eth0:0 down`. If a vipwatch backup runs on that interface it
-//! is told first (SIGUSR1), so that its state follows instead of fighting.
+//! `ifconfig eth0:0 down`.
+//!
+//! If a vipwatch instance here watches that VIP, it is asked (over its
+//! control socket) to hand it back itself, so its state follows instead of
+//! fighting, and what it did is reported. Otherwise the address is removed
+//! directly.
 
 use anyhow::Context as _;
 
-use crate::{cli::ReleaseArgs, ebpf, netlink::Netlink};
+use crate::{
+    cli::ReleaseArgs,
+    control::{self, Request},
+    netlink::Netlink,
+};
 
 pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
     let ReleaseArgs { iface, vip } = args;
-    if let Some(pid) = ebpf::pinned_daemon_pid(&iface)
-        && ebpf::process_alive(pid)
-    {
-        // SAFETY: kill(2) with a pid read from our own pinned status map.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
-        if rc == 0 {
-            println!("told vipwatch backup (pid {pid}) on {iface} to hand {vip} back");
-        } else {
-            log::warn!(
-                "could not signal vipwatch backup (pid {pid}): {}",
-                std::io::Error::last_os_error()
-            );
+    let request = Request::Release {
+        iface: iface.clone(),
+        vip: vip.to_string(),
+    };
+    for pid in control::daemons() {
+        if let Some(outcome) = control::ask(pid, &request)?.released {
+            println!("vipwatch (pid {pid}) {outcome}");
+            return Ok(());
         }
     }
     let (rt, netlink) = Netlink::with_runtime()?;

@@ -1,44 +1,52 @@
-//! `vipwatch stats`: the counters of a running backup, read from its pinned
-//! maps by a separate process.
+//! `vipwatch stats`: the counters of the backup instances running here.
 //!
-//! The JSON form is a stable interface (documented in the README): fields
-//! are only ever added.
+//! The daemon builds a [`Report`] per backup instance from its own state
+//! and the XDP maps ([`report`]), and sends them over the control socket;
+//! this command prints them, as text or as JSON. The JSON form is a stable
+//! interface (documented in the README): fields are only ever added.
 
-use std::{fs, net::Ipv4Addr, path::Path, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, bail};
-use serde::Serialize;
-use vipwatch_common::{CONFIG_WITNESS, DaemonStatus, RTT_BUCKETS, Timeline, rtt_bucket_upper_us};
+use serde::{Deserialize, Serialize};
+use vipwatch_common::{
+    PEER_MASTER, PEER_WITNESS, RTT_BUCKETS, XDP_ERR_MAP, XDP_ERR_NO_CONFIG, XDP_ERR_RINGBUF_FULL,
+    XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, rtt_bucket_upper_us,
+};
 
 use crate::{
-    backup::{mac_str, state_name_from_code},
+    arp::mac_str,
+    backup,
     cli::StatsArgs,
     clock,
-    ebpf::{self, Attached, PeerSnapshot, WatchMaps},
+    control::{self, Request},
+    ebpf::{Maps, PeerSnapshot},
 };
 
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
-    let StatsArgs { iface, json, watch } = args;
-    // Without the right to read BPF maps, every pin looks absent; say the
-    // real reason instead of "no daemon".
-    crate::sys::require_bpf("vipwatch stats")?;
-    let iface = match iface {
-        Some(i) => i,
-        None => only_running_iface()?,
-    };
+    let StatsArgs {
+        iface,
+        instance,
+        json,
+        watch,
+    } = args;
     loop {
-        let report = collect(&iface)?;
+        let reports = collect(iface.as_deref(), instance.as_deref())?;
         if json {
-            println!(
-                "{}",
-                serde_json::to_string(&report).context("encoding JSON")?
-            );
+            for r in &reports {
+                println!("{}", serde_json::to_string(r).context("encoding JSON")?);
+            }
         } else {
             if watch {
                 // Clear the screen and home the cursor.
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", render(&report));
+            for (k, r) in reports.iter().enumerate() {
+                if k > 0 {
+                    println!();
+                }
+                print!("{}", render(r));
+            }
         }
         if !watch {
             return Ok(());
@@ -47,41 +55,48 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The interface of the one daemon running, when `--iface` is omitted.
-fn only_running_iface() -> anyhow::Result<String> {
-    let root = Path::new(ebpf::PIN_ROOT);
-    let mut found = Vec::new();
-    if let Ok(entries) = fs::read_dir(root) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(iface) = ebpf::iface_of_pin_dir(&name)
-                && ebpf::pinned_daemon_pid(&iface).is_some_and(ebpf::process_alive)
-            {
-                found.push(iface);
-            }
+/// The reports of every daemon in this network namespace, filtered.
+fn collect(iface: Option<&str>, instance: Option<&str>) -> anyhow::Result<Vec<Report>> {
+    let daemons = control::daemons();
+    let mut reports = Vec::new();
+    for pid in &daemons {
+        match control::ask(*pid, &Request::Stats) {
+            Ok(response) => reports.extend(response.stats),
+            // A daemon that is just stopping is no reason to fail.
+            Err(e) => log::debug!("{e:#}"),
         }
     }
-    match found.as_slice() {
-        [] => bail!(
-            "no vipwatch backup is running here (nothing pinned under {}); start one with `vipwatch backup`",
-            root.display()
-        ),
-        [one] => Ok(one.clone()),
-        many => bail!(
-            "several vipwatch backups run here ({}); pick one with --iface",
-            many.join(", ")
-        ),
+    reports
+        .retain(|r| iface.is_none_or(|i| r.iface == i) && instance.is_none_or(|n| r.instance == n));
+    if reports.is_empty() {
+        let what = match (iface, instance) {
+            (_, Some(name)) => format!("no vipwatch backup instance {name:?} is running here"),
+            (Some(i), None) => format!("no vipwatch backup is running on {i}"),
+            (None, None) => "no vipwatch backup is running here".to_owned(),
+        };
+        let hint = if daemons.is_empty() {
+            "no vipwatch runs in this network namespace; in another one, run `vipwatch stats` \
+             there (`ip netns exec NAME vipwatch stats`)"
+        } else {
+            "`vipwatch stats` lists the backup instances of this network namespace"
+        };
+        bail!("{what} ({hint})");
     }
+    Ok(reports)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub iface: String,
+    /// The instance's name.
+    pub instance: String,
+    /// Always "backup" (master instances have no probe counters).
+    pub role: String,
     pub pid: u32,
-    pub state: &'static str,
-    pub xdp_mode: &'static str,
+    pub state: String,
+    pub xdp_mode: String,
     pub xdp_fallback: bool,
-    pub vip: Ipv4Addr,
+    pub vip: String,
     pub interval_ms: f64,
     pub dead_after_ms: f64,
     pub master: PeerReport,
@@ -96,9 +111,37 @@ pub struct Report {
     /// answered), ms: our own starvation, next to the master's `max_gap_ms`.
     pub max_probe_gap_ms: f64,
     pub last_takeover: Option<TimelineReport>,
+    /// What the interface's XDP program could not do (all instances of the
+    /// interface share them).
+    pub xdp_errors: XdpErrors,
 }
 
-#[derive(Debug, Serialize)]
+/// The XDP program's own error counters (`VW_ERRORS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpErrors {
+    /// Frames seen before the interface config was written.
+    pub no_config: u64,
+    /// Claim wake-ups lost to a full ring buffer (the claims are counted).
+    pub ringbuf_full: u64,
+    /// Replies naming a slot that is not a backup (a stopped instance).
+    pub unknown_slot: u64,
+    /// Map lookups that failed.
+    pub map: u64,
+}
+
+impl XdpErrors {
+    pub fn from_counts(c: [u64; XDP_ERROR_KINDS as usize]) -> Self {
+        let at = |k: u32| c.get(k as usize).copied().unwrap_or(0);
+        Self {
+            no_config: at(XDP_ERR_NO_CONFIG),
+            ringbuf_full: at(XDP_ERR_RINGBUF_FULL),
+            unknown_slot: at(XDP_ERR_UNKNOWN_SLOT),
+            map: at(XDP_ERR_MAP),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerReport {
     pub address: Ipv4Addr,
     pub probes_sent: u64,
@@ -118,13 +161,13 @@ pub struct PeerReport {
     pub max_gap_ms: f64,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Bucket {
     pub lt_us: u64,
     pub count: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimelineReport {
     pub last_reply_ns: u64,
     pub deadline_ns: u64,
@@ -137,68 +180,69 @@ pub struct TimelineReport {
     pub decision_to_first_garp_ms: f64,
 }
 
-pub fn collect(iface: &str) -> anyhow::Result<Report> {
-    let Some(pid) = ebpf::pinned_daemon_pid(iface) else {
-        bail!(
-            "no vipwatch backup is running on {iface} (nothing pinned in {}); start one with `vipwatch backup --iface {iface} ...`",
-            ebpf::pin_dir(iface).display()
-        );
-    };
-    if !ebpf::process_alive(pid) {
-        bail!("no vipwatch backup is running on {iface}: pid {pid} that pinned its maps is gone");
-    }
-    let maps = WatchMaps::open_pinned(iface)?;
-    let config = maps.config()?;
-    let status = maps.status()?;
-    let snap = maps.snapshot()?;
+/// What the daemon knows of one backup instance, beside the maps.
+pub(crate) struct BackupView<'a> {
+    pub(crate) iface: &'a str,
+    pub(crate) instance: &'a str,
+    pub(crate) state: &'static str,
+    pub(crate) xdp_mode: &'static str,
+    pub(crate) xdp_fallback: bool,
+    pub(crate) vip: String,
+    pub(crate) slot: u32,
+    pub(crate) master: Ipv4Addr,
+    pub(crate) witness: Option<Ipv4Addr>,
+    pub(crate) interval_ns: u64,
+    pub(crate) dead_after_ns: u64,
+    pub(crate) stats: backup::Stats,
+    pub(crate) witness_probes_sent: u64,
+}
+
+/// The report of one backup instance, from the daemon's view of it and the
+/// interface's maps.
+pub(crate) fn report(v: &BackupView<'_>, maps: &Maps) -> anyhow::Result<Report> {
     let now = clock::now_ns();
-    let DaemonStatus {
-        pid: _,
-        xdp_mode,
-        state,
-        xdp_fallback,
-        started_ns: _,
-        interval_ns,
-        dead_after_ns,
+    let master = maps.peer(v.slot, PEER_MASTER)?;
+    let claims = maps.claims(v.slot)?;
+    let backup::Stats {
         probes_sent,
-        witness_probes_sent,
         takeovers,
         releases,
         deferred,
         last_takeover,
-        last_release_ns: _,
-        last_claim_ns: _,
         max_probe_gap_ns,
-    } = status;
-    Ok(Report {
-        iface: iface.to_owned(),
-        pid,
-        state: state_name_from_code(state),
-        xdp_mode: Attached::from_code(xdp_mode).map_or("unknown", Attached::as_str),
-        xdp_fallback: xdp_fallback != 0,
-        vip: Ipv4Addr::from(config.vip),
-        interval_ms: interval_ns as f64 / 1e6,
-        dead_after_ms: dead_after_ns as f64 / 1e6,
-        master: peer_report(
-            Ipv4Addr::from(config.master),
-            probes_sent,
-            &snap.master,
+        ..
+    } = v.stats;
+    let witness = match v.witness {
+        Some(w) => Some(peer_report(
+            w,
+            v.witness_probes_sent,
+            &maps.peer(v.slot, PEER_WITNESS)?,
             now,
-        ),
-        witness: (config.flags & CONFIG_WITNESS != 0).then(|| {
-            peer_report(
-                Ipv4Addr::from(config.witness),
-                witness_probes_sent,
-                &snap.witness,
-                now,
-            )
-        }),
-        claims: snap.claims,
+        )),
+        None => None,
+    };
+    Ok(Report {
+        iface: v.iface.to_owned(),
+        instance: v.instance.to_owned(),
+        role: "backup".into(),
+        pid: std::process::id(),
+        state: v.state.into(),
+        xdp_mode: v.xdp_mode.into(),
+        xdp_fallback: v.xdp_fallback,
+        vip: v.vip.clone(),
+        interval_ms: v.interval_ns as f64 / 1e6,
+        dead_after_ms: v.dead_after_ns as f64 / 1e6,
+        master: peer_report(v.master, probes_sent, &master, now),
+        witness,
+        claims: claims.claims,
         takeovers,
         releases,
         deferred,
         max_probe_gap_ms: max_probe_gap_ns as f64 / 1e6,
-        last_takeover: (takeovers > 0).then(|| timeline_report(last_takeover)),
+        last_takeover: last_takeover.map(|(d, bound, garp)| {
+            timeline_report(d.last_reply_ns, d.deadline_ns, d.decision_ns, bound, garp)
+        }),
+        xdp_errors: XdpErrors::from_counts(maps.errors()?),
     })
 }
 
@@ -234,14 +278,13 @@ fn peer_report(address: Ipv4Addr, probes_sent: u64, p: &PeerSnapshot, now: u64) 
     }
 }
 
-fn timeline_report(t: Timeline) -> TimelineReport {
-    let Timeline {
-        last_reply_ns,
-        deadline_ns,
-        decision_ns,
-        vip_bound_ns,
-        first_garp_ns,
-    } = t;
+fn timeline_report(
+    last_reply_ns: u64,
+    deadline_ns: u64,
+    decision_ns: u64,
+    vip_bound_ns: u64,
+    first_garp_ns: u64,
+) -> TimelineReport {
     let d = |a: u64, b: u64| clock::delta_ms(a, b);
     TimelineReport {
         last_reply_ns,
@@ -283,7 +326,8 @@ fn opt_us(v: Option<u64>) -> String {
 
 pub fn render(r: &Report) -> String {
     let mut out = format!(
-        "vipwatch backup on {} (pid {})  state {}  VIP {}  XDP {}{}\n",
+        "vipwatch backup {} on {} (pid {})  state {}  VIP {}  XDP {}{}\n",
+        r.instance,
         r.iface,
         r.pid,
         r.state,
@@ -338,6 +382,13 @@ pub fn render(r: &Report) -> String {
         "\nclaims {}  takeovers {}  releases {}  deferred deadlines {}  longest gap between our probes {:.2} ms\n",
         r.claims, r.takeovers, r.releases, r.deferred, r.max_probe_gap_ms
     );
+    let e = r.xdp_errors;
+    if e != XdpErrors::default() {
+        out += &format!(
+            "XDP errors: no config {}  ring buffer full {}  unknown slot {}  map {}\n",
+            e.no_config, e.ringbuf_full, e.unknown_slot, e.map
+        );
+    }
     if let Some(t) = &r.last_takeover {
         out += &format!(
             "last takeover: silence->decision {:.3} ms (deadline +{:.3} ms), decision->VIP bound {:.3} ms, decision->first GARP {:.3} ms\n",

@@ -39,15 +39,6 @@ pub fn require_privileges(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses early when we may not read BPF maps (CAP_BPF or CAP_SYS_ADMIN).
-pub fn require_bpf(what: &str) -> anyhow::Result<()> {
-    let eff = effective_caps()?;
-    if eff & (1u64 << CAP_BPF) == 0 && eff & (1u64 << CAP_SYS_ADMIN) == 0 {
-        bail!("{what} needs root (CAP_BPF) to read the daemon's BPF maps; run it as root");
-    }
-    Ok(())
-}
-
 fn effective_caps() -> anyhow::Result<u64> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     Ok(status
@@ -161,5 +152,46 @@ pub fn unblock_signals_in_child() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// An eventfd(2): a counter another thread bumps to wake a ppoll(2).
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> anyhow::Result<Self> {
+        // SAFETY: eventfd takes no pointers; the result is checked.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("eventfd");
+        }
+        // SAFETY: raw is a fresh fd we own.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Wakes whoever waits on it. Cannot fail short of a closed fd or an
+    /// overflow of 2^64 - 1 pending wake-ups.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        if n != 8 {
+            log::error!("waking a thread failed: {}", io::Error::last_os_error());
+        }
+    }
+
+    /// Resets the counter after a wake-up.
+    pub fn clear(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64; EAGAIN when not set.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut n).cast(), 8) };
     }
 }

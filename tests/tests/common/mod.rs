@@ -102,15 +102,18 @@ pub fn wait_stats(
     Ok(last)
 }
 
-/// Sends one forged ICMP echo reply "from" `src` to `dst` with vipwatch's
-/// payload magic and the given nonce, from inside `host` (a raw IP socket
-/// with IP_HDRINCL, so the source address can be anything).
+/// Sends `count` forged ICMP echo replies "from" `src` to `dst` with
+/// vipwatch's payload (magic, `slot`, `nonce`, the VIP), from inside `host`
+/// (a raw IP socket with IP_HDRINCL, so the source address can be
+/// anything).
+#[expect(clippy::too_many_arguments, reason = "every field of the forgery")]
 pub fn send_echo_reply(
     lab: &Lab,
     host: &str,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     id: u16,
+    slot: u16,
     nonce: u64,
     count: usize,
 ) -> Result<()> {
@@ -121,7 +124,7 @@ pub fn send_echo_reply(
             bail!("raw socket: {}", std::io::Error::last_os_error());
         }
         for seq in 0..count {
-            let pkt = forged_reply(src, dst, id, nonce, seq as u64);
+            let pkt = forged_reply(src, dst, id, slot, nonce, seq as u64);
             // SAFETY: zeroed sockaddr_in is valid; fields set below.
             let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
             addr.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -150,14 +153,19 @@ pub fn send_echo_reply(
     })?
 }
 
-fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, nonce: u64, seq: u64) -> Vec<u8> {
+fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, slot: u16, nonce: u64, seq: u64) -> Vec<u8> {
+    let vip: Ipv4Addr = vipwatch_tests::scenario::VIP.parse().expect("constant");
+    let payload = vipwatch_common::ProbePayload {
+        slot,
+        nonce,
+        seq,
+        sent_ns: 0,
+        vip: vipwatch_common::addr_v4(vip.octets()),
+    };
     let mut icmp = vec![0u8, 0, 0, 0];
     icmp.extend_from_slice(&id.to_be_bytes());
     icmp.extend_from_slice(&(seq as u16).to_be_bytes());
-    icmp.extend_from_slice(b"VPW1");
-    icmp.extend_from_slice(&nonce.to_be_bytes());
-    icmp.extend_from_slice(&seq.to_be_bytes());
-    icmp.extend_from_slice(&0u64.to_be_bytes());
+    icmp.extend_from_slice(&payload.encode());
     let c = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let total = (20 + icmp.len()) as u16;

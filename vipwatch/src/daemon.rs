@@ -1,0 +1,726 @@
+//! The process: every instance of a configuration file (or the one the
+//! `backup`/`master` flags describe), the XDP program of each interface
+//! they use, the control socket, signals and reload.
+//!
+//! * One XDP program per interface serves every instance on it; each
+//!   instance owns a slot in its maps. The process owns the interface
+//!   through [`IfaceLock`], so a second vipwatch is refused and can never
+//!   touch the first one's program.
+//! * One thread per instance ([`crate::worker`]); the main thread waits for
+//!   signals, control requests and instances that end.
+//! * SIGHUP re-reads the file and applies the difference: new instances
+//!   start, removed ones stop (releasing what they hold, as on a planned
+//!   stop), changed ones restart, unchanged ones are not touched. A file
+//!   that does not validate is one error line; the running set stays.
+//!   SIGINT/SIGTERM stop every instance (masters hand over), then exit.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use vipwatch_common::MAX_SLOTS;
+
+use crate::{
+    clock,
+    config::{self, Host, Instance, Role},
+    control::{self, IfaceLock, Peer, Request, Response},
+    ebpf::{Events, Maps, ModeArg, Program},
+    netlink::Netlink,
+    stats,
+    sys::{self, EventFd, SignalFd},
+    worker::{self, Inbox, Msg, Resources, Worker},
+};
+
+/// Where the instances come from.
+pub enum Source {
+    /// `vipwatch backup` / `vipwatch master`: one instance, no reload.
+    Flags(Instance),
+    /// `vipwatch run --config FILE`.
+    File(PathBuf),
+}
+
+/// How long stopping waits for instances to finish (a master holds its
+/// gate closed 200 ms; hooks get 2 s).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a control request waits for an instance's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn run(source: Source) -> anyhow::Result<()> {
+    let what = match &source {
+        Source::Flags(i) => format!("vipwatch {}", i.role.name()),
+        Source::File(_) => "vipwatch run".to_owned(),
+    };
+    sys::require_privileges(&what)?;
+    // Signals first: every thread started later inherits the mask.
+    let signals = SignalFd::new()?;
+    let instances = match &source {
+        Source::Flags(i) => vec![i.clone()],
+        Source::File(path) => load(path)?,
+    };
+    let (rt, netlink) = Netlink::with_runtime()?;
+    let host = HostSnapshot::read(&rt, &netlink)?;
+    if let Some(problem) = start_problems(&source, &instances, &host, &BTreeSet::new()).first() {
+        bail!("{problem}");
+    }
+    let control = control::Server::bind()?;
+    let mut d = Daemon {
+        file: match &source {
+            Source::File(path) => Some(path.clone()),
+            Source::Flags(_) => None,
+        },
+        exited: Arc::new(EventFd::new()?),
+        ifaces: BTreeMap::new(),
+        running: BTreeMap::new(),
+        rt,
+        netlink,
+    };
+    for instance in instances {
+        if let Err(e) = d.start(instance) {
+            d.stop_all(&signals);
+            return Err(e);
+        }
+    }
+    d.serve(&signals, &control)
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Vec<Instance>> {
+    match config::load(path) {
+        Ok(file) => Ok(file.instances),
+        Err(errors) => bail!("{}", errors_line(&errors)),
+    }
+}
+
+/// One line for a list of file errors: the first, and how many more.
+fn errors_line(errors: &[config::FileError]) -> String {
+    match errors {
+        [] => "the configuration is invalid".into(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!(
+            "{first} (and {} more: `vipwatch check --config` lists them)",
+            rest.len()
+        ),
+    }
+}
+
+/// The host's interfaces and addresses, read once for the checks.
+struct HostSnapshot {
+    links: Vec<(u32, String)>,
+    addresses: Vec<(String, IpAddr, u8)>,
+}
+
+impl HostSnapshot {
+    fn read(rt: &tokio::runtime::Runtime, netlink: &Netlink) -> anyhow::Result<Self> {
+        let links = rt.block_on(netlink.links())?;
+        let addresses = rt
+            .block_on(netlink.addresses())?
+            .into_iter()
+            .map(|(index, addr, prefix)| {
+                let name = links
+                    .iter()
+                    .find(|(i, _)| *i == index)
+                    .map_or_else(|| format!("#{index}"), |(_, n)| n.clone());
+                (name, addr, prefix)
+            })
+            .collect();
+        Ok(Self { links, addresses })
+    }
+}
+
+impl Host for HostSnapshot {
+    fn iface_exists(&self, iface: &str) -> bool {
+        self.links.iter().any(|(_, n)| n == iface)
+    }
+
+    fn addresses(&self) -> Vec<(String, IpAddr, u8)> {
+        self.addresses.clone()
+    }
+}
+
+/// What stops instances from starting on this host, one line each, as the
+/// source names settings (`--flag` or `file:line: key`). `running` names
+/// the instances already running, whose VIP may be bound.
+fn start_problems(
+    source: &Source,
+    instances: &[Instance],
+    host: &HostSnapshot,
+    running: &BTreeSet<String>,
+) -> Vec<String> {
+    let lines = match source {
+        Source::File(path) => config::load(path).ok().map(|f| (path.clone(), f.lines)),
+        Source::Flags(_) => None,
+    };
+    let mut out = Vec::new();
+    for i in instances {
+        let mut problems = config::host_problems(i, host);
+        if matches!(i.role, Role::Backup(_))
+            && !running.contains(&i.name)
+            && host
+                .addresses
+                .iter()
+                .any(|(iface, addr, _)| *iface == i.iface && *addr == i.vip.addr)
+        {
+            // Either a backup that was killed left it (then it is a split
+            // brain right now), or it is one of this host's own addresses
+            // (then releasing it later would take the host's address away).
+            problems.push(config::Problem {
+                key: "vip",
+                message: format!(
+                    "{} is already bound on {}: a backup starts without the VIP; if a killed vipwatch left it, \
+                     remove it with `vipwatch release --iface {} --vip {}`",
+                    i.vip, i.iface, i.iface, i.vip
+                ),
+            });
+        }
+        for p in problems {
+            out.push(match &lines {
+                Some((path, lines)) => {
+                    let line = lines.get(&i.name).map_or(0, |l| l.of(p.key));
+                    format!("{}:{line}: {}: {}", path.display(), p.key, p.message)
+                }
+                None => p.as_flag(),
+            });
+        }
+    }
+    out
+}
+
+struct Daemon {
+    file: Option<PathBuf>,
+    /// Woken by every instance thread that ends.
+    exited: Arc<EventFd>,
+    ifaces: BTreeMap<String, Iface>,
+    running: BTreeMap<String, Running>,
+    rt: tokio::runtime::Runtime,
+    netlink: Netlink,
+}
+
+struct Running {
+    instance: Instance,
+    worker: Worker,
+    slot: u32,
+    stopping: bool,
+}
+
+/// An interface with vipwatch's program attached.
+struct Iface {
+    program: Program,
+    /// The daemon's own handles (for `stats`).
+    maps: Maps,
+    /// Per slot: `None` in use, `Some(t)` free since `t` (0: never used).
+    free_since: Vec<Option<u64>>,
+    routes: Routes,
+    /// Stopped (and joined) when the interface is dropped.
+    _dispatcher: Dispatcher,
+    _lock: IfaceLock,
+}
+
+/// Slot → the inbox of the instance that owns it.
+type Routes = Arc<Mutex<BTreeMap<u32, Inbox>>>;
+
+impl Iface {
+    fn attach(
+        rt: &tokio::runtime::Runtime,
+        netlink: &Netlink,
+        name: &str,
+        mode: ModeArg,
+    ) -> anyhow::Result<Self> {
+        let ifindex = rt.block_on(netlink.link_index(name))?;
+        let mac = rt.block_on(netlink.link_mac(ifindex))?;
+        let lock = IfaceLock::take(name, ifindex)?;
+        let mut program = Program::attach(name, mac, mode)?;
+        let maps = program.maps()?;
+        let events = program
+            .take_events()
+            .ok_or_else(|| anyhow!("the claim ring buffer was taken twice"))?;
+        let routes: Routes = Arc::default();
+        let dispatcher = Dispatcher::start(name, Events::new(events), Arc::clone(&routes))?;
+        log::info!(
+            "XDP attached to {name} in {} mode{}",
+            program.mode.as_str(),
+            if program.fell_back {
+                " (FALLBACK: the driver refused native mode; generic mode costs more CPU per packet)"
+            } else {
+                ""
+            }
+        );
+        Ok(Self {
+            program,
+            maps,
+            free_since: vec![Some(0); MAX_SLOTS as usize],
+            routes,
+            _dispatcher: dispatcher,
+            _lock: lock,
+        })
+    }
+
+    /// The free slot that has been free longest: replies still in flight
+    /// for a stopped instance then never land on its successor.
+    fn take_slot(&mut self) -> Option<u32> {
+        let (index, _) = self
+            .free_since
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| f.map(|t| (k, t)))
+            .min_by_key(|(_, t)| *t)?;
+        self.free_since[index] = None;
+        u32::try_from(index).ok()
+    }
+
+    fn free_slot(&mut self, slot: u32) {
+        if let Some(f) = self.free_since.get_mut(slot as usize) {
+            *f = Some(clock::now_ns());
+        }
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&slot);
+    }
+
+    fn in_use(&self) -> bool {
+        self.free_since.iter().any(Option::is_none)
+    }
+}
+
+/// Reads an interface's claim ring buffer and hands each claim to the
+/// instance whose slot it names.
+struct Dispatcher {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    fn start(iface: &str, mut events: Events, routes: Routes) -> anyhow::Result<Self> {
+        let stop = Arc::new(EventFd::new()?);
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("claims-{iface}"))
+            .spawn(move || {
+                loop {
+                    let ready = clock::wait_readable([events.fd(), stopped.raw()], u64::MAX);
+                    match ready {
+                        Ok([_, true]) => return,
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::error!("waiting for claim events: {e}");
+                            return;
+                        }
+                    }
+                    let batch = events.drain();
+                    let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+                    for ev in batch {
+                        if let Some(inbox) = routes.get(&ev.slot) {
+                            // A stopping instance may be gone already.
+                            inbox.send(Msg::Claim {
+                                at_ns: ev.ktime_ns,
+                                mac: ev.mac,
+                            });
+                        }
+                    }
+                }
+            })
+            .context("starting the claim dispatcher")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.stop.wake();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            log::error!("the claim dispatcher panicked");
+        }
+    }
+}
+
+impl Daemon {
+    fn start(&mut self, instance: Instance) -> anyhow::Result<()> {
+        let name = instance.name.clone();
+        if !self.ifaces.contains_key(&instance.iface) {
+            let iface = Iface::attach(&self.rt, &self.netlink, &instance.iface, instance.xdp_mode)?;
+            self.ifaces.insert(instance.iface.clone(), iface);
+        }
+        let iface_name = instance.iface.clone();
+        let result = self.start_on(instance);
+        if result.is_err()
+            && let Some(iface) = self.ifaces.get(&iface_name)
+            && !iface.in_use()
+        {
+            self.ifaces.remove(&iface_name);
+        }
+        result.with_context(|| format!("starting instance {name}"))
+    }
+
+    fn start_on(&mut self, instance: Instance) -> anyhow::Result<()> {
+        let iface = self
+            .ifaces
+            .get_mut(&instance.iface)
+            .ok_or_else(|| anyhow!("{} is not attached", instance.iface))?;
+        let slot = iface
+            .take_slot()
+            .ok_or_else(|| anyhow!("no free slot on {} ({MAX_SLOTS} instances)", instance.iface))?;
+        let resources = Resources {
+            instance: instance.clone(),
+            slot,
+            maps: iface.program.maps()?,
+            exited: Arc::clone(&self.exited),
+        };
+        match worker::start(resources) {
+            Ok((worker, inbox)) => {
+                iface
+                    .routes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(slot, inbox);
+                self.running.insert(
+                    instance.name.clone(),
+                    Running {
+                        instance,
+                        worker,
+                        slot,
+                        stopping: false,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                iface.free_slot(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks `names` to stop (a second ask cuts a master's hold short).
+    fn ask_stop<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        for name in names {
+            if let Some(r) = self.running.get_mut(name) {
+                r.stopping = true;
+                r.worker.inbox.send(Msg::Stop);
+            }
+        }
+    }
+
+    /// Joins the instances that ended; returns the errors of those that
+    /// ended on their own (not asked to stop) or failed.
+    fn reap(&mut self) -> Vec<anyhow::Error> {
+        let done: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.worker.is_finished())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut errors = Vec::new();
+        for name in done {
+            let Some(mut r) = self.running.remove(&name) else {
+                continue;
+            };
+            let result = r.worker.join();
+            if let Some(iface) = self.ifaces.get_mut(&r.instance.iface) {
+                iface.free_slot(r.slot);
+                if !iface.in_use() {
+                    // The last instance of the interface: detach.
+                    self.ifaces.remove(&r.instance.iface);
+                }
+            }
+            match result {
+                Ok(()) if r.stopping => {}
+                Ok(()) => log::info!("instance {name} stopped"),
+                Err(e) => {
+                    log::error!("instance {name} stopped on an error: {e:#}");
+                    errors.push(e.context(format!("instance {name}")));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Waits until every instance in `names` has ended (or `STOP_GRACE`
+    /// passed). A second SIGINT/SIGTERM meanwhile is passed on.
+    fn wait_stopped(&mut self, names: &BTreeSet<String>, signals: &SignalFd) {
+        let deadline = clock::now_ns() + STOP_GRACE.as_nanos() as u64;
+        while names.iter().any(|n| self.running.contains_key(n)) {
+            if clock::now_ns() >= deadline {
+                log::error!(
+                    "instances still running after {STOP_GRACE:?}: {:?}",
+                    self.running.keys().collect::<Vec<_>>()
+                );
+                return;
+            }
+            let ready = clock::wait_readable(
+                [self.exited.raw(), signals.raw()],
+                clock::now_ns() + 100_000_000,
+            );
+            if let Ok([_, true]) = ready {
+                for sig in signals.read() {
+                    if matches!(sig, libc::SIGINT | libc::SIGTERM) {
+                        log::info!("signal {sig} again: cutting handovers short");
+                        self.ask_stop(names);
+                    }
+                }
+            }
+            self.exited.clear();
+            self.reap();
+        }
+    }
+
+    fn stop_all(&mut self, signals: &SignalFd) {
+        let names: BTreeSet<String> = self.running.keys().cloned().collect();
+        self.ask_stop(&names);
+        self.wait_stopped(&names, signals);
+    }
+
+    fn serve(mut self, signals: &SignalFd, control: &control::Server) -> anyhow::Result<()> {
+        loop {
+            let [sig, ctl, ex] = clock::wait_readable(
+                [signals.raw(), control.fd(), self.exited.raw()],
+                clock::now_ns() + 1_000_000_000,
+            )
+            .context("waiting in ppoll")?;
+            if ex {
+                self.exited.clear();
+                let errors = self.reap();
+                if self.file.is_none() && self.running.is_empty() {
+                    // The one instance of `backup`/`master` ended.
+                    return errors.into_iter().next().map_or(Ok(()), Err);
+                }
+            }
+            if sig {
+                for s in signals.read() {
+                    match s {
+                        libc::SIGHUP => self.reload(signals),
+                        libc::SIGUSR1 => log::info!(
+                            "SIGUSR1 ignored: `vipwatch release` talks to the control socket now"
+                        ),
+                        _ => {
+                            log::info!("signal {s}: stopping (a second one cuts handovers short)");
+                            self.stop_all(signals);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if ctl {
+                control.serve(|request, peer| self.handle(request, peer));
+            }
+        }
+    }
+
+    fn reload(&mut self, signals: &SignalFd) {
+        let Some(path) = self.file.clone() else {
+            log::info!("SIGHUP: started with flags, there is no configuration file to reload");
+            return;
+        };
+        let file = match config::load(&path) {
+            Ok(file) => file,
+            Err(errors) => {
+                log::error!(
+                    "reload refused, the running configuration stays: {}",
+                    errors_line(&errors)
+                );
+                return;
+            }
+        };
+        let host = match HostSnapshot::read(&self.rt, &self.netlink) {
+            Ok(h) => h,
+            Err(e) => {
+                log::error!("reload refused, the running configuration stays: {e:#}");
+                return;
+            }
+        };
+        let running: BTreeSet<String> = self.running.keys().cloned().collect();
+        let wanted: BTreeMap<String, Instance> = file
+            .instances
+            .iter()
+            .map(|i| (i.name.clone(), i.clone()))
+            .collect();
+        let changed_or_new: Vec<Instance> = file
+            .instances
+            .iter()
+            .filter(|i| self.running.get(&i.name).is_none_or(|r| r.instance != **i))
+            .cloned()
+            .collect();
+        if let Some(problem) = start_problems(
+            &Source::File(path.clone()),
+            &changed_or_new,
+            &host,
+            &running,
+        )
+        .first()
+        {
+            log::error!("reload refused, the running configuration stays: {problem}");
+            return;
+        }
+        let to_stop: BTreeSet<String> = self
+            .running
+            .iter()
+            .filter(|(name, r)| wanted.get(*name).is_none_or(|i| *i != r.instance))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let removed = to_stop.iter().filter(|n| !wanted.contains_key(*n)).count();
+        let restarted = to_stop.len() - removed;
+        let added = changed_or_new.len() - restarted;
+        let unchanged = wanted.len() - changed_or_new.len();
+        self.ask_stop(&to_stop);
+        self.wait_stopped(&to_stop, signals);
+        let mut failed = 0;
+        for instance in changed_or_new {
+            let name = instance.name.clone();
+            if let Err(e) = self.start(instance) {
+                failed += 1;
+                log::error!("reload: instance {name} could not start: {e:#}");
+            }
+        }
+        log::info!(
+            "reloaded {}: {unchanged} unchanged, {added} added, {restarted} restarted, {removed} removed{}",
+            path.display(),
+            if failed > 0 {
+                format!(", {failed} failed to start")
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    fn handle(&mut self, request: Request, peer: Peer) -> Response {
+        let mut response = Response {
+            pid: std::process::id(),
+            ..Response::default()
+        };
+        match request {
+            Request::Stats => match self.stats() {
+                Ok(reports) => response.stats = reports,
+                Err(e) => response.error = Some(format!("{e:#}")),
+            },
+            Request::Release { iface, vip } => {
+                // SAFETY: geteuid has no preconditions.
+                let euid = unsafe { libc::geteuid() };
+                if peer.uid != 0 && peer.uid != euid {
+                    response.error = Some(format!(
+                        "permission denied: uid {} may not release VIPs (root or uid {euid} may)",
+                        peer.uid
+                    ));
+                    return response;
+                }
+                match self.release(&iface, &vip) {
+                    Ok(outcome) => response.released = outcome,
+                    Err(e) => response.error = Some(format!("{e:#}")),
+                }
+            }
+        }
+        response
+    }
+
+    fn release(&mut self, iface: &str, vip: &str) -> anyhow::Result<Option<String>> {
+        let vip: config::Vip = vip.parse().map_err(|e: String| anyhow!(e))?;
+        let Some(r) = self
+            .running
+            .values()
+            .find(|r| r.instance.iface == iface && r.instance.vip.addr == vip.addr)
+        else {
+            return Ok(None);
+        };
+        let (tx, rx) = mpsc::channel();
+        if !r.worker.inbox.send(Msg::Release(tx)) {
+            bail!("instance {} is stopping", r.instance.name);
+        }
+        rx.recv_timeout(REQUEST_TIMEOUT).map(Some).map_err(|_| {
+            anyhow!(
+                "instance {} did not answer within {REQUEST_TIMEOUT:?}",
+                r.instance.name
+            )
+        })
+    }
+
+    fn stats(&self) -> anyhow::Result<Vec<stats::Report>> {
+        let mut out = Vec::new();
+        for r in self.running.values() {
+            let Role::Backup(b) = &r.instance.role else {
+                continue;
+            };
+            let Some(iface) = self.ifaces.get(&r.instance.iface) else {
+                continue;
+            };
+            let status = worker::lock(&r.worker.status).clone();
+            let (stats, witness_probes_sent) = status.backup.unwrap_or_default();
+            let view = stats::BackupView {
+                iface: &r.instance.iface,
+                instance: &r.instance.name,
+                state: if status.state.is_empty() {
+                    "STARTING"
+                } else {
+                    status.state
+                },
+                xdp_mode: iface.program.mode.as_str(),
+                xdp_fallback: iface.program.fell_back,
+                vip: r.instance.vip.addr.to_string(),
+                slot: r.slot,
+                master: b.master,
+                witness: b.witness,
+                interval_ns: u64::try_from(b.interval.as_nanos()).unwrap_or(u64::MAX),
+                dead_after_ns: u64::try_from(b.dead_after.as_nanos()).unwrap_or(u64::MAX),
+                stats,
+                witness_probes_sent,
+            };
+            out.push(stats::report(&view, &iface.maps)?);
+        }
+        Ok(out)
+    }
+}
+
+/// `vipwatch check --config FILE`: validates without touching the system
+/// (it reads the interfaces and addresses, changes nothing).
+pub fn check(path: PathBuf) -> anyhow::Result<()> {
+    let file = match config::load(&path) {
+        Ok(f) => f,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            std::process::exit(2);
+        }
+    };
+    let (rt, netlink) = Netlink::with_runtime()?;
+    let host = HostSnapshot::read(&rt, &netlink)?;
+    let mut problems = Vec::new();
+    for i in &file.instances {
+        let lines = &file.lines[&i.name];
+        for p in config::host_problems(i, &host) {
+            problems.push(format!(
+                "{}:{}: {}: {}",
+                path.display(),
+                lines.of(p.key),
+                p.key,
+                p.message
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        std::process::exit(2);
+    }
+    let summary: Vec<String> = file
+        .instances
+        .iter()
+        .map(|i| format!("{} ({} of {} on {})", i.name, i.role.name(), i.vip, i.iface))
+        .collect();
+    println!(
+        "{}: OK, {} instance{}: {}",
+        path.display(),
+        file.instances.len(),
+        if file.instances.len() == 1 { "" } else { "s" },
+        summary.join(", ")
+    );
+    Ok(())
+}

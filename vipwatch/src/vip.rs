@@ -1,0 +1,99 @@
+//! The one owner of a VIP's effects: bind, unbind, announce, hand over and
+//! ask who holds it, for both roles and for `vipwatch release`.
+//!
+//! Every call is bounded (a stuck netlink socket must not stall the loop
+//! that decides failovers) and idempotent (binding a bound address or
+//! removing an absent one succeeds and says so). Each instance owns its
+//! own [`VipHandle`], with its own netlink and packet sockets, so one
+//! instance's slow call never delays another's.
+
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::{arp::Announcer, config::Vip, netlink::Netlink};
+
+/// Bound on one rtnetlink request.
+pub(crate) const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(crate) struct VipHandle {
+    vip: Vip,
+    iface: String,
+    ifindex: u32,
+    rt: tokio::runtime::Runtime,
+    netlink: Netlink,
+    announcer: Announcer,
+}
+
+impl VipHandle {
+    /// Resolves the interface, opens the sockets and builds the
+    /// announcement frames, so the takeover path only sends.
+    pub(crate) fn open(iface: &str, vip: Vip) -> anyhow::Result<Self> {
+        let (rt, netlink) = Netlink::with_runtime()?;
+        let ifindex = rt.block_on(netlink.link_index(iface))?;
+        let mut announcer = Announcer::open(iface)?;
+        announcer.prepare(vip.addr)?;
+        Ok(Self {
+            vip,
+            iface: iface.to_owned(),
+            ifindex,
+            rt,
+            netlink,
+            announcer,
+        })
+    }
+
+    pub(crate) fn vip(&self) -> Vip {
+        self.vip
+    }
+
+    fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        // The timer is made inside the runtime (it needs its reactor).
+        self.rt
+            .block_on(async { tokio::time::timeout(NETLINK_TIMEOUT, call).await })
+            .map_err(|_| anyhow::anyhow!("rtnetlink did not answer within {NETLINK_TIMEOUT:?}"))
+            .and_then(|r| r)
+    }
+
+    /// Binds the VIP; `Ok(false)` when it already was.
+    pub(crate) fn bind(&mut self) -> anyhow::Result<bool> {
+        let Vip { addr, prefix } = self.vip;
+        self.bounded(self.netlink.add_address(self.ifindex, addr, prefix))
+            .with_context(|| format!("binding {} on {}", self.vip, self.iface))
+    }
+
+    /// Removes the VIP; `Ok(false)` when it was not there.
+    pub(crate) fn unbind(&mut self) -> anyhow::Result<bool> {
+        let Vip { addr, prefix } = self.vip;
+        self.bounded(self.netlink.del_address(self.ifindex, addr, prefix))
+            .with_context(|| format!("removing {} from {}", self.vip, self.iface))
+    }
+
+    /// Announces that the VIP lives at our MAC (gratuitous ARP request and
+    /// reply, or an unsolicited NA).
+    pub(crate) fn announce(&mut self) -> anyhow::Result<()> {
+        self.announcer.announce(self.vip.addr)
+    }
+
+    /// Announces the VIP at `mac` (the master's), so clients that still
+    /// send to us move to it at once.
+    pub(crate) fn hand_over(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
+        match self.vip.addr {
+            IpAddr::V4(v4) => self.announcer.hand_over(v4, mac),
+            IpAddr::V6(_) => Ok(()),
+        }
+    }
+
+    /// Asks who holds the VIP (RFC 5227 ARP probe, sender IP 0.0.0.0): a
+    /// host that has it bound answers from its kernel, and the XDP program
+    /// reports that answer as a claim.
+    pub(crate) fn solicit(&mut self) -> anyhow::Result<()> {
+        match self.vip.addr {
+            IpAddr::V4(v4) => self.announcer.solicit(v4),
+            IpAddr::V6(v6) => anyhow::bail!("asking who holds {v6} (NDP) is not implemented"),
+        }
+    }
+}

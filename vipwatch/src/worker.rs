@@ -1,0 +1,1136 @@
+//! One thread per instance: the shell around its pure state machine.
+//!
+//! The loop only waits, reads the maps, feeds the machine and carries out
+//! its actions; every decision is the machine's. It sleeps in ppoll(2)
+//! until the machine's next deadline (nanosecond resolution: tokio's timer
+//! wheel has 1 ms, more than the whole budget between a deadline and the
+//! decision at a 0.5 ms probe interval) or until its inbox is woken: a
+//! claim from the XDP program, a health result, a request from the control
+//! socket, a stop.
+//!
+//! One thread per instance is what keeps instances apart: a slow bind, a
+//! flapping master or a hanging hook of one never delays another's
+//! detection (hooks and health checks have threads of their own too).
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc},
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, bail};
+use vipwatch_common::{
+    PEER_MASTER, PEER_WITNESS, ROLE_BACKUP, ROLE_MASTER, SLOT_WITNESS, SlotConfig, addr_v4,
+};
+
+use crate::{
+    arp::mac_str,
+    backup::{self, Decision, Failback, Note as BackupNote, Peer},
+    clock::{self, delta_ms, ms},
+    config::{self, Instance, Role},
+    detector,
+    ebpf::Maps,
+    health,
+    hook::Hooks,
+    master::{self, HANDOVER_HOLD},
+    prober::{Identity, Prober},
+    sys::{self, EventFd},
+    vip::VipHandle,
+};
+
+/// What reaches an instance from outside its thread.
+pub(crate) enum Msg {
+    /// An ARP claim of the VIP, from the interface's ring buffer.
+    Claim { at_ns: u64, mac: [u8; 6] },
+    /// A health check result.
+    Health(Result<(), String>),
+    /// `vipwatch release`: the outcome goes back on the channel.
+    Release(mpsc::Sender<String>),
+    /// Stop (a second one cuts a master's handover short).
+    Stop,
+}
+
+/// The sending side of an instance's inbox: a channel and the eventfd that
+/// wakes its ppoll.
+#[derive(Clone)]
+pub(crate) struct Inbox {
+    tx: mpsc::Sender<Msg>,
+    wake: Arc<EventFd>,
+}
+
+impl Inbox {
+    /// Delivers `msg`; false if the instance is gone.
+    pub(crate) fn send(&self, msg: Msg) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        if sent {
+            self.wake.wake();
+        }
+        sent
+    }
+}
+
+/// One state change, as status shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct Record {
+    pub(crate) at_ns: u64,
+    pub(crate) from: &'static str,
+    pub(crate) to: &'static str,
+    pub(crate) reason: &'static str,
+}
+
+/// What an instance publishes for the control socket.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Status {
+    pub(crate) state: &'static str,
+    pub(crate) since_ns: u64,
+    /// The latest state changes, oldest first.
+    pub(crate) transitions: VecDeque<Record>,
+    pub(crate) backup: Option<(backup::Stats, u64)>,
+    pub(crate) gate_closed: bool,
+}
+
+const TRANSITIONS_KEPT: usize = 16;
+
+pub(crate) type SharedStatus = Arc<Mutex<Status>>;
+
+pub(crate) fn lock(s: &SharedStatus) -> MutexGuard<'_, Status> {
+    // Plain data: a panic elsewhere leaves it usable.
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running instance, as the daemon holds it.
+pub(crate) struct Worker {
+    pub(crate) inbox: Inbox,
+    pub(crate) status: SharedStatus,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Worker {
+    pub(crate) fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// The thread's result, once it is finished.
+    pub(crate) fn join(&mut self) -> anyhow::Result<()> {
+        match self.thread.take() {
+            Some(thread) => match thread.join() {
+                Ok(result) => result,
+                Err(_) => bail!("the instance's thread panicked"),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the daemon hands an instance.
+pub(crate) struct Resources {
+    pub(crate) instance: Instance,
+    pub(crate) slot: u32,
+    pub(crate) maps: Maps,
+    /// Woken when the thread ends, so the daemon reaps it at once.
+    pub(crate) exited: Arc<EventFd>,
+}
+
+/// Opens what the instance needs, claims its slot and starts its thread.
+/// Anything that can fail for a user-visible reason fails here, before the
+/// thread exists.
+pub(crate) fn start(res: Resources) -> anyhow::Result<(Worker, Inbox)> {
+    let Resources {
+        instance,
+        slot,
+        maps,
+        exited,
+    } = res;
+    let vip = VipHandle::open(&instance.iface, instance.vip)?;
+    let (tx, rx) = mpsc::channel();
+    let wake = Arc::new(EventFd::new()?);
+    let inbox = Inbox { tx, wake };
+    let status: SharedStatus = Arc::default();
+    let hooks = Hooks::new(instance.on_change.clone())?;
+    let name = instance.name.clone();
+    let shell = Shell {
+        name: instance.name.clone(),
+        iface: instance.iface.clone(),
+        vip_text: instance.vip.to_string(),
+        vip,
+        slot,
+        maps,
+        hooks,
+        rx,
+        wake: Arc::clone(&inbox.wake),
+        status: Arc::clone(&status),
+    };
+    let thread = match &instance.role {
+        Role::Backup(b) => {
+            let b = *b;
+            let mut shell = shell;
+            let run = BackupLoop::prepare(&instance, b, &mut shell)?;
+            spawn(&name, exited, move || run.run(shell))?
+        }
+        Role::Master(m) => {
+            let run = MasterLoop::prepare(&instance, m, &inbox)?;
+            let mut shell = shell;
+            shell
+                .maps
+                .open_slot(
+                    slot,
+                    SlotConfig {
+                        role: ROLE_MASTER,
+                        vip: vip_addr(instance.vip.addr),
+                        ..SlotConfig::default()
+                    },
+                )
+                .context("opening the instance's slot")?;
+            spawn(&name, exited, move || run.run(shell))?
+        }
+    };
+    Ok((
+        Worker {
+            inbox: inbox.clone(),
+            status,
+            thread: Some(thread),
+        },
+        inbox,
+    ))
+}
+
+fn vip_addr(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => addr_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn spawn(
+    name: &str,
+    exited: Arc<EventFd>,
+    body: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    std::thread::Builder::new()
+        .name(format!("vw-{name}"))
+        .spawn(move || {
+            let result = body();
+            exited.wake();
+            result
+        })
+        .with_context(|| format!("starting the thread of instance {name}"))
+}
+
+/// What both roles' loops share: the instance's effects and inbox.
+struct Shell {
+    name: String,
+    iface: String,
+    vip_text: String,
+    vip: VipHandle,
+    slot: u32,
+    maps: Maps,
+    hooks: Hooks,
+    rx: mpsc::Receiver<Msg>,
+    wake: Arc<EventFd>,
+    status: SharedStatus,
+}
+
+impl Shell {
+    /// Sleeps until `deadline` or a message; returns the messages.
+    fn wait(&mut self, deadline: u64) -> anyhow::Result<Vec<Msg>> {
+        clock::wait_readable([self.wake.raw()], deadline).context("waiting in ppoll")?;
+        self.wake.clear();
+        Ok(self.rx.try_iter().collect())
+    }
+
+    fn record(&self, from: &'static str, to: &'static str, reason: &'static str, at_ns: u64) {
+        let mut s = lock(&self.status);
+        s.state = to;
+        s.since_ns = at_ns;
+        if s.transitions.len() == TRANSITIONS_KEPT {
+            s.transitions.pop_front();
+        }
+        s.transitions.push_back(Record {
+            at_ns,
+            from,
+            to,
+            reason,
+        });
+    }
+
+    /// Bind, then announce at once: (newly added, bound at, first GARP at).
+    fn take_over(&mut self) -> anyhow::Result<(bool, u64, u64)> {
+        let added = self.vip.bind()?;
+        let bound_ns = clock::now_ns();
+        self.announce();
+        Ok((added, bound_ns, clock::now_ns()))
+    }
+
+    fn announce(&mut self) {
+        if let Err(e) = self.vip.announce() {
+            log::warn!(
+                "{}: announcing {} on {} failed: {e:#}",
+                self.name,
+                self.vip_text,
+                self.iface
+            );
+        }
+    }
+
+    /// Leaves nothing of the instance in the program.
+    fn close_slot(&mut self) {
+        if let Err(e) = self.maps.close_slot(self.slot) {
+            log::error!("{}: clearing its XDP slot: {e:#}", self.name);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The backup's loop.
+
+struct BackupLoop {
+    machine: backup::Machine,
+    prober: Prober,
+    witness: bool,
+    rt_priority: Option<u8>,
+}
+
+impl BackupLoop {
+    fn prepare(instance: &Instance, b: config::Backup, shell: &mut Shell) -> anyhow::Result<Self> {
+        let config::Backup {
+            master,
+            interval,
+            dead_after,
+            rise,
+            witness,
+            failback,
+            count,
+            rt_priority,
+        } = b;
+        let nonce = sys::random_u64()?;
+        let echo_id = (sys::random_u64()? & 0xffff) as u16;
+        let vip = vip_addr(instance.vip.addr);
+        let v4 = |a: Ipv4Addr| addr_v4(a.octets());
+        shell
+            .maps
+            .open_slot(
+                shell.slot,
+                SlotConfig {
+                    role: ROLE_BACKUP,
+                    flags: if witness.is_some() { SLOT_WITNESS } else { 0 },
+                    master: v4(master),
+                    witness: witness.map_or([0; 16], v4),
+                    vip,
+                    echo_id: echo_id.to_be_bytes(),
+                    nonce: nonce.to_be_bytes(),
+                    ..SlotConfig::default()
+                },
+            )
+            .context("opening the instance's slot")?;
+        let slot = u16::try_from(shell.slot).context("slot number")?;
+        let prober = match Prober::open(
+            &instance.iface,
+            Identity {
+                echo_id,
+                nonce,
+                slot,
+                vip,
+            },
+            master,
+            witness,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                shell.close_slot();
+                return Err(e);
+            }
+        };
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let settings = backup::Settings {
+            detector: detector::Settings {
+                interval_ns: ns(interval),
+                dead_after_ns: ns(dead_after),
+                rise,
+                failback,
+                witness: witness.is_some(),
+            },
+            garp: instance.garp,
+            probe_limit: count,
+        };
+        log::info!(
+            "{}: watching master {master} on {} every {} (dead after {} = {} unanswered probes{}), VIP {}, failback {}",
+            instance.name,
+            instance.iface,
+            ms(settings.detector.interval_ns),
+            ms(settings.detector.dead_after_ns),
+            settings.detector.probes_needed(),
+            witness
+                .map(|w| format!(", witness {w}"))
+                .unwrap_or_default(),
+            instance.vip,
+            config::failback_name(failback),
+        );
+        {
+            let mut s = lock(&shell.status);
+            s.state = state_name(backup::State::Starting);
+            s.since_ns = clock::now_ns();
+        }
+        Ok(Self {
+            machine: backup::Machine::new(settings, clock::now_ns()),
+            prober,
+            witness: witness.is_some(),
+            rt_priority,
+        })
+    }
+
+    fn run(mut self, mut shell: Shell) -> anyhow::Result<()> {
+        let result = self.serve(&mut shell);
+        if self.machine.state() == backup::State::Active {
+            // Whatever made us stop, do not leave the VIP behind: a stopped
+            // backup that still answers for it is a split brain.
+            log::warn!(
+                "{}: stopping while holding {}: releasing it",
+                shell.name,
+                shell.vip_text
+            );
+            let at_ns = clock::now_ns();
+            if let Err(e) = self.feed(&mut shell, backup::Event::Shutdown { at_ns }) {
+                log::error!("{}: {e:#}", shell.name);
+            }
+        }
+        shell.close_slot();
+        result
+    }
+
+    fn serve(&mut self, shell: &mut Shell) -> anyhow::Result<()> {
+        if let Some(priority) = self.rt_priority {
+            // Only this thread: hooks, health checks and other instances
+            // keep their normal policy.
+            sys::realtime(priority)?;
+            log::info!(
+                "{}: probe/deadline loop runs under SCHED_FIFO priority {priority}",
+                shell.name
+            );
+        }
+        loop {
+            for msg in shell.wait(self.machine.next_deadline())? {
+                let at_ns = clock::now_ns();
+                match msg {
+                    Msg::Claim { at_ns, mac } => {
+                        self.feed(shell, backup::Event::Claim { at_ns, mac })?;
+                    }
+                    Msg::Health(_) => {}
+                    Msg::Release(reply) => {
+                        let before = self.machine.state();
+                        log::info!(
+                            "{}: `vipwatch release` asked us to hand {} back",
+                            shell.name,
+                            shell.vip_text
+                        );
+                        self.feed(shell, backup::Event::OperatorRelease { at_ns })?;
+                        let outcome = if before == backup::State::Active {
+                            format!("{}: released {}", shell.name, shell.vip_text)
+                        } else {
+                            format!(
+                                "{}: not holding {} (state {})",
+                                shell.name,
+                                shell.vip_text,
+                                state_name(before)
+                            )
+                        };
+                        if reply.send(outcome).is_err() {
+                            log::debug!("{}: the release request went away", shell.name);
+                        }
+                    }
+                    Msg::Stop => {
+                        self.feed(shell, backup::Event::Shutdown { at_ns })?;
+                        self.publish(shell);
+                        return Ok(());
+                    }
+                }
+            }
+            let now_ns = clock::now_ns();
+            if now_ns >= self.machine.next_deadline() {
+                let master = peer(shell.maps.liveness(shell.slot, PEER_MASTER)?);
+                let witness = if self.witness {
+                    Some(peer(shell.maps.liveness(shell.slot, PEER_WITNESS)?))
+                } else {
+                    None
+                };
+                self.feed(
+                    shell,
+                    backup::Event::Tick {
+                        now_ns,
+                        master,
+                        witness,
+                    },
+                )?;
+            }
+            self.publish(shell);
+        }
+    }
+
+    fn publish(&self, shell: &Shell) {
+        lock(&shell.status).backup = Some((self.machine.stats(), self.prober.witness_sent));
+    }
+
+    /// Feeds one event and carries out the actions, feeding their results
+    /// back in order.
+    fn feed(&mut self, shell: &mut Shell, event: backup::Event) -> anyhow::Result<()> {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.machine.handle(event) {
+                if let Some(result) = self.execute(shell, action) {
+                    queue.push_back(result);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, shell: &mut Shell, action: backup::Action) -> Option<backup::Event> {
+        use backup::{Action, Event};
+        match action {
+            Action::Probe { seq } => {
+                let tick = self.prober.tick(seq);
+                tick.master_sent.then_some(Event::ProbeSent {
+                    at_ns: tick.at_ns,
+                    seq,
+                })
+            }
+            Action::TakeOver { decision } => Some(self.take_over(shell, decision)),
+            Action::Release => {
+                let result = shell.vip.unbind();
+                let at_ns = clock::now_ns();
+                Some(match result {
+                    Ok(true) => {
+                        log::info!(
+                            "{}: released {} from {} mono_ns={at_ns}",
+                            shell.name,
+                            shell.vip_text,
+                            shell.iface
+                        );
+                        Event::Unbound { at_ns }
+                    }
+                    Ok(false) => {
+                        log::info!(
+                            "{}: {} was already gone from {} mono_ns={at_ns}",
+                            shell.name,
+                            shell.vip_text,
+                            shell.iface
+                        );
+                        Event::Unbound { at_ns }
+                    }
+                    Err(e) => {
+                        // Still bound while we stand by would be a split
+                        // brain: the machine retries.
+                        log::error!(
+                            "{}: could not remove {}: {e:#}; retrying",
+                            shell.name,
+                            shell.vip_text
+                        );
+                        Event::UnbindFailed { at_ns }
+                    }
+                })
+            }
+            Action::Announce => {
+                shell.announce();
+                None
+            }
+            Action::HandOver { mac } => {
+                if let Err(e) = shell.vip.hand_over(mac) {
+                    log::warn!(
+                        "{}: could not hand {} over to {}: {e:#}",
+                        shell.name,
+                        shell.vip_text,
+                        mac_str(mac)
+                    );
+                }
+                None
+            }
+            Action::Solicit => {
+                if let Err(e) = shell.vip.solicit() {
+                    log::warn!(
+                        "{}: could not ask who holds {}: {e:#}",
+                        shell.name,
+                        shell.vip_text
+                    );
+                }
+                None
+            }
+            Action::Note(note) => {
+                match note {
+                    BackupNote::Conflict { mac, master_mac } => log::warn!(
+                        "{}: {} is claimed by {} which is not the master ({}): address conflict on the LAN",
+                        shell.name,
+                        shell.vip_text,
+                        mac_str(mac),
+                        mac_str(master_mac)
+                    ),
+                    BackupNote::MasterBack { mac, failback } => log::info!(
+                        "{}: master {} answers again; keeping {} until it claims it{}",
+                        shell.name,
+                        mac_str(mac),
+                        shell.vip_text,
+                        match failback {
+                            Failback::OnClaim => "",
+                            Failback::Manual => " and `vipwatch release` is run (failback manual)",
+                        }
+                    ),
+                    BackupNote::Retry { bind } => log::info!(
+                        "{}: trying again to {} {}",
+                        shell.name,
+                        if bind { "bind" } else { "remove" },
+                        shell.vip_text
+                    ),
+                }
+                None
+            }
+            Action::Notify(t) => {
+                self.notify(shell, t);
+                None
+            }
+        }
+    }
+
+    fn take_over(&mut self, shell: &mut Shell, decision: Decision) -> backup::Event {
+        let started = clock::now_ns();
+        match shell.take_over() {
+            Ok((_, bound_ns, first_garp_ns)) => {
+                let Decision {
+                    last_reply_ns,
+                    deadline_ns,
+                    decision_ns,
+                } = decision;
+                log::info!(
+                    "{}: takeover timeline: last reply {:+.3} ms, deadline {:+.3} ms, decision {:+.3} ms, VIP bound {:+.3} ms, \
+                     first GARP {:+.3} ms (relative to the decision; decision->first GARP {:.3} ms) mono_ns={decision_ns}",
+                    shell.name,
+                    delta_ms(decision_ns, last_reply_ns),
+                    delta_ms(decision_ns, deadline_ns),
+                    0.0,
+                    delta_ms(decision_ns, bound_ns),
+                    delta_ms(decision_ns, first_garp_ns),
+                    delta_ms(decision_ns, first_garp_ns),
+                );
+                backup::Event::Bound {
+                    bound_ns,
+                    first_garp_ns,
+                }
+            }
+            Err(e) => {
+                // Announcing an address we could not bind would attract the
+                // clients to a host that cannot answer them: the machine
+                // retries the bind, and announces once it works.
+                log::error!(
+                    "{}: TAKEOVER FAILED: could not bind {} on {}: {e:#}; retrying",
+                    shell.name,
+                    shell.vip_text,
+                    shell.iface
+                );
+                backup::Event::BindFailed { at_ns: started }
+            }
+        }
+    }
+
+    fn notify(&mut self, shell: &mut Shell, t: detector::Transition) {
+        let detector::Transition {
+            from,
+            to,
+            reason,
+            at_ns,
+        } = t;
+        if from == backup::State::Starting
+            && let Err(e) = shell.maps.reset_max_gap(shell.slot, PEER_MASTER)
+        {
+            // The start-up gap (first ARP resolution) says nothing about
+            // the path; without the reset `max_gap_ms` would keep it.
+            log::warn!("{}: could not reset the gap statistic: {e:#}", shell.name);
+        }
+        log::info!(
+            "{}: state {} -> {}: {} mono_ns={at_ns}",
+            shell.name,
+            state_name(from),
+            state_name(to),
+            describe(reason)
+        );
+        shell.record(
+            state_name(from),
+            state_name(to),
+            reason_token(reason),
+            at_ns,
+        );
+        shell.hooks.notify(
+            state_name(to),
+            &shell.vip_text,
+            &shell.iface,
+            reason_token(reason),
+        );
+    }
+}
+
+fn peer(p: crate::ebpf::PeerSnapshot) -> Peer {
+    Peer {
+        replies: p.replies,
+        last_seen_ns: p.last_seen_ns,
+        highest_seq: p.highest_seq,
+        last_mac: p.last_mac,
+    }
+}
+
+pub(crate) fn state_name(s: backup::State) -> &'static str {
+    match s {
+        backup::State::Starting => "STARTING",
+        backup::State::Standby => "STANDBY",
+        backup::State::Active => "ACTIVE",
+        backup::State::Isolated => "ISOLATED",
+    }
+}
+
+fn describe(r: backup::Reason) -> String {
+    use backup::Reason;
+    match r {
+        Reason::MasterReplied => "the master answers our probes".into(),
+        Reason::MasterSilent { silence_ns, probes } => format!(
+            "master silent for {} ({probes} probes sent since its last reply)",
+            ms(silence_ns)
+        ),
+        Reason::WitnessSilent { silence_ns } => format!(
+            "master AND witness silent for {}: we are the one cut off, not taking the VIP",
+            ms(silence_ns)
+        ),
+        Reason::MasterClaimed => "the master claimed the VIP back (ARP)".into(),
+        Reason::OperatorRelease => "operator release".into(),
+        Reason::MasterBack { replies } => format!("master back ({replies} consecutive replies)"),
+        Reason::Shutdown => "daemon stopping".into(),
+    }
+}
+
+fn reason_token(r: backup::Reason) -> &'static str {
+    use backup::Reason;
+    match r {
+        Reason::MasterReplied => "master-replied",
+        Reason::MasterSilent { .. } => "master-silent",
+        Reason::WitnessSilent { .. } => "witness-silent",
+        Reason::MasterClaimed => "master-claimed",
+        Reason::OperatorRelease => "operator-release",
+        Reason::MasterBack { .. } => "master-back",
+        Reason::Shutdown => "shutdown",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The master's loop.
+
+struct MasterLoop {
+    machine: master::Machine,
+    health: Option<(health::Check, std::time::Duration)>,
+    preempt: bool,
+    inbox: Inbox,
+}
+
+/// What carrying out one batch of actions did, for the state change's log
+/// line.
+#[derive(Default)]
+struct Effects {
+    /// (newly added, bound at, first GARP sent at).
+    claimed: Option<(bool, u64, u64)>,
+    /// (was bound, removed at).
+    released: Option<(bool, u64)>,
+    gate_closed: Option<bool>,
+}
+
+impl MasterLoop {
+    fn prepare(instance: &Instance, m: &config::Master, inbox: &Inbox) -> anyhow::Result<Self> {
+        let config::Master { preempt, health } = m;
+        let check = match health {
+            Some(h) => Some((health::Check::from_spec(&h.check)?, h.interval)),
+            None => None,
+        };
+        let settings = master::Settings {
+            preempt: *preempt,
+            health: health.as_ref().map(|h| (h.fall, h.rise)),
+            garp: instance.garp,
+        };
+        log::info!(
+            "{}: vipwatch master on {}: VIP {}, {}, GARP {}x every {} ms{}",
+            instance.name,
+            instance.iface,
+            instance.vip,
+            if *preempt { "preempt" } else { "no-preempt" },
+            instance.garp.count,
+            instance.garp.interval_ns / 1_000_000,
+            instance
+                .garp
+                .refresh_ns
+                .map(|r| format!(", then every {} ms", r / 1_000_000))
+                .unwrap_or_default(),
+        );
+        match (&check, health) {
+            (Some((c, interval)), Some(h)) => log::info!(
+                "{}: health check: {c} every {} ms (health_fall {}, health_rise {} consecutive checks); the VIP is claimed only once it passes",
+                instance.name,
+                interval.as_millis(),
+                h.fall,
+                h.rise
+            ),
+            _ => log::info!(
+                "{}: no health check: holding {} for as long as vipwatch runs",
+                instance.name,
+                instance.vip
+            ),
+        }
+        Ok(Self {
+            machine: master::Machine::new(settings),
+            health: check,
+            preempt: *preempt,
+            inbox: inbox.clone(),
+        })
+    }
+
+    fn run(mut self, mut shell: Shell) -> anyhow::Result<()> {
+        let result = self.serve(&mut shell);
+        if result.is_err() && self.machine.state() == master::State::Holding {
+            // Whatever made us stop (an error), do not leave the VIP bound:
+            // a stopped master that still answers for it fights the backup.
+            match shell.vip.unbind() {
+                Ok(_) => log::warn!(
+                    "{}: stopping on an error: released {} from {} mono_ns={}",
+                    shell.name,
+                    shell.vip_text,
+                    shell.iface,
+                    clock::now_ns()
+                ),
+                Err(e) => log::error!(
+                    "{}: stopping on an error, and could not remove {} from {} ({e:#}); remove it with \
+                     `vipwatch release --iface {} --vip {}`",
+                    shell.name,
+                    shell.vip_text,
+                    shell.iface,
+                    shell.iface,
+                    shell.vip_text
+                ),
+            }
+        }
+        shell.close_slot();
+        result
+    }
+
+    fn serve(&mut self, shell: &mut Shell) -> anyhow::Result<()> {
+        {
+            let mut s = lock(&shell.status);
+            s.state = master::State::Starting.name();
+            s.since_ns = clock::now_ns();
+        }
+        let _runner = match self.health.take() {
+            Some((check, interval)) => {
+                let inbox = self.inbox.clone();
+                Some(health::Runner::start(
+                    &shell.name,
+                    check,
+                    interval,
+                    move |result| {
+                        if !inbox.send(Msg::Health(result)) {
+                            log::debug!("a health result for a stopped instance");
+                        }
+                    },
+                )?)
+            }
+            None => None,
+        };
+        let first = self.machine.start(clock::now_ns());
+        if self.carry_out(shell, first)? {
+            return Ok(());
+        }
+        loop {
+            for msg in shell.wait(self.machine.next_deadline())? {
+                let at_ns = clock::now_ns();
+                let event = match msg {
+                    Msg::Claim { at_ns, mac } => master::Event::Claim { at_ns, mac },
+                    Msg::Health(result) => master::Event::Health { at_ns, result },
+                    Msg::Release(reply) => {
+                        let answer = format!(
+                            "{}: refused: {} is held by a vipwatch master instance; stop that instance \
+                             (SIGTERM, or remove it from the configuration and reload) to hand it over",
+                            shell.name, shell.vip_text
+                        );
+                        if reply.send(answer).is_err() {
+                            log::debug!("{}: the release request went away", shell.name);
+                        }
+                        continue;
+                    }
+                    Msg::Stop => {
+                        if self.machine.state() != master::State::Stopped {
+                            log::info!(
+                                "{}: stopping (a second stop request skips the handover hold)",
+                                shell.name
+                            );
+                        }
+                        master::Event::Shutdown { at_ns }
+                    }
+                };
+                if self.feed(shell, event)? {
+                    return Ok(());
+                }
+            }
+            let now_ns = clock::now_ns();
+            if now_ns >= self.machine.next_deadline()
+                && self.feed(shell, master::Event::Tick { now_ns })?
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Feeds one event; true when the instance is done.
+    fn feed(&mut self, shell: &mut Shell, event: master::Event) -> anyhow::Result<bool> {
+        let actions = self.machine.handle(event);
+        self.carry_out(shell, actions)
+    }
+
+    fn carry_out(
+        &mut self,
+        shell: &mut Shell,
+        actions: Vec<master::Action>,
+    ) -> anyhow::Result<bool> {
+        let mut queue: VecDeque<master::Action> = actions.into();
+        let mut effects = Effects::default();
+        let mut results = Vec::new();
+        while let Some(action) = queue.pop_front() {
+            use master::{Action, Event};
+            match action {
+                Action::Solicit => {
+                    if let Err(e) = shell.vip.solicit() {
+                        log::warn!(
+                            "{}: could not ask who answers for {} on {} ({e:#}); {}",
+                            shell.name,
+                            shell.vip_text,
+                            shell.iface,
+                            if self.preempt {
+                                "claiming it anyway (preempt)"
+                            } else {
+                                "not claiming it (no_preempt) until a probe succeeds"
+                            }
+                        );
+                        results.push(Event::SolicitFailed {
+                            at_ns: clock::now_ns(),
+                        });
+                    }
+                }
+                Action::TakeOver => match shell.take_over() {
+                    Ok((added, bound_ns, first_garp_ns)) => {
+                        effects.claimed = Some((added, bound_ns, first_garp_ns));
+                        results.push(Event::Bound {
+                            bound_ns,
+                            first_garp_ns,
+                        });
+                    }
+                    Err(e) => {
+                        log::error!("{}: {e:#}; retrying", shell.name);
+                        results.push(Event::BindFailed {
+                            at_ns: clock::now_ns(),
+                        });
+                    }
+                },
+                Action::Release => match shell.vip.unbind() {
+                    Ok(removed) => {
+                        let at_ns = clock::now_ns();
+                        effects.released = Some((removed, at_ns));
+                        results.push(Event::Unbound { at_ns });
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "{}: {e:#}; remove it by hand (`vipwatch release --iface {} --vip {}`) or this host \
+                             keeps answering for it; retrying",
+                            shell.name,
+                            shell.iface,
+                            shell.vip_text
+                        );
+                        results.push(Event::UnbindFailed {
+                            at_ns: clock::now_ns(),
+                        });
+                    }
+                },
+                Action::Announce => shell.announce(),
+                Action::OpenGate | Action::CloseGate => {
+                    let closed = action == Action::CloseGate;
+                    shell
+                        .maps
+                        .set_gate_closed(shell.slot, closed)
+                        .with_context(|| {
+                            format!(
+                                "{} the probe gate of {}",
+                                if closed { "closing" } else { "opening" },
+                                shell.name
+                            )
+                        })?;
+                    effects.gate_closed = Some(closed);
+                    lock(&shell.status).gate_closed = closed;
+                }
+                Action::Note(note) => self.note(shell, note),
+                Action::Notify(t) => self.report(shell, &t, &effects),
+                Action::Exit { cut_short } => {
+                    let (_, dropped) = shell.maps.gate(shell.slot).unwrap_or_default();
+                    let dropped = if dropped == 0 {
+                        "no probes dropped (is a backup probing this host?)".to_owned()
+                    } else {
+                        format!("{dropped} probes dropped")
+                    };
+                    if cut_short {
+                        log::warn!(
+                            "{}: stopped again: exiting before the {} ms handover hold was over, {dropped}; \
+                             the backup may not have taken over",
+                            shell.name,
+                            HANDOVER_HOLD.as_millis()
+                        );
+                    } else {
+                        log::info!(
+                            "{}: handover: probe gate held closed {} ms, {dropped}; exiting",
+                            shell.name,
+                            HANDOVER_HOLD.as_millis()
+                        );
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        for result in results {
+            if self.feed(shell, result)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn note(&self, shell: &Shell, note: master::Note) {
+        match note {
+            master::Note::HealthCheck {
+                result,
+                against,
+                needed,
+            } => match result {
+                Err(why) if self.machine.state() == master::State::Unhealthy => {
+                    log::debug!(
+                        "{}: health check failed (still unhealthy): {why}",
+                        shell.name
+                    );
+                }
+                Err(why) => log::debug!(
+                    "{}: health check failed ({against}/{needed} towards unhealthy): {why}",
+                    shell.name
+                ),
+                Ok(()) => log::debug!(
+                    "{}: health check passed ({against}/{needed} towards healthy)",
+                    shell.name
+                ),
+            },
+            master::Note::Conflict { mac } => log::warn!(
+                "{}: {} is claimed by {} while this master holds it: address conflict on the LAN",
+                shell.name,
+                shell.vip_text,
+                mac_str(mac)
+            ),
+            master::Note::Retry { bind } => log::info!(
+                "{}: trying again to {} {}",
+                shell.name,
+                if bind { "bind" } else { "remove" },
+                shell.vip_text
+            ),
+        }
+    }
+
+    /// The one log line (and hook) of a state change. `mono_ns` is the
+    /// CLOCK_MONOTONIC time of the address change it made (bind or
+    /// release), else of the decision.
+    fn report(&self, shell: &mut Shell, t: &master::Transition, effects: &Effects) {
+        let master::Transition {
+            from,
+            to,
+            reason,
+            at_ns,
+        } = t;
+        let why = Self::describe(shell, *from, reason);
+        let vip = &shell.vip_text;
+        let iface = &shell.iface;
+        let name = &shell.name;
+        let gate = match effects.gate_closed {
+            Some(true) => ", probe gate closed",
+            Some(false) => ", probe gate open",
+            None => "",
+        };
+        let released = |(removed, at): (bool, u64)| {
+            let what = if removed {
+                format!("released {vip} from {iface}")
+            } else {
+                format!("{vip} was not bound on {iface}")
+            };
+            (what, at)
+        };
+        match to {
+            master::State::Holding => {
+                let (added, bound_ns, first_garp_ns) =
+                    effects.claimed.unwrap_or((false, *at_ns, *at_ns));
+                let note = if added { "" } else { "; it was already bound" };
+                log::info!(
+                    "{name}: state -> HOLDING: bound {vip} on {iface}, first GARP {:+.3} ms (from {}, {why}{note}) \
+                     mono_ns={bound_ns}",
+                    delta_ms(bound_ns, first_garp_ns),
+                    from.name(),
+                );
+            }
+            master::State::Unhealthy => {
+                let (what, at) = effects
+                    .released
+                    .map_or_else(|| (format!("{vip} not bound"), *at_ns), released);
+                log::info!(
+                    "{name}: state -> UNHEALTHY: {what}{gate} (from {}, {why}) mono_ns={at}",
+                    from.name()
+                );
+            }
+            master::State::Waiting => log::info!(
+                "{name}: state -> WAITING: not claiming {vip} (no_preempt); probing again every {} s (from {}, {why}) \
+                 mono_ns={at_ns}",
+                master::RECHECK_EVERY.as_secs(),
+                from.name(),
+            ),
+            master::State::Stopped => {
+                let (what, at) = effects
+                    .released
+                    .map_or_else(|| (format!("{vip} not bound"), *at_ns), released);
+                let (seen, dropped) = shell.maps.gate(shell.slot).unwrap_or_default();
+                log::info!(
+                    "{name}: state -> STOPPED: {what}, probe gate closed for {} ms so the backup takes over \
+                     (from {}, {why}; probe gate saw {seen} probes, dropped {dropped}) mono_ns={at}",
+                    HANDOVER_HOLD.as_millis(),
+                    from.name()
+                );
+            }
+            master::State::Starting => {
+                log::info!("{name}: state -> STARTING (from {}, {why})", from.name())
+            }
+        }
+        shell.record(from.name(), to.name(), reason.token(), *at_ns);
+        shell.hooks.notify(to.name(), vip, iface, reason.token());
+    }
+
+    fn describe(shell: &Shell, from: master::State, reason: &master::Reason) -> String {
+        use master::Reason;
+        let token = reason.token();
+        let vip = shell.vip.vip();
+        match reason {
+            Reason::Claimed => format!("{token}: nobody else answers for {}", vip.addr),
+            Reason::Preempted(mac) => format!("{token}: taken from {}", mac_str(*mac)),
+            Reason::VipInUse(Some(mac)) => {
+                format!("{token}: {} answers for {}", mac_str(*mac), vip.addr)
+            }
+            Reason::VipInUse(None) => {
+                format!("{token}: the ARP probe failed, so the VIP may be in use")
+            }
+            Reason::HealthFailed { first, fall, last } => {
+                if *first || from == master::State::Starting {
+                    format!("{token}: the first check failed: {last}")
+                } else {
+                    format!("{token}: {fall} consecutive failed checks, last: {last}")
+                }
+            }
+            Reason::HealthRecovered { rise } => format!("{token}: {rise} consecutive good checks"),
+            Reason::Shutdown => token.to_owned(),
+        }
+    }
+}
