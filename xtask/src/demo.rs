@@ -136,12 +136,26 @@ pub fn demo() -> Result<()> {
         rec.counts().get("backup").copied().unwrap_or(0),
     ));
     say("tearing the lab down");
+    let ours: Vec<u32> = std::iter::once(s.backup.pid())
+        .chain(s.master.as_ref().map(|m| m.pid()))
+        .collect();
     drop(s);
-    let left = leftovers();
+    let (left, older) = leftovers(&ours);
     if left.is_empty() {
-        say("done: no namespace, daemon or pin left behind");
+        say(
+            "done: none of the demo's namespaces or daemons is left (nothing is pinned: XDP and maps go with the daemons)",
+        );
     } else {
-        say(&format!("done, but left behind: {}", left.join(", ")));
+        say(&format!(
+            "done, but the demo left behind: {}",
+            left.join(", ")
+        ));
+    }
+    if !older.is_empty() {
+        say(&format!(
+            "note: not the demo's, already running before it: {}",
+            older.join(", ")
+        ));
     }
     Ok(())
 }
@@ -193,9 +207,11 @@ fn print_timeline(t: &Value, first_answer_ns: u64) {
 }
 
 /// What the demo could have left behind: its namespaces (named after our
-/// pid), running vipwatch daemons, and pins under /sys/fs/bpf/vipwatch.
-fn leftovers() -> Vec<String> {
+/// pid) and its daemons (`ours`); and, apart, vipwatch daemons that are not
+/// the demo's (started before it, by someone else).
+fn leftovers(ours: &[u32]) -> (Vec<String>, Vec<String>) {
     let mut left = Vec::new();
+    let mut older = Vec::new();
     let prefix = format!("vwlab-{}-", std::process::id());
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         left.extend(
@@ -207,18 +223,19 @@ fn leftovers() -> Vec<String> {
     }
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() == "vipwatch" {
-                left.push(format!("vipwatch pid {}", e.file_name().to_string_lossy()));
+            if comm.trim_end() != "vipwatch" {
+                continue;
+            }
+            if ours.contains(&pid) {
+                left.push(format!("vipwatch pid {pid}"));
+            } else {
+                older.push(format!("vipwatch pid {pid}"));
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/vipwatch") {
-        left.extend(
-            entries
-                .flatten()
-                .map(|e| format!("pin {}", e.path().display())),
-        );
-    }
-    left
+    (left, older)
 }

@@ -27,6 +27,8 @@ use vipwatch_tests::{
 
 use crate::{build, interrupt, prerequisites, util};
 
+mod scaling;
+
 #[derive(clap::Args)]
 pub struct Options {
     /// A short run (5 trials per mode, 30 s soak) for a quick check.
@@ -41,6 +43,24 @@ pub struct Options {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Run only these sections (repeatable; default: all).
+    #[arg(long, value_enum)]
+    pub only: Vec<Section>,
+}
+
+/// The report's sections, for `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// 1, 2 and 5: outage by failure mode, where the time goes, failback.
+    Modes,
+    /// 3: interval sweep with CPU.
+    Sweep,
+    /// 4: false-takeover soak.
+    Soak,
+    /// 6: the classic ping-loop baseline.
+    Baseline,
+    /// 7: many instances in one process.
+    Scaling,
 }
 
 /// Percentile summary of a set of durations, in ms.
@@ -175,7 +195,9 @@ pub fn bench(options: Options) -> Result<()> {
         trials,
         soak_secs,
         json: json_path,
+        only,
     } = options;
+    let wanted = |section: Section| only.is_empty() || only.contains(&section);
     let trials = trials.unwrap_or(if quick { 5 } else { 20 });
     let soak_secs = soak_secs.unwrap_or(if quick { 30 } else { 600 });
     prerequisites::ensure_bench_tools()?;
@@ -186,265 +208,284 @@ pub fn bench(options: Options) -> Result<()> {
     let mut js =
         json!({"machine": machine(), "trials": trials, "soak_secs": soak_secs, "quick": quick});
 
-    // 1 + 2 + 5: outage by failure mode, where the time goes, failback.
-    let mut breakdown_md = String::new();
-    let mut breakdown_json = serde_json::Map::new();
-    let mut dual = Vec::new();
-    let mut failback_outage = Vec::new();
-    let mut client_both = Vec::new();
-    let mut by_mode = String::from(TABLE_HEAD);
-    let mut failback_by_mode = String::from(TABLE_HEAD);
-    let mut modes_json = serde_json::Map::new();
-    for fault in [
-        Fault::CablePull,
-        Fault::Freeze,
-        Fault::Unhealthy,
-        Fault::Stopped,
-    ] {
-        eprintln!("{} {}: {trials} trials", util::TAG, fault.describe());
-        let mut opts = ScenarioOptions::new(&format!("bench{}", mode_tag(fault)), bin.clone());
-        if fault == Fault::Unhealthy {
-            opts.health = true;
-            opts.master_args = health_args();
+    if wanted(Section::Modes) {
+        // 1 + 2 + 5: outage by failure mode, where the time goes, failback.
+        let mut breakdown_md = String::new();
+        let mut breakdown_json = serde_json::Map::new();
+        let mut dual = Vec::new();
+        let mut failback_outage = Vec::new();
+        let mut client_both = Vec::new();
+        let mut by_mode = String::from(TABLE_HEAD);
+        let mut failback_by_mode = String::from(TABLE_HEAD);
+        let mut modes_json = serde_json::Map::new();
+        for fault in [
+            Fault::CablePull,
+            Fault::Freeze,
+            Fault::Unhealthy,
+            Fault::Stopped,
+        ] {
+            eprintln!("{} {}: {trials} trials", util::TAG, fault.describe());
+            let mut opts = ScenarioOptions::new(&format!("bench{}", mode_tag(fault)), bin.clone());
+            if fault == Fault::Unhealthy {
+                opts.health = true;
+                opts.master_args = health_args();
+            }
+            let mut s = Scenario::start(opts)?;
+            let mut outages = Vec::new();
+            let mut mode_dual = Vec::new();
+            let mut mode_gap = Vec::new();
+            let mut mode_breakdown = Breakdown::default();
+            for trial in 0..trials {
+                interrupt::check()?;
+                // Break at a random phase of the probe interval.
+                std::thread::sleep(Duration::from_micros(200 + (trial as u64 * 379) % 2000));
+                let t0 = s.inject(fault)?;
+                let t = s
+                    .await_takeover(fault, t0, Duration::from_secs(10))
+                    .with_context(|| format!("trial {trial}\n{}", s.logs()))?;
+                outages.push(ms(t.outage));
+                mode_breakdown.add(&t.stats["last_takeover"], t.first_answer_ns);
+                let r = s.repair(fault)?;
+                let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
+                dual.push(ms(fb.dual_bound));
+                client_both.push(ms(fb.client_both));
+                failback_outage.push(ms(fb.client_outage));
+                mode_dual.push(ms(fb.dual_bound));
+                mode_gap.push(ms(fb.client_outage));
+                s.wait_state("STANDBY", Duration::from_secs(10))?;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let summary = Summary::of(&outages);
+            by_mode += &Summary::row(fault.describe(), summary);
+            breakdown_md += &format!(
+                "\n**{}** ({} takeovers)\n\n",
+                fault.describe(),
+                outages.len()
+            );
+            breakdown_md += &mode_breakdown.markdown();
+            breakdown_json.insert(mode_tag(fault).into(), mode_breakdown.json());
+            failback_by_mode += &Summary::row(
+                &format!("{}: both bound", fault.describe()),
+                Summary::of(&mode_dual),
+            );
+            failback_by_mode += &Summary::row(
+                &format!("{}: client gap", fault.describe()),
+                Summary::of(&mode_gap),
+            );
+            modes_json.insert(
+                mode_tag(fault).into(),
+                json!({
+                    "outage": Summary::json(summary),
+                    "samples_ms": outages,
+                    "failback_dual_bound_samples_ms": mode_dual,
+                    "failback_client_gap_samples_ms": mode_gap,
+                }),
+            );
         }
-        let mut s = Scenario::start(opts)?;
-        let mut outages = Vec::new();
-        let mut mode_dual = Vec::new();
-        let mut mode_gap = Vec::new();
-        let mut mode_breakdown = Breakdown::default();
-        for trial in 0..trials {
-            interrupt::check()?;
-            // Break at a random phase of the probe interval.
-            std::thread::sleep(Duration::from_micros(200 + (trial as u64 * 379) % 2000));
-            let t0 = s.inject(fault)?;
-            let t = s
-                .await_takeover(fault, t0, Duration::from_secs(10))
-                .with_context(|| format!("trial {trial}\n{}", s.logs()))?;
-            outages.push(ms(t.outage));
-            mode_breakdown.add(&t.stats["last_takeover"], t.first_answer_ns);
-            let r = s.repair(fault)?;
-            let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
-            dual.push(ms(fb.dual_bound));
-            client_both.push(ms(fb.client_both));
-            failback_outage.push(ms(fb.client_outage));
-            mode_dual.push(ms(fb.dual_bound));
-            mode_gap.push(ms(fb.client_outage));
-            s.wait_state("STANDBY", Duration::from_secs(10))?;
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        let summary = Summary::of(&outages);
-        by_mode += &Summary::row(fault.describe(), summary);
-        breakdown_md += &format!(
-            "\n**{}** ({} takeovers)\n\n",
-            fault.describe(),
-            outages.len()
-        );
-        breakdown_md += &mode_breakdown.markdown();
-        breakdown_json.insert(mode_tag(fault).into(), mode_breakdown.json());
-        failback_by_mode += &Summary::row(
-            &format!("{}: both bound", fault.describe()),
-            Summary::of(&mode_dual),
-        );
-        failback_by_mode += &Summary::row(
-            &format!("{}: client gap", fault.describe()),
-            Summary::of(&mode_gap),
-        );
-        modes_json.insert(
-            mode_tag(fault).into(),
-            json!({
-                "outage": Summary::json(summary),
-                "samples_ms": outages,
-                "failback_dual_bound_samples_ms": mode_dual,
-                "failback_client_gap_samples_ms": mode_gap,
-            }),
-        );
-    }
-    writeln!(
-        md,
-        "## 1. Client outage by failure mode (default settings: 2 ms interval, 10 ms dead-after)\n"
-    )?;
-    writeln!(
-        md,
-        "Outage = failure injected → first answer from the backup, seen by a client sending every 0.2 ms. \
-         The health gate checks every 20 ms and needs 2 failures, so its row includes that detection time. \
-         For the cable pull and the freeze, the failure instant is the later of the injection start and the \
-         client's last answer from the master (the freeze is an nftables rule whose command takes a few ms \
-         to apply); a stopped `vipwatch master` hands over on purpose (probe gate closed on SIGTERM).\n"
-    )?;
-    md += &by_mode;
-    js["outage_by_mode"] = Value::Object(modes_json);
-
-    writeln!(
-        md,
-        "\n## 2. Where the time goes, for each takeover (from the backup's own timeline)\n"
-    )?;
-    writeln!(
-        md,
-        "Timeline stamps are CLOCK_MONOTONIC: the master's last reply is the XDP program's \
-         `bpf_ktime_get_ns()`, the others are the daemon's, the client's first answer is the client's \
-         receive time, all on the same clock."
-    )?;
-    md += &breakdown_md;
-    js["breakdown"] = Value::Object(breakdown_json);
-
-    // 3: interval sweep.
-    writeln!(
-        md,
-        "\n## 3. Interval sweep (cable pull, dead-after = 5 intervals)\n"
-    )?;
-    writeln!(
-        md,
-        "CPU = backup daemon user+sys time per second of wall time while standing by (sum_exec_runtime from \
-         /proc/PID/schedstat), in % of one core. Reference loop = the least any prober can do: a thread that \
-         sleeps to an absolute deadline and sends one ICMP echo per interval, nothing else, measured the same \
-         way in the same lab (on veth, both include the master's reply processing, which runs in the sender's \
-         softirq context).\n"
-    )?;
-    md += "| interval | dead-after | n | outage median ms | outage p99 ms | backup CPU % | reference loop CPU % |\n|---:|---:|---:|---:|---:|---:|---:|\n";
-    let sweep_trials = if quick { 3 } else { trials.div_ceil(2).max(5) };
-    let cpu_secs = if quick { 3 } else { 10 };
-    let mut sweep_json = Vec::new();
-    for interval_us in [500u64, 1000, 2000, 5000, 10000] {
-        interrupt::check()?;
-        eprintln!(
-            "{} interval {} µs: {sweep_trials} trials",
-            util::TAG,
-            interval_us
-        );
-        let mut opts = ScenarioOptions::new(&format!("sw{interval_us}"), bin.clone());
-        opts.backup_args = vec![
-            "--interval".into(),
-            format!("{interval_us}us"),
-            "--dead-after".into(),
-            format!("{}us", interval_us * 5),
-        ];
-        let mut s = Scenario::start(opts)?;
-        let cpu = backup_cpu(&s.backup, Duration::from_secs(cpu_secs))?;
-        let floor = reference_cpu(
-            &s.lab,
-            Duration::from_micros(interval_us),
-            Duration::from_secs(cpu_secs),
-        )?;
-        let mut outages = Vec::new();
-        for trial in 0..sweep_trials {
-            interrupt::check()?;
-            std::thread::sleep(Duration::from_micros(
-                200 + (trial as u64 * 379) % interval_us.max(1),
-            ));
-            let t0 = s.inject(Fault::CablePull)?;
-            let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(10))?;
-            outages.push(ms(t.outage));
-            let r = s.repair(Fault::CablePull)?;
-            s.await_failback(Fault::CablePull, r, Duration::from_secs(10))?;
-            s.wait_state("STANDBY", Duration::from_secs(10))?;
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let sum = Summary::of(&outages);
-        let (med, p99) = sum.map_or((f64::NAN, f64::NAN), |s| (s.median, s.p99));
         writeln!(
             md,
-            "| {:.1} ms | {:.1} ms | {} | {med:.2} | {p99:.2} | {cpu:.2} | {floor:.2} |",
-            interval_us as f64 / 1000.0,
-            interval_us as f64 * 5.0 / 1000.0,
-            outages.len()
+            "## 1. Client outage by failure mode (default settings: 2 ms interval, 10 ms dead-after)\n"
         )?;
-        sweep_json.push(json!({"interval_us": interval_us, "dead_after_us": interval_us * 5, "outage": Summary::json(sum), "backup_cpu_pct": cpu, "reference_loop_cpu_pct": floor}));
+        writeln!(
+            md,
+            "Outage = failure injected → first answer from the backup, seen by a client sending every 0.2 ms. \
+             The health gate checks every 20 ms and needs 2 failures, so its row includes that detection time. \
+             For the cable pull and the freeze, the failure instant is the later of the injection start and the \
+             client's last answer from the master (the freeze is an nftables rule whose command takes a few ms \
+             to apply); a stopped `vipwatch master` hands over on purpose (probe gate closed on SIGTERM).\n"
+        )?;
+        md += &by_mode;
+        js["outage_by_mode"] = Value::Object(modes_json);
+
+        writeln!(
+            md,
+            "\n## 2. Where the time goes, for each takeover (from the backup's own timeline)\n"
+        )?;
+        writeln!(
+            md,
+            "Timeline stamps are CLOCK_MONOTONIC: the master's last reply is the XDP program's \
+             `bpf_ktime_get_ns()`, the others are the daemon's, the client's first answer is the client's \
+             receive time, all on the same clock."
+        )?;
+        md += &breakdown_md;
+        js["breakdown"] = Value::Object(breakdown_json);
+
+        // 5: failback.
+        writeln!(
+            md,
+            "\n## 5. Failback (on-claim), over all trials of section 1\n"
+        )?;
+        writeln!(
+            md,
+            "Both bound = the time both hosts had the VIP bound, from the daemons' own CLOCK_MONOTONIC timestamps \
+             (master reachable again with the VIP, or master re-bound it → backup released it). Client saw both = \
+             how long the client got answers from both hosts. Client gap = the longest stretch without any answer \
+             after the repair.\n"
+        )?;
+        md += TABLE_HEAD;
+        md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
+        md += &Summary::row("client answered by both", Summary::of(&client_both));
+        md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
+        md += "\nBy failure mode (the repair: cable plugged back, freeze lifted, health restored, master \
+               restarted):\n\n";
+        md += &failback_by_mode;
+        js["failback"] = json!({
+            "dual_bound": Summary::json(Summary::of(&dual)),
+            "client_answered_by_both": Summary::json(Summary::of(&client_both)),
+            "client_gap": Summary::json(Summary::of(&failback_outage)),
+        });
     }
-    js["interval_sweep"] = Value::Array(sweep_json);
 
-    // 4: false-takeover soak.
-    interrupt::check()?;
-    eprintln!(
-        "{} soak: {soak_secs} s with 1 % loss and a CPU hog",
-        util::TAG
-    );
-    let soak = soak(&bin, Duration::from_secs(soak_secs))?;
-    writeln!(
-        md,
-        "\n## 4. False-takeover soak ({soak_secs} s, default settings)\n"
-    )?;
-    writeln!(
-        md,
-        "Master alive; 1 % random loss on every frame crossing the bridge (both directions, so ~2 % of probes \
-         unanswered); two busy-loop processes (one per core) in the backup's namespace. This kernel has no \
-         netem, so there is no delay jitter: the CPU hog is the jitter source (it delays the daemon, not the \
-         packets).\n"
-    )?;
-    writeln!(
-        md,
-        "| false takeovers | probes | replies | loss % | longest reply silence ms | closest call ms | longest gap between our probes ms | deferred deadlines |"
-    )?;
-    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    writeln!(
-        md,
-        "| **{}** | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-        soak["takeovers"],
-        soak["probes"],
-        soak["replies"],
-        soak["loss_pct"].as_f64().unwrap_or(f64::NAN),
-        soak["max_gap_ms"].as_f64().unwrap_or(f64::NAN),
-        soak["closest_call_ms"].as_f64().unwrap_or(f64::NAN),
-        soak["max_probe_gap_ms"].as_f64().unwrap_or(f64::NAN),
-        soak["deferred"]
-    )?;
-    writeln!(
-        md,
-        "\nClosest call = dead-after − the longest silence between two replies of the live master (from the \
-         kernel's gap tracker). A silence is only a death if enough probes went out during it: a longest gap \
-         between our own probes close to the longest reply silence means the silence was ours (the daemon \
-         was starved by the hog), which the detector excuses (\"deferred deadlines\")."
-    )?;
-    js["soak"] = soak;
+    if wanted(Section::Sweep) {
+        // 3: interval sweep.
+        writeln!(
+            md,
+            "\n## 3. Interval sweep (cable pull, dead-after = 5 intervals)\n"
+        )?;
+        writeln!(
+            md,
+            "CPU = backup daemon user+sys time per second of wall time while standing by (sum_exec_runtime from \
+             /proc/PID/schedstat), in % of one core. Reference loop = the least any prober can do: a thread that \
+             sleeps to an absolute deadline and sends one ICMP echo per interval, nothing else, measured the same \
+             way in the same lab (on veth, both include the master's reply processing, which runs in the sender's \
+             softirq context).\n"
+        )?;
+        md += "| interval | dead-after | n | outage median ms | outage p99 ms | backup CPU % | reference loop CPU % |\n|---:|---:|---:|---:|---:|---:|---:|\n";
+        let sweep_trials = if quick { 3 } else { trials.div_ceil(2).max(5) };
+        let cpu_secs = if quick { 3 } else { 10 };
+        let mut sweep_json = Vec::new();
+        for interval_us in [500u64, 1000, 2000, 5000, 10000] {
+            interrupt::check()?;
+            eprintln!(
+                "{} interval {} µs: {sweep_trials} trials",
+                util::TAG,
+                interval_us
+            );
+            let mut opts = ScenarioOptions::new(&format!("sw{interval_us}"), bin.clone());
+            opts.backup_args = vec![
+                "--interval".into(),
+                format!("{interval_us}us"),
+                "--dead-after".into(),
+                format!("{}us", interval_us * 5),
+            ];
+            let mut s = Scenario::start(opts)?;
+            let cpu = backup_cpu(&s.backup, Duration::from_secs(cpu_secs))?;
+            let floor = reference_cpu(
+                &s.lab,
+                Duration::from_micros(interval_us),
+                Duration::from_secs(cpu_secs),
+            )?;
+            let mut outages = Vec::new();
+            for trial in 0..sweep_trials {
+                interrupt::check()?;
+                std::thread::sleep(Duration::from_micros(
+                    200 + (trial as u64 * 379) % interval_us.max(1),
+                ));
+                let t0 = s.inject(Fault::CablePull)?;
+                let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(10))?;
+                outages.push(ms(t.outage));
+                let r = s.repair(Fault::CablePull)?;
+                s.await_failback(Fault::CablePull, r, Duration::from_secs(10))?;
+                s.wait_state("STANDBY", Duration::from_secs(10))?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let sum = Summary::of(&outages);
+            let (med, p99) = sum.map_or((f64::NAN, f64::NAN), |s| (s.median, s.p99));
+            writeln!(
+                md,
+                "| {:.1} ms | {:.1} ms | {} | {med:.2} | {p99:.2} | {cpu:.2} | {floor:.2} |",
+                interval_us as f64 / 1000.0,
+                interval_us as f64 * 5.0 / 1000.0,
+                outages.len()
+            )?;
+            sweep_json.push(json!({"interval_us": interval_us, "dead_after_us": interval_us * 5, "outage": Summary::json(sum), "backup_cpu_pct": cpu, "reference_loop_cpu_pct": floor}));
+        }
+        js["interval_sweep"] = Value::Array(sweep_json);
+    }
 
-    // 5: failback.
-    writeln!(
-        md,
-        "\n## 5. Failback (on-claim), over all trials of section 1\n"
-    )?;
-    writeln!(
-        md,
-        "Both bound = the time both hosts had the VIP bound, from the daemons' own CLOCK_MONOTONIC timestamps \
-         (master reachable again with the VIP, or master re-bound it → backup released it). Client saw both = \
-         how long the client got answers from both hosts. Client gap = the longest stretch without any answer \
-         after the repair.\n"
-    )?;
-    md += TABLE_HEAD;
-    md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
-    md += &Summary::row("client answered by both", Summary::of(&client_both));
-    md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
-    md += "\nBy failure mode (the repair: cable plugged back, freeze lifted, health restored, master \
-           restarted):\n\n";
-    md += &failback_by_mode;
-    js["failback"] = json!({
-        "dual_bound": Summary::json(Summary::of(&dual)),
-        "client_answered_by_both": Summary::json(Summary::of(&client_both)),
-        "client_gap": Summary::json(Summary::of(&failback_outage)),
-    });
-
-    // 6: baseline.
-    interrupt::check()?;
-    let baseline_trials = if quick { 2 } else { 3 };
-    eprintln!("{} baseline ping loop: {baseline_trials} trials", util::TAG);
-    let mut base = Vec::new();
-    for trial in 0..baseline_trials {
+    if wanted(Section::Soak) {
+        // 4: false-takeover soak.
         interrupt::check()?;
-        base.push(ms(baseline_trial(trial)?));
+        eprintln!(
+            "{} soak: {soak_secs} s with 1 % loss and a CPU hog",
+            util::TAG
+        );
+        let soak = soak(&bin, Duration::from_secs(soak_secs))?;
+        writeln!(
+            md,
+            "\n## 4. False-takeover soak ({soak_secs} s, default settings)\n"
+        )?;
+        writeln!(
+            md,
+            "Master alive; 1 % random loss on every frame crossing the bridge (both directions, so ~2 % of probes \
+             unanswered); two busy-loop processes (one per core) in the backup's namespace. This kernel has no \
+             netem, so there is no delay jitter: the CPU hog is the jitter source (it delays the daemon, not the \
+             packets).\n"
+        )?;
+        writeln!(
+            md,
+            "| false takeovers | probes | replies | loss % | longest reply silence ms | closest call ms | longest gap between our probes ms | deferred deadlines |"
+        )?;
+        writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(
+            md,
+            "| **{}** | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            soak["takeovers"],
+            soak["probes"],
+            soak["replies"],
+            soak["loss_pct"].as_f64().unwrap_or(f64::NAN),
+            soak["max_gap_ms"].as_f64().unwrap_or(f64::NAN),
+            soak["closest_call_ms"].as_f64().unwrap_or(f64::NAN),
+            soak["max_probe_gap_ms"].as_f64().unwrap_or(f64::NAN),
+            soak["deferred"]
+        )?;
+        writeln!(
+            md,
+            "\nClosest call = dead-after − the longest silence between two replies of the live master (from the \
+             kernel's gap tracker). A silence is only a death if enough probes went out during it: a longest gap \
+             between our own probes close to the longest reply silence means the silence was ours (the daemon \
+             was starved by the hog), which the detector excuses (\"deferred deadlines\")."
+        )?;
+        js["soak"] = soak;
     }
-    writeln!(
-        md,
-        "\n## 6. Baseline: the classic ping-loop script, same lab, same cable pull\n"
-    )?;
-    writeln!(
-        md,
-        "`while sleep 5; do ping -c 3 -W 1 master || {{ ip addr add VIP; arping -U -c 3 VIP; break; }}; done` on the \
-         backup; the master binds the VIP with `ip addr add` + `arping -U`.\n"
-    )?;
-    md += TABLE_HEAD;
-    md += &Summary::row("ping-loop outage (cable pull)", Summary::of(&base));
-    js["baseline"] = json!({"outage": Summary::json(Summary::of(&base)), "samples_ms": base});
 
+    if wanted(Section::Baseline) {
+        // 6: baseline.
+        interrupt::check()?;
+        let baseline_trials = if quick { 2 } else { 3 };
+        eprintln!("{} baseline ping loop: {baseline_trials} trials", util::TAG);
+        let mut base = Vec::new();
+        for trial in 0..baseline_trials {
+            interrupt::check()?;
+            base.push(ms(baseline_trial(trial)?));
+        }
+        writeln!(
+            md,
+            "\n## 6. Baseline: the classic ping-loop script, same lab, same cable pull\n"
+        )?;
+        writeln!(
+            md,
+            "`while sleep 5; do ping -c 3 -W 1 master || {{ ip addr add VIP; arping -U -c 3 VIP; break; }}; done` on the \
+             backup; the master binds the VIP with `ip addr add` + `arping -U`.\n"
+        )?;
+        md += TABLE_HEAD;
+        md += &Summary::row("ping-loop outage (cable pull)", Summary::of(&base));
+        js["baseline"] = json!({"outage": Summary::json(Summary::of(&base)), "samples_ms": base});
+    }
+
+    // 7: many instances.
+    if wanted(Section::Scaling) {
+        let (section, data) = scaling::run(&bin, quick, trials)?;
+        md += &section;
+        js["scaling"] = data;
+    }
+
+    let sections: String = only
+        .iter()
+        .map(|s| format!(" --only {}", format!("{s:?}").to_lowercase()))
+        .collect();
     let header = format!(
-        "# vipwatch benchmark\n\n{}\n\nRun: `cargo xtask bench{}` ({} trials per mode), {:.0} s in all.\n\n",
+        "# vipwatch benchmark\n\n{}\n\nRun: `cargo xtask bench{}{sections}` ({} trials per mode), {:.0} s in all.\n\n",
         machine_markdown(),
         if quick { " --quick" } else { "" },
         trials,
@@ -488,22 +529,30 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The backup daemon's CPU time over `window`, in % of one core: its
-/// `sum_exec_runtime` from /proc/PID/schedstat (user + system, in ns, so
+/// The backup daemon's CPU time over `window`, in % of one core: the
+/// `sum_exec_runtime` of all its threads (the instances run on threads of
+/// their own) from /proc/PID/task/*/schedstat (user + system, in ns, so
 /// finer than the 10 ms ticks of /proc/PID/stat).
 fn backup_cpu(backup: &Proc, window: Duration) -> Result<f64> {
     let read = || -> Result<u64> {
-        let stat = fs::read_to_string(format!("/proc/{}/schedstat", backup.pid()))?;
-        Ok(stat
-            .split_whitespace()
-            .next()
-            .context("empty schedstat")?
-            .parse()?)
+        let mut total = 0;
+        for task in fs::read_dir(format!("/proc/{}/task", backup.pid()))? {
+            // A thread may end between the listing and the read.
+            let Ok(stat) = fs::read_to_string(task?.path().join("schedstat")) else {
+                continue;
+            };
+            total += stat
+                .split_whitespace()
+                .next()
+                .context("empty schedstat")?
+                .parse::<u64>()?;
+        }
+        Ok(total)
     };
     let (a, t0) = (read()?, Instant::now());
     std::thread::sleep(window);
     let (b, t1) = (read()?, Instant::now());
-    Ok((b - a) as f64 / 1e9 / (t1 - t0).as_secs_f64() * 100.0)
+    Ok(b.saturating_sub(a) as f64 / 1e9 / (t1 - t0).as_secs_f64() * 100.0)
 }
 
 /// The floor under any prober on this machine: a thread that only sleeps
