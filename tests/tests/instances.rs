@@ -381,9 +381,27 @@ fn reload_adds_removes_and_survives_a_broken_file_without_touching_the_rest() ->
     assert!(lab.has_address("host", vip(VIP_A))?, "held keeps its VIP");
     assert!(daemon.is_running());
 
+    // Change "added": it restarts, alone.
+    let t4 = Instant::now();
+    file.write(&format!(
+        "{}{}",
+        master_instance("held", VIP_A),
+        backup_instance("added", VIP_B, "192.0.2.1", "rise = 7")
+    ))?;
+    daemon.signal(Signal::Hup)?;
+    daemon.wait_for_line_after("1 unchanged, 0 added, 1 restarted, 0 removed", t4, WAIT)?;
+    wait_instance(
+        &lab,
+        "host",
+        "added",
+        "the changed instance stands by",
+        |s| s["state"] == "STANDBY",
+    )?;
+    assert_eq!(daemon.output().matches("held: state").count(), 1);
+
     // Remove "held": it releases, as on a planned stop.
     let t3 = Instant::now();
-    file.write(&backup_instance("added", VIP_B, "192.0.2.1", ""))?;
+    file.write(&backup_instance("added", VIP_B, "192.0.2.1", "rise = 7"))?;
     daemon.signal(Signal::Hup)?;
     daemon.wait_for_line_after("held: state -> STOPPED", t3, WAIT)?;
     daemon.wait_for_line_after("0 added, 0 restarted, 1 removed", t3, WAIT)?;
@@ -394,6 +412,32 @@ fn reload_adds_removes_and_survives_a_broken_file_without_touching_the_rest() ->
     let all = all_stats(&lab, "host")?;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["instance"], "added");
+    Ok(())
+}
+
+#[test]
+fn sighup_never_stops_a_daemon_started_with_flags() -> Result<()> {
+    let lab = common::standard_lab("hupflags")?;
+    let master = lab.spawn(
+        "master",
+        vipwatch_bin()?,
+        ["master", "--iface", "eth0", "--vip", common::VIP_CIDR],
+    )?;
+    master.wait_for_line("state -> HOLDING", WAIT)?;
+    let t0 = Instant::now();
+    master.signal(Signal::Hup)?;
+    master.wait_for_line_after("no configuration file to reload", t0, WAIT)?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        master.is_running(),
+        "SIGHUP stopped the master:\n{}",
+        master.output()
+    );
+    assert!(
+        lab.has_address("master", vip(VIP_A))?,
+        "the master keeps the VIP"
+    );
+    assert_eq!(master.output().matches("state ->").count(), 1);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::{
     cli::ReleaseArgs,
     control::{self, Request},
-    netlink::Netlink,
+    vip::VipHandle,
 };
 
 pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
@@ -26,11 +26,9 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let (rt, netlink) = Netlink::with_runtime()?;
-    let index = rt.block_on(netlink.link_index(&iface))?;
-    let removed = rt
-        .block_on(netlink.del_address(index, vip.addr, vip.prefix))
-        .with_context(|| format!("removing {vip} from {iface} (needs root / CAP_NET_ADMIN)"))?;
+    let removed = VipHandle::open(&iface, vip)?
+        .unbind()
+        .context("vipwatch release needs root (CAP_NET_ADMIN)")?;
     if removed {
         println!("removed {vip} from {iface}");
     } else {
