@@ -23,6 +23,7 @@ mod lab;
 mod netns;
 mod record;
 pub mod scenario;
+pub mod tcp;
 mod udp;
 
 use std::{

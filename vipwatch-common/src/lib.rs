@@ -36,6 +36,21 @@ pub const MAP_EVENTS: &str = "VW_EVENTS";
 /// `PerCpuArray<u64>`, [`XDP_ERROR_KINDS`] entries: what the program could
 /// not do (see the `XDP_ERR_*` indices).
 pub const MAP_ERRORS: &str = "VW_ERRORS";
+/// `LruHashMap<ConnKey, ConnValue>`: TCP connections to the VIPs this host
+/// holds (slots with [`SLOT_HOLDING`]). Its size is set at load time.
+pub const MAP_CONNS: &str = "VW_CONNS";
+/// `RingBuf` of [`ConnEvent`]: connections that appear in, or leave,
+/// [`MAP_CONNS`], so the daemon keeps its copy without scanning the map.
+pub const MAP_CONN_EVENTS: &str = "VW_CONN_EV";
+/// `Array<Learned>`, one entry per slot: for a master slot, who probes its
+/// VIP (the backup's address and nonce), from the last probe seen.
+pub const MAP_LEARN: &str = "VW_LEARN";
+
+/// Default size of [`MAP_CONNS`]: 64 Ki connections per interface.
+pub const CONN_TABLE_DEFAULT: u32 = 65_536;
+/// Size in bytes of the [`MAP_CONN_EVENTS`] ring buffer: 256 KiB, room for
+/// 6 500 events between two reads.
+pub const CONN_EVENTS_RING_BYTES: u32 = 64 * 4096;
 
 /// Name of the XDP program. It observes, and drops nothing but the probes
 /// of a master instance whose gate is closed.
@@ -72,8 +87,13 @@ pub const XDP_ERR_RINGBUF_FULL: u32 = 1;
 pub const XDP_ERR_UNKNOWN_SLOT: u32 = 2;
 /// A map lookup that cannot fail did.
 pub const XDP_ERR_MAP: u32 = 3;
+/// The connection event ring buffer was full: the daemon's copy of the
+/// connection table misses a connection (until it is seen again).
+pub const XDP_ERR_CONN_EVENTS_FULL: u32 = 4;
+/// A new connection could not be added to [`MAP_CONNS`].
+pub const XDP_ERR_CONN_INSERT: u32 = 5;
 /// Number of [`MAP_ERRORS`] entries.
-pub const XDP_ERROR_KINDS: u32 = 4;
+pub const XDP_ERROR_KINDS: u32 = 6;
 
 // ---------------------------------------------------------------------------
 // Addresses.
@@ -210,6 +230,9 @@ pub const SLOT_WITNESS: u32 = 1 << 0;
 /// [`SlotConfig::flags`]: the probe gate is closed (master): probes for
 /// this slot's VIP are dropped, so its backups see the master dead.
 pub const SLOT_GATE_CLOSED: u32 = 1 << 1;
+/// [`SlotConfig::flags`]: this host holds the slot's VIP and records the
+/// TCP connections to it in [`MAP_CONNS`].
+pub const SLOT_HOLDING: u32 = 1 << 2;
 
 /// What one instance's part of the program looks for. Written by the
 /// daemon when the instance starts, changed by it (the gate flag), and
@@ -333,6 +356,63 @@ pub struct GateCounters {
     pub dropped: u64,
 }
 
+/// A TCP connection to a VIP, as the client sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ConnKey {
+    /// The slot whose VIP the connection is to.
+    pub slot: u32,
+    /// The client's port, network byte order.
+    pub client_port: [u8; 2],
+    /// The VIP's port, network byte order.
+    pub vip_port: [u8; 2],
+    /// The client's address.
+    pub client: Addr,
+}
+
+/// What the table keeps about a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ConnValue {
+    /// `bpf_ktime_get_ns()` of the client's last segment.
+    pub last_seen_ns: u64,
+    /// The acknowledgement number of the client's last segment with ACK
+    /// set, network byte order: the next byte it expects from the VIP.
+    pub ack: [u8; 4],
+    pub _pad: u32,
+}
+
+/// [`ConnEvent::kind`]: a connection entered the table.
+pub const CONN_NEW: u32 = 1;
+/// [`ConnEvent::kind`]: the client closed or reset it (FIN or RST).
+pub const CONN_CLOSED: u32 = 2;
+
+/// Pushed to [`MAP_CONN_EVENTS`] when a connection appears or closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ConnEvent {
+    /// `CONN_NEW` or `CONN_CLOSED`.
+    pub kind: u32,
+    /// The client's acknowledgement number (network byte order), if its
+    /// segment had ACK set; else zero.
+    pub ack: [u8; 4],
+    pub key: ConnKey,
+    pub ktime_ns: u64,
+}
+
+/// Who probes a master slot's VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Learned {
+    /// Source address of the last probe.
+    pub addr: Addr,
+    /// Its payload's nonce (big-endian): the backup's, carried by every
+    /// connection-sync datagram between the two.
+    pub nonce: [u8; 8],
+    /// `bpf_ktime_get_ns()` of that probe; 0: none yet.
+    pub seen_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     //! `aya::Pod` for reading the map values from userspace.
@@ -355,6 +435,10 @@ mod user {
         ClaimCounters,
         ClaimEvent,
         GateCounters,
+        ConnKey,
+        ConnValue,
+        ConnEvent,
+        Learned,
     );
 }
 
@@ -443,5 +527,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<ClaimCounters>(), 24);
         assert_eq!(core::mem::size_of::<ClaimEvent>(), 24);
         assert_eq!(core::mem::size_of::<GateCounters>(), 16);
+        assert_eq!(core::mem::size_of::<ConnKey>(), 24);
+        assert_eq!(core::mem::size_of::<ConnValue>(), 16);
+        assert_eq!(core::mem::size_of::<ConnEvent>(), 40);
+        assert_eq!(core::mem::size_of::<Learned>(), 32);
     }
 }

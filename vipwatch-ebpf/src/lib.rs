@@ -8,8 +8,8 @@
 #![cfg_attr(not(test), no_std)]
 
 use vipwatch_common::{
-    Addr, IfaceConfig, PEER_MASTER, PEER_WITNESS, PROBE_PAYLOAD_LEN, ProbePayload, ROLE_BACKUP,
-    ROLE_MASTER, SLOT_WITNESS, SlotConfig, addr_v4,
+    Addr, ConnKey, IfaceConfig, PEER_MASTER, PEER_WITNESS, PROBE_PAYLOAD_LEN, ProbePayload,
+    ROLE_BACKUP, ROLE_MASTER, SLOT_HOLDING, SLOT_WITNESS, SlotConfig, addr_v4,
 };
 
 /// Bounded reads out of a packet.
@@ -41,6 +41,12 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+/// TCP flags (RFC 9293 §3.1).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 /// We only match IPv4 headers without options: Linux never adds options to
@@ -73,8 +79,22 @@ pub enum Seen {
     /// A vipwatch reply naming a slot that is not a backup here (one that
     /// stopped, or a forgery).
     UnknownSlot,
-    /// A vipwatch probe for the VIP of master `slot`: its gate decides.
-    Probe { slot: u32 },
+    /// A vipwatch probe for the VIP of master `slot`, from `src` with
+    /// `nonce`: its gate decides, and the master learns its backup.
+    Probe {
+        slot: u32,
+        src: [u8; 4],
+        nonce: [u8; 8],
+    },
+    /// A TCP segment from a client to the VIP of `key.slot`, which this host
+    /// holds: `ack` is its acknowledgement number if ACK is set; `syn` when
+    /// it opens a connection; `end` when it closes (FIN) or resets (RST) it.
+    Tcp {
+        key: ConnKey,
+        ack: Option<[u8; 4]>,
+        syn: bool,
+        end: bool,
+    },
     /// An ARP packet announcing `slot`'s VIP from a MAC that is not ours.
     Claim {
         slot: u32,
@@ -145,6 +165,15 @@ pub fn classify<F: Frame + ?Sized, S: Slots>(frame: &F, slots: &S) -> Seen {
 
 #[inline(always)]
 fn classify_ipv4<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -> Seen {
+    let Some(first) = frame.load::<1>(ip) else {
+        return Seen::Other;
+    };
+    let Some(proto) = frame.load::<1>(ip + 9) else {
+        return Seen::Other;
+    };
+    if first[0] >> 4 == 4 && proto[0] == IPPROTO_TCP {
+        return classify_tcp(frame, ip, slots);
+    }
     let Some(echo) = icmp_echo(frame, ip) else {
         return Seen::Other;
     };
@@ -158,12 +187,54 @@ fn classify_ipv4<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -
     match echo.icmp_type {
         ICMP_ECHO_REPLY => classify_reply(frame, &echo, &payload, slots),
         ICMP_ECHO_REQUEST => match slots.vip_slot(&payload.vip) {
-            Some(slot) if slots.slot(slot).is_some_and(|c| c.role == ROLE_MASTER) => {
-                Seen::Probe { slot }
-            }
+            Some(slot) if slots.slot(slot).is_some_and(|c| c.role == ROLE_MASTER) => Seen::Probe {
+                slot,
+                src: echo.src,
+                nonce: payload.nonce.to_be_bytes(),
+            },
             _ => Seen::Other,
         },
         _ => Seen::Other,
+    }
+}
+
+/// A TCP segment to a VIP this host holds. Any IPv4 header length; only
+/// first fragments (the others carry no TCP header).
+#[inline(always)]
+fn classify_tcp<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -> Seen {
+    let Some(hdr) = frame.load::<IPV4_HLEN>(ip) else {
+        return Seen::Other;
+    };
+    if (hdr[6] & 0x1f) != 0 || hdr[7] != 0 {
+        return Seen::Other;
+    }
+    let dst = addr_v4([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    let Some(slot) = slots.vip_slot(&dst) else {
+        return Seen::Other;
+    };
+    if slots.slot(slot).is_none_or(|c| c.flags & SLOT_HOLDING == 0) {
+        return Seen::Other;
+    }
+    // The IHL is at most 15 words: a bounded offset the verifier follows.
+    let ihl = usize::from(hdr[0] & 0x0f) * 4;
+    if ihl < IPV4_HLEN {
+        return Seen::Other;
+    }
+    // sport(2) dport(2) seq(4) ack(4) offset(1) flags(1)
+    let Some(tcp) = frame.load::<14>(ip + ihl) else {
+        return Seen::Other;
+    };
+    let flags = tcp[13];
+    Seen::Tcp {
+        key: ConnKey {
+            slot,
+            client_port: [tcp[0], tcp[1]],
+            vip_port: [tcp[2], tcp[3]],
+            client: addr_v4([hdr[12], hdr[13], hdr[14], hdr[15]]),
+        },
+        ack: (flags & TCP_ACK != 0).then_some([tcp[8], tcp[9], tcp[10], tcp[11]]),
+        syn: flags & TCP_SYN != 0,
+        end: flags & (TCP_FIN | TCP_RST) != 0,
     }
 }
 
@@ -575,16 +646,15 @@ mod tests {
             })
         };
         let mut t = Table::new();
-        assert_eq!(
-            classify(probe(MASTER_VIP).as_slice(), &t),
-            Seen::Probe { slot: MASTER_SLOT }
-        );
+        let seen = Seen::Probe {
+            slot: MASTER_SLOT,
+            src: MASTER,
+            nonce: 1u64.to_be_bytes(),
+        };
+        assert_eq!(classify(probe(MASTER_VIP).as_slice(), &t), seen);
         // The gate flag is the program's business, not the classifier's.
         t.slots[MASTER_SLOT as usize].flags = SLOT_GATE_CLOSED;
-        assert_eq!(
-            classify(probe(MASTER_VIP).as_slice(), &t),
-            Seen::Probe { slot: MASTER_SLOT }
-        );
+        assert_eq!(classify(probe(MASTER_VIP).as_slice(), &t), seen);
         // A backup slot's VIP has no gate.
         assert_eq!(classify(probe(VIP).as_slice(), &t), Seen::Other);
         let plain_ping = echo(Echo {
@@ -593,6 +663,105 @@ mod tests {
             ..Echo::default()
         });
         assert_eq!(classify(plain_ping.as_slice(), &t), Seen::Other);
+    }
+
+    const CLIENT: [u8; 4] = [192, 0, 2, 10];
+
+    /// A client's TCP segment to `dst`, with `flags` and an IP header of
+    /// `ihl_words` 32-bit words.
+    fn tcp(dst: [u8; 4], flags: u8, ihl_words: u8) -> Vec<u8> {
+        let mut f = eth(MASTER_MAC, &[], ETH_P_IPV4);
+        let ihl = usize::from(ihl_words) * 4;
+        let total = (ihl + 20) as u16;
+        f.extend_from_slice(&[0x40 | ihl_words, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 0x40, 0, 64, IPPROTO_TCP, 0, 0]);
+        f.extend_from_slice(&CLIENT);
+        f.extend_from_slice(&dst);
+        f.extend(std::iter::repeat_n(1u8, ihl - IPV4_HLEN)); // options (NOPs)
+        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&6379u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 9]); // seq
+        f.extend_from_slice(&[0xa0, 0xb0, 0xc0, 0xd0]); // ack
+        f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        f
+    }
+
+    fn holding_table() -> Table {
+        let mut t = Table::new();
+        t.slots[MASTER_SLOT as usize].flags = SLOT_HOLDING;
+        t
+    }
+
+    fn conn() -> ConnKey {
+        ConnKey {
+            slot: MASTER_SLOT,
+            client_port: 40000u16.to_be_bytes(),
+            vip_port: 6379u16.to_be_bytes(),
+            client: addr_v4(CLIENT),
+        }
+    }
+
+    #[test]
+    fn tcp_to_a_held_vip_is_a_connection_with_its_ack() {
+        let t = holding_table();
+        for ihl_words in [5, 6, 15] {
+            assert_eq!(
+                classify(tcp(MASTER_VIP, TCP_ACK, ihl_words).as_slice(), &t),
+                Seen::Tcp {
+                    key: conn(),
+                    ack: Some([0xa0, 0xb0, 0xc0, 0xd0]),
+                    syn: false,
+                    end: false
+                },
+                "IHL {ihl_words}"
+            );
+        }
+        // A SYN has no ACK yet.
+        assert_eq!(
+            classify(tcp(MASTER_VIP, TCP_SYN, 5).as_slice(), &t),
+            Seen::Tcp {
+                key: conn(),
+                ack: None,
+                syn: true,
+                end: false
+            }
+        );
+        for flags in [TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK] {
+            let Seen::Tcp { end, .. } = classify(tcp(MASTER_VIP, flags, 5).as_slice(), &t) else {
+                panic!("a connection")
+            };
+            assert!(end, "flags {flags:#x} end the connection");
+        }
+    }
+
+    #[test]
+    fn tcp_is_recorded_only_for_vips_this_host_holds() {
+        // Not holding: nothing recorded.
+        assert_eq!(
+            classify(tcp(MASTER_VIP, TCP_ACK, 5).as_slice(), &Table::new()),
+            Seen::Other
+        );
+        // Not a VIP of ours.
+        assert_eq!(
+            classify(tcp(OTHER, TCP_ACK, 5).as_slice(), &holding_table()),
+            Seen::Other
+        );
+        // Bad IHL, later fragments, truncated headers.
+        let mut bad_ihl = tcp(MASTER_VIP, TCP_ACK, 5);
+        bad_ihl[14] = 0x44;
+        assert_eq!(classify(bad_ihl.as_slice(), &holding_table()), Seen::Other);
+        let mut fragment = tcp(MASTER_VIP, TCP_ACK, 5);
+        fragment[14 + 7] = 1;
+        assert_eq!(classify(fragment.as_slice(), &holding_table()), Seen::Other);
+        let full = tcp(MASTER_VIP, TCP_ACK, 6);
+        for len in 0..full.len() - 6 {
+            assert_eq!(
+                classify(&full[..len], &holding_table()),
+                Seen::Other,
+                "len {len}"
+            );
+        }
     }
 
     #[test]

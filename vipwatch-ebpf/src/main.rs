@@ -7,7 +7,11 @@
 //!   hosts and wakes the daemon through a ring buffer.
 //! * For a master instance whose gate is closed (its service is unhealthy,
 //!   or it is handing over) it drops the vipwatch probes for that VIP, and
-//!   only those, so the backup sees silence and takes over.
+//!   only those, so the backup sees silence and takes over; and it learns
+//!   the backup (address and nonce) from those probes.
+//! * For every VIP this host holds, it keeps a table of the TCP
+//!   connections clients have to it, so that the next holder can make them
+//!   fail over at once (the "kick").
 //!
 //! Everything else passes: vipwatch observes, it does not filter. The
 //! matching rules live in `lib.rs`, where they are unit-tested on the host;
@@ -23,17 +27,25 @@ fn main() {
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::xdp_action::{XDP_DROP, XDP_PASS},
-        helpers::bpf_ktime_get_ns,
+        bindings::{
+            BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+            xdp_action::{XDP_DROP, XDP_PASS},
+        },
+        helpers::{
+            bpf_ktime_get_ns,
+            generated::{bpf_sk_release, bpf_skc_lookup_tcp},
+        },
         macros::{map, xdp},
-        maps::{Array, HashMap, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::XdpContext,
     };
     use vipwatch_common::{
-        Addr, ClaimCounters, ClaimEvent, EVENTS_RING_BYTES, GapTracker, GateCounters, IfaceConfig,
-        MAX_SLOTS, PEERS_PER_SLOT, PeerCounters, SLOT_GATE_CLOSED, SlotConfig, XDP_ERR_MAP,
-        XDP_ERR_NO_CONFIG, XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, peer_index,
-        rtt_bucket,
+        Addr, CONN_CLOSED, CONN_EVENTS_RING_BYTES, CONN_NEW, CONN_TABLE_DEFAULT, ClaimCounters,
+        ClaimEvent, ConnEvent, ConnKey, ConnValue, EVENTS_RING_BYTES, GapTracker, GateCounters,
+        IfaceConfig, Learned, MAX_SLOTS, PEERS_PER_SLOT, PeerCounters, SLOT_GATE_CLOSED,
+        SlotConfig, XDP_ERR_CONN_EVENTS_FULL, XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG,
+        XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, addr_v4,
+        peer_index, rtt_bucket,
     };
     use vipwatch_ebpf::{Frame, Seen, Slots, classify, rtt_us};
 
@@ -64,6 +76,17 @@ mod program {
 
     #[map(name = "VW_ERRORS")]
     static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_ERROR_KINDS, 0);
+
+    /// Resized by the daemon at load time (`conn_table`).
+    #[map(name = "VW_CONNS")]
+    static CONNS: LruHashMap<ConnKey, ConnValue> =
+        LruHashMap::with_max_entries(CONN_TABLE_DEFAULT, 0);
+
+    #[map(name = "VW_CONN_EV")]
+    static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(CONN_EVENTS_RING_BYTES, 0);
+
+    #[map(name = "VW_LEARN")]
+    static LEARN: Array<Learned> = Array::with_max_entries(MAX_SLOTS, 0);
 
     /// The packet, as bounded reads the verifier can follow.
     struct Packet<'a>(&'a XdpContext);
@@ -177,7 +200,17 @@ mod program {
                 unsafe { (*c).forged += 1 };
                 Ok(XDP_PASS)
             }
-            Seen::Probe { slot } => {
+            Seen::Probe { slot, src, nonce } => {
+                if let Some(l) = LEARN.get_ptr_mut(slot) {
+                    // SAFETY: a shared value written only here; a torn
+                    // write between two probes from the same backup holds
+                    // the same address and nonce either way.
+                    let l = unsafe { &mut *l };
+                    l.addr = addr_v4(src);
+                    l.nonce = nonce;
+                    // SAFETY: bpf_ktime_get_ns has no preconditions.
+                    l.seen_ns = unsafe { bpf_ktime_get_ns() };
+                }
                 let closed = SLOTS
                     .get(slot)
                     .is_some_and(|c| c.flags & SLOT_GATE_CLOSED != 0);
@@ -189,6 +222,10 @@ mod program {
                     c.dropped += 1;
                     return Ok(XDP_DROP);
                 }
+                Ok(XDP_PASS)
+            }
+            Seen::Tcp { key, ack, syn, end } => {
+                connection(ctx, &key, ack, syn, end)?;
                 Ok(XDP_PASS)
             }
             Seen::Claim { slot, mac, op } => {
@@ -215,6 +252,111 @@ mod program {
                 Ok(XDP_PASS)
             }
         }
+    }
+
+    /// Keeps the connection table of a held VIP: one lookup per segment;
+    /// an insert and an event only when a connection appears, a delete and
+    /// an event when the client ends it.
+    #[inline(always)]
+    fn connection(
+        ctx: &XdpContext,
+        key: &ConnKey,
+        ack: Option<[u8; 4]>,
+        syn: bool,
+        end: bool,
+    ) -> Result<(), u32> {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let event = |kind: u32| ConnEvent {
+            kind,
+            ack: ack.unwrap_or_default(),
+            key: *key,
+            ktime_ns: now,
+        };
+        if end {
+            // Ok or ENOENT: either way it is gone.
+            if CONNS.remove(key).is_ok() {
+                CONN_EVENTS
+                    .output::<ConnEvent>(&event(CONN_CLOSED), 0)
+                    .map_err(|_| XDP_ERR_CONN_EVENTS_FULL)?;
+            }
+            return Ok(());
+        }
+        if let Some(v) = CONNS.get_ptr_mut(key) {
+            // SAFETY: a pointer into the map's value; two CPUs updating the
+            // same connection at once can only mix two recent values.
+            let v = unsafe { &mut *v };
+            v.last_seen_ns = now;
+            if let Some(ack) = ack {
+                v.ack = ack;
+            }
+            return Ok(());
+        }
+        // A connection appears with its SYN; a segment of one we did not
+        // see open counts only if this host has a socket for it. Otherwise
+        // it is not a connection we serve: the answer to our own kick (a
+        // client acknowledging a connection of the previous holder's), or
+        // stray traffic, which would be kicked again at the next failover.
+        if !syn && !has_socket(ctx, key) {
+            return Ok(());
+        }
+        let value = ConnValue {
+            last_seen_ns: now,
+            ack: ack.unwrap_or_default(),
+            _pad: 0,
+        };
+        CONNS
+            .insert(key, value, 0)
+            .map_err(|_| XDP_ERR_CONN_INSERT)?;
+        CONN_EVENTS
+            .output::<ConnEvent>(&event(CONN_NEW), 0)
+            .map_err(|_| XDP_ERR_CONN_EVENTS_FULL)
+    }
+
+    /// Whether the host's TCP stack has a socket for this connection (any
+    /// state but listening or TIME-WAIT), by bpf_skc_lookup_tcp (Linux 5.2).
+    #[inline(always)]
+    fn has_socket(ctx: &XdpContext, key: &ConnKey) -> bool {
+        const TCP_TIME_WAIT: u32 = 6;
+        const TCP_LISTEN: u32 = 10;
+        let Some(client) = addr_as_v4(&key.client) else {
+            return false;
+        };
+        let Some(vip) = SLOTS.get(key.slot).and_then(|c| addr_as_v4(&c.vip)) else {
+            return false;
+        };
+        // SAFETY: an all-zero tuple is a valid value of this plain C union.
+        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+        // SAFETY: writing the IPv4 member of the union we own.
+        unsafe {
+            let v4 = &mut tuple.__bindgen_anon_1.ipv4;
+            v4.saddr = u32::from_ne_bytes(client);
+            v4.daddr = u32::from_ne_bytes(vip);
+            v4.sport = u16::from_ne_bytes(key.client_port);
+            v4.dport = u16::from_ne_bytes(key.vip_port);
+        }
+        let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+        // SAFETY: the context is this program's; the tuple is on our stack
+        // and its size is that of its IPv4 member; the netns flag asks for
+        // the packet's own namespace.
+        let sk = unsafe {
+            bpf_skc_lookup_tcp(
+                ctx.ctx.cast(),
+                &mut tuple,
+                size,
+                BPF_F_CURRENT_NETNS as u64,
+                0,
+            )
+        };
+        if sk.is_null() {
+            return false;
+        }
+        // SAFETY: the helper returned a referenced, non-null socket; its
+        // state is readable, and the reference is released right after.
+        let state = unsafe { (*sk).state };
+        // SAFETY: releasing the reference the lookup took.
+        unsafe { bpf_sk_release(sk.cast()) };
+        state != TCP_LISTEN && state != TCP_TIME_WAIT
     }
 
     #[panic_handler]

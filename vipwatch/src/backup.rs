@@ -22,8 +22,9 @@
 
 use crate::{
     arp::GarpSchedule,
-    config::Garp,
+    config::{self, Garp},
     detector::{self, Detector, PeerSample},
+    holder::Holder,
 };
 
 pub(crate) use crate::detector::{Failback, Reason, State};
@@ -45,6 +46,7 @@ pub(crate) struct Settings {
     pub(crate) garp: Garp,
     /// Stop probing after this many probes (diagnostics, `--count`).
     pub(crate) probe_limit: Option<u64>,
+    pub(crate) conn: config::Conn,
 }
 
 /// Counters of one peer as the XDP program keeps them, merged across CPUs.
@@ -101,6 +103,9 @@ pub(crate) enum Event {
     OperatorRelease { at_ns: u64 },
     /// The instance is stopping (signal, reload).
     Shutdown { at_ns: u64 },
+    /// The `on_change` hook of a state change finished (they run one at a
+    /// time, in order).
+    HookDone,
 }
 
 /// The timeline of a takeover decision, CLOCK_MONOTONIC ns.
@@ -133,6 +138,14 @@ pub(crate) enum Action {
     /// Ask who holds the VIP (RFC 5227 ARP probe): a returning master that
     /// kept it answers, and the answer is a claim.
     Solicit,
+    /// Kick the connections the master had (learned from its syncs), once.
+    Kick,
+    /// Send the master our connection table's changes (`snapshot`: all of
+    /// it), while we hold the VIP.
+    Sync { snapshot: bool },
+    /// Tell the master we handed the VIP back to it, so it kicks the
+    /// connections we had.
+    SyncReleased,
     /// Something worth one log line that is not a state change.
     Note(Note),
     /// Report a state change: log line, status, `--on-change` hook.
@@ -179,6 +192,7 @@ pub(crate) struct Machine {
     claim_mac: Option<[u8; 6]>,
     conflicts_logged: u32,
     master_back_noted: bool,
+    holder: Holder,
     stats: Stats,
 }
 
@@ -218,6 +232,7 @@ impl Machine {
             claim_mac: None,
             conflicts_logged: 0,
             master_back_noted: false,
+            holder: Holder::new(&settings.conn),
             stats: Stats::default(),
         }
     }
@@ -257,9 +272,14 @@ impl Machine {
         if self.probing() {
             at = at.min(self.next_probe_ns);
         }
-        for due in [self.garp.next_ns(), self.retry_at, self.solicit_due()]
-            .into_iter()
-            .flatten()
+        for due in [
+            self.garp.next_ns(),
+            self.retry_at,
+            self.solicit_due(),
+            self.holder.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
         {
             at = at.min(due);
         }
@@ -314,6 +334,11 @@ impl Machine {
                     self.garp.burst_started(first_garp_ns);
                     self.stats.takeovers += 1;
                     self.stats.last_takeover = Some((self.decision, bound_ns, first_garp_ns));
+                    // Right after the VIP is bound and first announced: the
+                    // clients' answers to the kick must reach us.
+                    if self.holder.bound(first_garp_ns) {
+                        out.push(Action::Kick);
+                    }
                 } else {
                     // Bound after we decided to let go (a retry raced a
                     // release): undo it.
@@ -335,6 +360,11 @@ impl Machine {
             }
             Event::Shutdown { at_ns } => {
                 self.detect(detector::Event::Shutdown { at_ns }, &mut out);
+            }
+            Event::HookDone => {
+                if self.holder.hook_done() && self.state() == State::Active {
+                    out.push(Action::Kick);
+                }
             }
         }
         out
@@ -386,6 +416,15 @@ impl Machine {
         {
             self.garp.sent(now_ns);
             out.push(Action::Announce);
+        }
+        if self.state() == State::Active {
+            let due = self.holder.tick(now_ns);
+            if due.kick {
+                out.push(Action::Kick);
+            }
+            if let Some(snapshot) = due.sync {
+                out.push(Action::Sync { snapshot });
+            }
         }
         if let Some(due) = self.retry_at
             && now_ns >= due
@@ -453,6 +492,7 @@ impl Machine {
                 }
                 detector::Action::Release => {
                     self.garp.stop();
+                    self.holder.released();
                     self.retry_at = None;
                     out.push(Action::Release);
                 }
@@ -468,7 +508,10 @@ impl Machine {
                         // them (or it never sent one: a frozen master that
                         // thawed only answered our solicitation).
                         out.push(Action::HandOver { mac });
+                        // And the master kicks the connections we had.
+                        out.push(Action::SyncReleased);
                     }
+                    self.holder.notified();
                     out.push(Action::Notify(t));
                 }
             }
@@ -505,6 +548,7 @@ mod tests {
                 refresh_ns: None,
             },
             probe_limit: None,
+            conn: config::Conn::default(),
         }
     }
 
@@ -710,13 +754,18 @@ mod tests {
             .actions
             .iter()
             .rev()
-            .take(3)
+            .take(4)
             .rev()
             .map(|(_, a)| *a)
             .collect();
         assert!(matches!(tail[0], Action::Release), "{tail:?}");
         assert_eq!(tail[1], Action::HandOver { mac: MASTER_MAC });
-        assert!(matches!(tail[2], Action::Notify(t) if t.reason == Reason::MasterClaimed));
+        assert_eq!(
+            tail[2],
+            Action::SyncReleased,
+            "the master kicks what we had"
+        );
+        assert!(matches!(tail[3], Action::Notify(t) if t.reason == Reason::MasterClaimed));
         assert_eq!(sim.m.state(), State::Standby);
         assert_eq!(sim.m.stats().releases, 1);
     }
@@ -777,6 +826,64 @@ mod tests {
             "one retry after 100 ms (the first Release went to the test)"
         );
         assert_eq!(sim.m.stats().releases, 1);
+    }
+
+    #[test]
+    fn the_kick_follows_the_bind_and_syncs_run_only_while_active() {
+        let mut sim = Sim::standby(settings(Failback::OnClaim));
+        assert_eq!(
+            sim.count(|a| matches!(a, Action::Sync { .. })),
+            0,
+            "not holding"
+        );
+        sim.master_up = false;
+        sim.run_for(20 * MS);
+        let take = sim.times(|a| matches!(a, Action::TakeOver { .. }))[0];
+        let kicks = sim.times(|a| *a == Action::Kick);
+        assert_eq!(kicks, vec![take], "one kick, right after the bind");
+        let k = sim
+            .actions
+            .iter()
+            .position(|(_, a)| *a == Action::Kick)
+            .expect("kicked");
+        let t = sim
+            .actions
+            .iter()
+            .position(|(_, a)| matches!(a, Action::TakeOver { .. }))
+            .expect("took over");
+        assert!(k > t, "after the takeover's bind");
+        let syncs = sim.times(|a| matches!(a, Action::Sync { .. }));
+        assert!(!syncs.is_empty(), "syncing while active: {syncs:?}");
+        assert!(
+            syncs.windows(2).all(|w| w[1] - w[0] == 10 * MS),
+            "{syncs:?}"
+        );
+        // Released: syncs stop.
+        let at = sim.now;
+        sim.feed(Event::OperatorRelease { at_ns: at });
+        let before = sim.count(|a| matches!(a, Action::Sync { .. }));
+        sim.master_up = true;
+        sim.run_for(100 * MS);
+        assert_eq!(sim.count(|a| matches!(a, Action::Sync { .. })), before);
+        assert_eq!(
+            sim.count(|a| *a == Action::Kick),
+            1,
+            "never while not holding"
+        );
+    }
+
+    #[test]
+    fn with_kick_after_hook_the_kick_waits_for_the_active_hook() {
+        let mut s = settings(Failback::OnClaim);
+        s.conn.after_hook = true;
+        let mut sim = Sim::standby(s);
+        sim.feed(Event::HookDone); // the STANDBY hook
+        sim.master_up = false;
+        sim.run_for(20 * MS);
+        assert_eq!(sim.m.state(), State::Active);
+        assert_eq!(sim.count(|a| *a == Action::Kick), 0, "waits for the hook");
+        sim.feed(Event::HookDone);
+        assert_eq!(sim.count(|a| *a == Action::Kick), 1);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     config::{
-        self, Backup, CheckSpec, Garp, Health, Instance, Master, Problem, Role, Vip, parse_duration,
+        self, Backup, CheckSpec, Conn, Garp, Health, Instance, Master, Problem, Role, Vip,
+        parse_duration,
     },
     detector::Failback,
     ebpf::ModeArg,
@@ -79,6 +80,8 @@ pub struct BackupArgs {
     pub failback: FailbackArg,
     #[command(flatten)]
     pub garp: GarpArgs,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Command run on every state change with: STATE VIP IFACE REASON.
     #[arg(long)]
     pub on_change: Option<String>,
@@ -108,6 +111,43 @@ pub struct GarpArgs {
     pub garp_refresh: Option<Duration>,
 }
 
+/// The TCP connection kick, for both roles.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// How the new holder of the VIP makes the previous holder's TCP
+    /// clients fail over at once: ack, rst or off.
+    #[arg(long, default_value = "ack", value_parser = config::parse_kick)]
+    pub conn_kick: crate::kick::Mode,
+    /// How often the holder sends its peer its connection table's changes.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub conn_sync: Duration,
+    /// Size of the interface's connection table.
+    #[arg(long, default_value_t = vipwatch_common::CONN_TABLE_DEFAULT)]
+    pub conn_table: u32,
+    /// UDP port of the connection-sync datagrams between the two hosts.
+    #[arg(long, default_value_t = config::DEFAULT_CONN_SYNC_PORT)]
+    pub conn_sync_port: u16,
+    /// Kick only once the takeover's --on-change hook has finished (a
+    /// replica being promoted), or after --kick-hook-timeout.
+    #[arg(long)]
+    pub kick_after_hook: bool,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub kick_hook_timeout: Duration,
+}
+
+impl ConnArgs {
+    fn conn(&self) -> Conn {
+        Conn {
+            kick: self.conn_kick,
+            sync: self.conn_sync,
+            table: self.conn_table,
+            port: self.conn_sync_port,
+            after_hook: self.kick_after_hook,
+            hook_timeout: self.kick_hook_timeout,
+        }
+    }
+}
+
 impl GarpArgs {
     fn garp(&self) -> Garp {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -132,6 +172,8 @@ pub struct MasterArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub garp: GarpArgs,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Wait until no other host answers for the VIP before claiming it
     /// (default: claim at once, which makes an on-claim backup release it).
     #[arg(long)]
@@ -229,6 +271,7 @@ impl BackupArgs {
             witness,
             failback,
             garp,
+            conn,
             on_change,
             xdp_mode,
             count,
@@ -241,6 +284,7 @@ impl BackupArgs {
             garp: garp.garp(),
             on_change: on_change.clone(),
             xdp_mode: *xdp_mode,
+            conn: conn.conn(),
             role: Role::Backup(Backup {
                 master: *master,
                 interval: *interval,
@@ -263,6 +307,7 @@ impl MasterArgs {
             vip,
             name,
             garp,
+            conn,
             no_preempt,
             health_cmd,
             health_http,
@@ -295,6 +340,7 @@ impl MasterArgs {
             garp: garp.garp(),
             on_change: on_change.clone(),
             xdp_mode: *xdp_mode,
+            conn: conn.conn(),
             role: Role::Master(Master {
                 preempt: !no_preempt,
                 health: check.map(|check| Health {

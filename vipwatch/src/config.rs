@@ -23,7 +23,7 @@ use toml::{
     de::{DeTable, DeValue},
 };
 
-use crate::{detector::Failback, ebpf::ModeArg};
+use crate::{detector::Failback, ebpf::ModeArg, kick};
 
 // ---------------------------------------------------------------------------
 // What an instance is.
@@ -38,7 +38,38 @@ pub struct Instance {
     pub garp: Garp,
     pub on_change: Option<String>,
     pub xdp_mode: ModeArg,
+    pub conn: Conn,
     pub role: Role,
+}
+
+/// The TCP connection kick (issue "What the application sees").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    /// `ack`, `rst` or `off`.
+    pub kick: kick::Mode,
+    /// How often the holder sends its peer what changed.
+    pub sync: Duration,
+    /// Size of the interface's connection table (entries).
+    pub table: u32,
+    /// UDP port of the sync datagrams.
+    pub port: u16,
+    /// Kick only once the takeover's `on_change` hook has finished (or
+    /// after `kick_hook_timeout`): for services that must be promoted first.
+    pub after_hook: bool,
+    pub hook_timeout: Duration,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Self {
+            kick: kick::Mode::Ack,
+            sync: DEFAULT_CONN_SYNC,
+            table: vipwatch_common::CONN_TABLE_DEFAULT,
+            port: DEFAULT_CONN_SYNC_PORT,
+            after_hook: false,
+            hook_timeout: DEFAULT_KICK_HOOK_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,6 +238,24 @@ pub fn failback_name(f: Failback) -> &'static str {
     }
 }
 
+/// `--conn-kick` / `conn_kick`.
+pub fn parse_kick(s: &str) -> Result<kick::Mode, String> {
+    match s {
+        "ack" => Ok(kick::Mode::Ack),
+        "rst" => Ok(kick::Mode::Rst),
+        "off" => Ok(kick::Mode::Off),
+        _ => Err(format!("{s:?} is not a kick mode: use ack, rst or off")),
+    }
+}
+
+pub fn kick_name(m: kick::Mode) -> &'static str {
+    match m {
+        kick::Mode::Ack => "ack",
+        kick::Mode::Rst => "rst",
+        kick::Mode::Off => "off",
+    }
+}
+
 /// `--xdp-mode` / `xdp_mode`.
 pub fn parse_xdp_mode(s: &str) -> Result<ModeArg, String> {
     match s {
@@ -228,6 +277,13 @@ pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(10);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(200);
 pub const DEFAULT_HEALTH_FALL: u32 = 2;
 pub const DEFAULT_HEALTH_RISE: u32 = 3;
+/// How often the holder syncs its connection table: a connection opened
+/// less than this before a failure is not kicked (it waits for its own
+/// retransmission timer). 10 ms matches the default detection time; the
+/// cost is measured in section 8 of bench/RESULTS.md.
+pub const DEFAULT_CONN_SYNC: Duration = Duration::from_millis(10);
+pub const DEFAULT_CONN_SYNC_PORT: u16 = 7410;
+pub const DEFAULT_KICK_HOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Limits on timing settings: beyond them the setting is a typo, not a
 /// choice (a 0 interval would flood the master; an hour is not failover).
@@ -296,11 +352,50 @@ impl Instance {
             iface,
             vip,
             garp,
-            on_change: _,
+            on_change,
             xdp_mode: _,
+            conn,
             role,
         } = self;
         let mut out = Vec::new();
+        let Conn {
+            kick: _,
+            sync,
+            table,
+            port,
+            after_hook,
+            hook_timeout,
+        } = *conn;
+        if sync < Duration::from_millis(1) || sync > Duration::from_secs(1) {
+            out.push(Problem::new(
+                "conn_sync",
+                format!("{sync:?} must be from 1ms to 1s"),
+            ));
+        }
+        if !(1024..=4_194_304).contains(&table) {
+            out.push(Problem::new(
+                "conn_table",
+                format!("{table} must be from 1024 to 4194304 connections"),
+            ));
+        }
+        if port == 0 {
+            out.push(Problem::new("conn_sync_port", "0 is not a port"));
+        }
+        if after_hook && on_change.is_none() {
+            out.push(Problem::new(
+                "kick_after_hook",
+                "needs on_change: the kick waits for that hook to finish",
+            ));
+        }
+        if hook_timeout > crate::hook::HOOK_TIMEOUT || hook_timeout < Duration::from_millis(1) {
+            out.push(Problem::new(
+                "kick_hook_timeout",
+                format!(
+                    "{hook_timeout:?} must be from 1ms to {:?} (hooks are killed after that)",
+                    crate::hook::HOOK_TIMEOUT
+                ),
+            ));
+        }
         if let Err(e) = check_name(name) {
             out.push(Problem::new("name", e));
         }
@@ -478,6 +573,12 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("garp_refresh", None),
     ("on_change", None),
     ("xdp_mode", None),
+    ("conn_kick", None),
+    ("conn_sync", None),
+    ("conn_table", None),
+    ("conn_sync_port", None),
+    ("kick_after_hook", None),
+    ("kick_hook_timeout", None),
     ("master", Some("backup")),
     ("interval", Some("backup")),
     ("dead_after", Some("backup")),
@@ -816,6 +917,21 @@ fn instance_from<'a, 'i>(
     let xdp_mode = get
         .optional("xdp_mode", parse_xdp_mode)
         .unwrap_or(ModeArg::Auto);
+    let defaults = Conn::default();
+    let conn = Conn {
+        kick: get
+            .optional("conn_kick", parse_kick)
+            .unwrap_or(defaults.kick),
+        sync: get
+            .optional("conn_sync", parse_duration)
+            .unwrap_or(defaults.sync),
+        table: get.integer("conn_table").unwrap_or(defaults.table),
+        port: get.integer("conn_sync_port").unwrap_or(defaults.port),
+        after_hook: get.boolean("kick_after_hook").unwrap_or(false),
+        hook_timeout: get
+            .optional("kick_hook_timeout", parse_duration)
+            .unwrap_or(defaults.hook_timeout),
+    };
     let role = if role == "backup" {
         let master = get.required("master", |s| {
             s.parse::<Ipv4Addr>()
@@ -884,6 +1000,7 @@ fn instance_from<'a, 'i>(
                 garp,
                 on_change,
                 xdp_mode,
+                conn,
                 role,
             },
             at,
@@ -1026,7 +1143,7 @@ pub struct Conflict {
 pub fn conflicts(instances: &[Instance]) -> Vec<Conflict> {
     let mut out = Vec::new();
     let mut vips: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    let mut modes: BTreeMap<&str, (ModeArg, &str)> = BTreeMap::new();
+    let mut modes: BTreeMap<&str, (ModeArg, u32, u16, &str)> = BTreeMap::new();
     let mut per_iface: BTreeMap<&str, u32> = BTreeMap::new();
     for i in instances {
         if let Some(other) = vips.insert(i.vip.addr, &i.name) {
@@ -1040,7 +1157,7 @@ pub fn conflicts(instances: &[Instance]) -> Vec<Conflict> {
             });
         }
         match modes.get(i.iface.as_str()) {
-            Some((mode, other)) if *mode != i.xdp_mode => out.push(Conflict {
+            Some((mode, _, _, other)) if *mode != i.xdp_mode => out.push(Conflict {
                 instance: i.name.clone(),
                 key: "xdp_mode",
                 message: format!(
@@ -1048,9 +1165,25 @@ pub fn conflicts(instances: &[Instance]) -> Vec<Conflict> {
                     i.xdp_mode, i.iface
                 ),
             }),
+            Some((_, table, _, other)) if *table != i.conn.table => out.push(Conflict {
+                instance: i.name.clone(),
+                key: "conn_table",
+                message: format!(
+                    "{} differs from instance {other:?} on {}: one connection table serves the whole interface",
+                    i.conn.table, i.iface
+                ),
+            }),
+            Some((_, _, port, other)) if *port != i.conn.port => out.push(Conflict {
+                instance: i.name.clone(),
+                key: "conn_sync_port",
+                message: format!(
+                    "{} differs from instance {other:?} on {}: one socket receives the interface's syncs",
+                    i.conn.port, i.iface
+                ),
+            }),
             Some(_) => {}
             None => {
-                modes.insert(&i.iface, (i.xdp_mode, &i.name));
+                modes.insert(&i.iface, (i.xdp_mode, i.conn.table, i.conn.port, &i.name));
             }
         }
         let n = per_iface.entry(&i.iface).or_default();
@@ -1211,6 +1344,11 @@ no_preempt = true
             (format!("{backup}no_preempt = true\n"), "vw.toml:6: no_preempt: is a master key, but this instance has role = \"backup\""),
             (format!("{backup}dead_afer = \"10ms\"\n"), "vw.toml:6: dead_afer: unknown key"),
             (format!("{backup}garp_count = 0\n"), "vw.toml:6: garp_count: 0 must be from 1 to 100"),
+            (format!("{backup}conn_kick = \"fin\"\n"), "vw.toml:6: conn_kick: \"fin\" is not a kick mode: use ack, rst or off"),
+            (format!("{backup}conn_sync = \"0ms\"\n"), "vw.toml:6: conn_sync: 0ns must be from 1ms to 1s"),
+            (format!("{backup}conn_table = 10\n"), "vw.toml:6: conn_table: 10 must be from 1024"),
+            (format!("{backup}kick_after_hook = true\n"), "vw.toml:6: kick_after_hook: needs on_change"),
+            (format!("{backup}on_change = \"true\"\nkick_hook_timeout = \"3600s\"\n"), "vw.toml:7: kick_hook_timeout: 3600s must be from 1ms to 10s"),
             (backup.replace("192.0.2.1\"", "224.0.0.1\""), "vw.toml:5: master: 224.0.0.1 must be an IPv4 unicast address"),
             (backup.replace("192.0.2.100/24", "192.0.2.100"), "vw.toml:4: vip: \"192.0.2.100\" is not ADDRESS/PREFIX"),
             (backup.replace("master = \"192.0.2.1\"\n", ""), "vw.toml:1: master: missing"),

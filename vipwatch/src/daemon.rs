@@ -15,8 +15,9 @@
 //!   SIGINT/SIGTERM stop every instance (masters hand over), then exit.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, UdpSocket},
+    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError, mpsc},
     thread::JoinHandle,
@@ -24,13 +25,14 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use vipwatch_common::MAX_SLOTS;
+use vipwatch_common::{Addr, MAX_SLOTS, addr_v4};
 
 use crate::{
     clock,
     config::{self, Host, Instance, Role},
+    conns::Datagram,
     control::{self, IfaceLock, Peer, Request, Response},
-    ebpf::{Events, Maps, ModeArg, Program},
+    ebpf::{Claims, ConnEvents, Maps, Program},
     netlink::Netlink,
     stats,
     sys::{self, EventFd, SignalFd},
@@ -40,7 +42,7 @@ use crate::{
 /// Where the instances come from.
 pub enum Source {
     /// `vipwatch backup` / `vipwatch master`: one instance, no reload.
-    Flags(Instance),
+    Flags(Box<Instance>),
     /// `vipwatch run --config FILE`.
     File(PathBuf),
 }
@@ -60,7 +62,7 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     // Signals first: every thread started later inherits the mask.
     let signals = SignalFd::new()?;
     let instances = match &source {
-        Source::Flags(i) => vec![i.clone()],
+        Source::Flags(i) => vec![(**i).clone()],
         Source::File(path) => load(path)?,
     };
     let (rt, netlink) = Netlink::with_runtime()?;
@@ -220,26 +222,48 @@ struct Iface {
     _lock: IfaceLock,
 }
 
-/// Slot → the inbox of the instance that owns it.
-type Routes = Arc<Mutex<BTreeMap<u32, Inbox>>>;
+/// Where the interface's events go: slot → the inbox of the instance that
+/// owns it, and VIP → slot (sync datagrams name the VIP).
+#[derive(Default)]
+struct Table {
+    by_slot: BTreeMap<u32, Inbox>,
+    by_vip: HashMap<Addr, u32>,
+}
+
+type Routes = Arc<Mutex<Table>>;
+
+fn lock_routes(r: &Routes) -> std::sync::MutexGuard<'_, Table> {
+    r.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl Iface {
     fn attach(
         rt: &tokio::runtime::Runtime,
         netlink: &Netlink,
-        name: &str,
-        mode: ModeArg,
+        first: &Instance,
     ) -> anyhow::Result<Self> {
+        let name = first.iface.as_str();
         let ifindex = rt.block_on(netlink.link_index(name))?;
         let mac = rt.block_on(netlink.link_mac(ifindex))?;
         let lock = IfaceLock::take(name, ifindex)?;
-        let mut program = Program::attach(name, mac, mode)?;
+        // Before the program: a port in use fails the start cleanly.
+        let sync = sys::udp_socket(name, first.conn.port)?;
+        let mut program = Program::attach(name, mac, first.xdp_mode, first.conn.table)?;
         let maps = program.maps()?;
-        let events = program
+        let claims = program
             .take_events()
             .ok_or_else(|| anyhow!("the claim ring buffer was taken twice"))?;
+        let conn_events = program
+            .take_conn_events()
+            .ok_or_else(|| anyhow!("the connection ring buffer was taken twice"))?;
         let routes: Routes = Arc::default();
-        let dispatcher = Dispatcher::start(name, Events::new(events), Arc::clone(&routes))?;
+        let dispatcher = Dispatcher::start(
+            name,
+            Claims::new(claims),
+            ConnEvents::new(conn_events),
+            sync,
+            Arc::clone(&routes),
+        )?;
         log::info!(
             "XDP attached to {name} in {} mode{}",
             program.mode.as_str(),
@@ -276,10 +300,9 @@ impl Iface {
         if let Some(f) = self.free_since.get_mut(slot as usize) {
             *f = Some(clock::now_ns());
         }
-        self.routes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&slot);
+        let mut r = lock_routes(&self.routes);
+        r.by_slot.remove(&slot);
+        r.by_vip.retain(|_, s| *s != slot);
     }
 
     fn in_use(&self) -> bool {
@@ -287,48 +310,104 @@ impl Iface {
     }
 }
 
-/// Reads an interface's claim ring buffer and hands each claim to the
-/// instance whose slot it names.
+/// Reads an interface's ring buffers (claims, connections) and its sync
+/// socket, and hands each event to the instance it names.
 struct Dispatcher {
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Dispatcher {
-    fn start(iface: &str, mut events: Events, routes: Routes) -> anyhow::Result<Self> {
+    fn start(
+        iface: &str,
+        mut claims: Claims,
+        mut conn_events: ConnEvents,
+        sync: UdpSocket,
+        routes: Routes,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(EventFd::new()?);
         let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
-            .name(format!("claims-{iface}"))
+            .name(format!("events-{iface}"))
             .spawn(move || {
+                let mut buf = vec![0u8; 2048];
                 loop {
-                    let ready = clock::wait_readable([events.fd(), stopped.raw()], u64::MAX);
-                    match ready {
-                        Ok([_, true]) => return,
-                        Ok(_) => {}
+                    let ready = clock::wait_readable(
+                        [
+                            claims.fd(),
+                            conn_events.fd(),
+                            sync.as_raw_fd(),
+                            stopped.raw(),
+                        ],
+                        u64::MAX,
+                    );
+                    let [claim, conn, datagram] = match ready {
+                        Ok([_, _, _, true]) => return,
+                        Ok([a, b, c, false]) => [a, b, c],
                         Err(e) => {
-                            log::error!("waiting for claim events: {e}");
+                            log::error!("waiting for XDP events: {e}");
                             return;
                         }
-                    }
-                    let batch = events.drain();
-                    let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-                    for ev in batch {
-                        if let Some(inbox) = routes.get(&ev.slot) {
-                            // A stopping instance may be gone already.
-                            inbox.send(Msg::Claim {
-                                at_ns: ev.ktime_ns,
-                                mac: ev.mac,
-                            });
+                    };
+                    if claim {
+                        let batch = claims.drain();
+                        let r = lock_routes(&routes);
+                        for ev in batch {
+                            if let Some(inbox) = r.by_slot.get(&ev.slot) {
+                                // A stopping instance may be gone already.
+                                inbox.send(Msg::Claim {
+                                    at_ns: ev.ktime_ns,
+                                    mac: ev.mac,
+                                });
+                            }
                         }
+                    }
+                    if conn {
+                        let batch = conn_events.drain();
+                        let r = lock_routes(&routes);
+                        for ev in batch {
+                            if let Some(inbox) = r.by_slot.get(&ev.key.slot) {
+                                inbox.send(Msg::Conn(ev));
+                            }
+                        }
+                    }
+                    if datagram {
+                        receive_syncs(&sync, &mut buf, &routes);
                     }
                 }
             })
-            .context("starting the claim dispatcher")?;
+            .context("starting the event dispatcher")?;
         Ok(Self {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// Hands the waiting sync datagrams to the instances of their VIPs; the
+/// instance decides whether the sender is its peer.
+fn receive_syncs(socket: &UdpSocket, buf: &mut [u8], table: &Routes) {
+    loop {
+        let (n, from) = match socket.recv_from(buf) {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                log::debug!("sync socket: {e}");
+                return;
+            }
+        };
+        let (Some(datagram), std::net::SocketAddr::V4(from)) = (Datagram::decode(&buf[..n]), from)
+        else {
+            log::debug!("ignoring a datagram from {from} that is not a vipwatch sync");
+            continue;
+        };
+        let r = lock_routes(table);
+        if let Some(inbox) = r.by_vip.get(&datagram.vip).and_then(|s| r.by_slot.get(s)) {
+            inbox.send(Msg::Sync {
+                from: *from.ip(),
+                datagram,
+            });
+        }
     }
 }
 
@@ -347,7 +426,7 @@ impl Daemon {
     fn start(&mut self, instance: Instance) -> anyhow::Result<()> {
         let name = instance.name.clone();
         if !self.ifaces.contains_key(&instance.iface) {
-            let iface = Iface::attach(&self.rt, &self.netlink, &instance.iface, instance.xdp_mode)?;
+            let iface = Iface::attach(&self.rt, &self.netlink, &instance)?;
             self.ifaces.insert(instance.iface.clone(), iface);
         }
         let iface_name = instance.iface.clone();
@@ -369,19 +448,31 @@ impl Daemon {
         let slot = iface
             .take_slot()
             .ok_or_else(|| anyhow!("no free slot on {} ({MAX_SLOTS} instances)", instance.iface))?;
+        let maps = match iface.program.maps() {
+            Ok(m) => m,
+            Err(e) => {
+                iface.free_slot(slot);
+                return Err(e);
+            }
+        };
+        let (inbox, rx) = worker::inbox()?;
+        // Routed before the thread starts: the answer to its first ARP
+        // probe must find it.
+        {
+            let mut r = lock_routes(&iface.routes);
+            r.by_slot.insert(slot, inbox.clone());
+            r.by_vip.insert(vip_addr(instance.vip.addr), slot);
+        }
         let resources = Resources {
             instance: instance.clone(),
             slot,
-            maps: iface.program.maps()?,
+            maps,
             exited: Arc::clone(&self.exited),
+            inbox,
+            rx,
         };
         match worker::start(resources) {
-            Ok((worker, inbox)) => {
-                iface
-                    .routes
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(slot, inbox);
+            Ok(worker) => {
                 self.running.insert(
                     instance.name.clone(),
                     Running {
@@ -670,10 +761,19 @@ impl Daemon {
                 dead_after_ns: u64::try_from(b.dead_after.as_nanos()).unwrap_or(u64::MAX),
                 stats,
                 witness_probes_sent,
+                kick: r.instance.conn.kick,
+                conn: status.conn,
             };
             out.push(stats::report(&view, &iface.maps)?);
         }
         Ok(out)
+    }
+}
+
+fn vip_addr(addr: IpAddr) -> Addr {
+    match addr {
+        IpAddr::V4(v4) => addr_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 

@@ -15,14 +15,15 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{Xdp, XdpMode},
 };
 use vipwatch_common::{
-    Addr, ClaimCounters, ClaimEvent, GapTracker, GateCounters, IfaceConfig, MAP_CLAIMS, MAP_ERRORS,
-    MAP_EVENTS, MAP_GAPS, MAP_GATE_COUNTERS, MAP_IFACE, MAP_PEERS, MAP_SLOTS, MAP_VIPS,
-    PEERS_PER_SLOT, PROG_XDP, PeerCounters, RTT_BUCKETS, SLOT_GATE_CLOSED, SlotConfig,
+    Addr, ClaimCounters, ClaimEvent, ConnEvent, ConnKey, ConnValue, GapTracker, GateCounters,
+    IfaceConfig, Learned, MAP_CLAIMS, MAP_CONN_EVENTS, MAP_CONNS, MAP_ERRORS, MAP_EVENTS, MAP_GAPS,
+    MAP_GATE_COUNTERS, MAP_IFACE, MAP_LEARN, MAP_PEERS, MAP_SLOTS, MAP_VIPS, PEERS_PER_SLOT,
+    PROG_XDP, PeerCounters, RTT_BUCKETS, SLOT_GATE_CLOSED, SLOT_HOLDING, SlotConfig,
     XDP_ERROR_KINDS, peer_index,
 };
 
@@ -114,10 +115,13 @@ pub struct Program {
     /// The maps, kept to hand out further handles ([`Program::maps`]).
     data: Vec<(&'static str, MapData)>,
     events: Option<RingBuf<MapData>>,
+    conn_events: Option<RingBuf<MapData>>,
     _ebpf: Ebpf,
 }
 
-const MAP_NAMES: [&str; 8] = [
+const MAP_NAMES: [&str; 10] = [
+    MAP_CONNS,
+    MAP_LEARN,
     MAP_IFACE,
     MAP_SLOTS,
     MAP_VIPS,
@@ -131,8 +135,14 @@ const MAP_NAMES: [&str; 8] = [
 impl Program {
     /// Loads the program, writes the interface settings and attaches it to
     /// `iface`. Nothing stays attached if this fails.
-    pub fn attach(iface: &str, our_mac: [u8; 6], mode: ModeArg) -> anyhow::Result<Self> {
-        let mut ebpf = load_object()?;
+    /// `conn_table`: the size of the connection table.
+    pub fn attach(
+        iface: &str,
+        our_mac: [u8; 6],
+        mode: ModeArg,
+        conn_table: u32,
+    ) -> anyhow::Result<Self> {
+        let mut ebpf = load_object(conn_table)?;
         {
             let mut map: Array<&mut MapData, IfaceConfig> = ebpf
                 .map_mut(MAP_IFACE)
@@ -152,16 +162,20 @@ impl Program {
                 .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))?;
             data.push((name, into_data(map)?));
         }
-        let events = ebpf
-            .take_map(MAP_EVENTS)
-            .ok_or_else(|| anyhow!("map {MAP_EVENTS} missing from the XDP object"))?
-            .try_into()
-            .context(MAP_EVENTS)?;
+        let mut ring = |name: &str| -> anyhow::Result<RingBuf<MapData>> {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))?
+                .try_into()
+                .context(name.to_owned())
+        };
+        let events = ring(MAP_EVENTS)?;
+        let conn_events = ring(MAP_CONN_EVENTS)?;
         Ok(Self {
             mode,
             fell_back,
             data,
             events: Some(events),
+            conn_events: Some(conn_events),
             _ebpf: ebpf,
         })
     }
@@ -193,6 +207,8 @@ impl Program {
                 .try_into()
                 .context(MAP_GATE_COUNTERS)?,
             errors: take(MAP_ERRORS)?.try_into().context(MAP_ERRORS)?,
+            conns: take(MAP_CONNS)?.try_into().context(MAP_CONNS)?,
+            learn: take(MAP_LEARN)?.try_into().context(MAP_LEARN)?,
         })
     }
 
@@ -200,11 +216,16 @@ impl Program {
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
+
+    /// The connection event ring buffer (once).
+    pub fn take_conn_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.conn_events.take()
+    }
 }
 
 fn into_data(map: Map) -> anyhow::Result<MapData> {
     match map {
-        Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) => Ok(d),
+        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Ok(d),
         _ => bail!("a vipwatch map has a type this version does not expect"),
     }
 }
@@ -218,6 +239,8 @@ pub struct Maps {
     claims: PerCpuArray<MapData, ClaimCounters>,
     gate: PerCpuArray<MapData, GateCounters>,
     errors: PerCpuArray<MapData, u64>,
+    conns: HashMap<MapData, ConnKey, ConnValue>,
+    learn: Array<MapData, Learned>,
 }
 
 impl Maps {
@@ -246,7 +269,53 @@ impl Maps {
         self.slots
             .set(slot, SlotConfig::default(), 0)
             .context("clearing VW_SLOTS")?;
+        self.learn
+            .set(slot, Learned::default(), 0)
+            .context("clearing VW_LEARN")?;
+        self.forget_conns(slot)?;
         self.zero_counters(slot)
+    }
+
+    /// Starts or stops recording the TCP connections to a slot's VIP.
+    pub fn set_holding(&mut self, slot: u32, holding: bool) -> anyhow::Result<()> {
+        self.set_flag(slot, SLOT_HOLDING, holding)
+    }
+
+    /// Who probes a master slot's VIP, as its XDP program last saw.
+    pub fn learned(&self, slot: u32) -> anyhow::Result<Learned> {
+        self.learn.get(&slot, 0).context("reading VW_LEARN")
+    }
+
+    /// The connections recorded for `slot`: (key, value). One pass over the
+    /// whole table (all slots of the interface), two syscalls per entry.
+    pub fn conns_of(&self, slot: u32) -> Vec<(ConnKey, ConnValue)> {
+        // An entry evicted between two steps of the walk ends it early or
+        // is skipped: the next scan picks up what this one missed.
+        self.conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.slot == slot)
+            .collect()
+    }
+
+    /// Removes `slot`'s connections from the table (it no longer holds
+    /// the VIP; a later holding starts afresh).
+    pub fn forget_conns(&mut self, slot: u32) -> anyhow::Result<()> {
+        let keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.slot == slot)
+            .collect();
+        for k in keys {
+            match self.conns.remove(&k) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e).context("removing from VW_CONNS"),
+            }
+        }
+        Ok(())
     }
 
     fn zero_counters(&mut self, slot: u32) -> anyhow::Result<()> {
@@ -276,11 +345,15 @@ impl Maps {
 
     /// Opens or closes a master slot's probe gate.
     pub fn set_gate_closed(&mut self, slot: u32, closed: bool) -> anyhow::Result<()> {
+        self.set_flag(slot, SLOT_GATE_CLOSED, closed)
+    }
+
+    fn set_flag(&mut self, slot: u32, flag: u32, on: bool) -> anyhow::Result<()> {
         let mut config = self.slots.get(&slot, 0).context("reading VW_SLOTS")?;
-        if closed {
-            config.flags |= SLOT_GATE_CLOSED;
+        if on {
+            config.flags |= flag;
         } else {
-            config.flags &= !SLOT_GATE_CLOSED;
+            config.flags &= !flag;
         }
         self.slots.set(slot, config, 0).context("writing VW_SLOTS")
     }
@@ -353,14 +426,18 @@ impl Maps {
     }
 }
 
-/// Reads the claim events the program pushed.
-pub struct Events {
+/// Reads the events of type `T` (claims, connections) a ring buffer holds.
+pub struct Events<T> {
     ring: RingBuf<MapData>,
+    _of: std::marker::PhantomData<T>,
 }
 
-impl Events {
+impl<T: bytemuck::Pod> Events<T> {
     pub fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring }
+        Self {
+            ring,
+            _of: std::marker::PhantomData,
+        }
     }
 
     /// The ring buffer's fd, to wait on with poll(2).
@@ -368,30 +445,34 @@ impl Events {
         self.ring.as_raw_fd()
     }
 
-    /// Drains pending claim events.
-    pub fn drain(&mut self) -> Vec<ClaimEvent> {
+    /// Drains pending events.
+    pub fn drain(&mut self) -> Vec<T> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
-            match bytemuck::try_pod_read_unaligned::<ClaimEvent>(&item) {
+            match bytemuck::try_pod_read_unaligned::<T>(&item) {
                 Ok(ev) => out.push(ev),
-                Err(e) => log::warn!(
-                    "ignoring a malformed claim event ({} bytes): {e}",
-                    item.len()
-                ),
+                Err(e) => log::warn!("ignoring a malformed event ({} bytes): {e}", item.len()),
             }
         }
         out
     }
 }
 
-fn load_object() -> anyhow::Result<Ebpf> {
+/// What the interface's ring buffers carry.
+pub type Claims = Events<ClaimEvent>;
+pub type ConnEvents = Events<ConnEvent>;
+
+fn load_object(conn_table: u32) -> anyhow::Result<Ebpf> {
     if OBJECT.is_empty() {
         bail!(
             "this vipwatch binary was built without its XDP object (bpf-linker was missing); \
              build it with `cargo xtask build`, which installs what is missing"
         );
     }
-    Ebpf::load(OBJECT).context("loading the XDP object into the kernel")
+    EbpfLoader::new()
+        .map_max_entries(MAP_CONNS, conn_table)
+        .load(OBJECT)
+        .context("loading the XDP object into the kernel")
 }
 
 /// Attaches the program to `iface` in the requested mode; `Auto` tries

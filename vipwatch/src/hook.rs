@@ -45,6 +45,9 @@ const LIMITS: Limits = Limits {
     grace: DRAIN_GRACE,
 };
 
+/// Called when a hook ends.
+pub type Done = Box<dyn Fn() + Send>;
+
 pub struct Hooks {
     worker: Option<Worker>,
 }
@@ -80,12 +83,17 @@ struct Running {
 }
 
 impl Hooks {
-    /// `None` runs nothing.
-    pub fn new(cmd: Option<String>) -> anyhow::Result<Self> {
-        Self::with_limits(cmd, LIMITS)
+    /// `None` runs nothing. `done` is called after each hook ends (however
+    /// it ends), on the hook thread.
+    pub fn new(cmd: Option<String>, done: Option<Done>) -> anyhow::Result<Self> {
+        Self::with_limits(cmd, LIMITS, done)
     }
 
-    fn with_limits(cmd: Option<String>, limits: Limits) -> anyhow::Result<Self> {
+    fn with_limits(
+        cmd: Option<String>,
+        limits: Limits,
+        on_done: Option<Done>,
+    ) -> anyhow::Result<Self> {
         let Some(cmd) = cmd else {
             return Ok(Self { worker: None });
         };
@@ -100,8 +108,13 @@ impl Hooks {
                     let _done = done_tx;
                     for args in rx {
                         run(&cmd, &args, limits.timeout, &shared);
-                        let mut s = lock(&shared);
-                        s.pending = s.pending.saturating_sub(1);
+                        {
+                            let mut s = lock(&shared);
+                            s.pending = s.pending.saturating_sub(1);
+                        }
+                        if let Some(on_done) = &on_done {
+                            on_done();
+                        }
                     }
                 }
             })
@@ -367,7 +380,7 @@ mod tests {
     #[test]
     fn hooks_run_in_order_and_drop_waits_for_them() {
         let dir = scratch("order");
-        let h = Hooks::new(Some(script(&dir))).unwrap();
+        let h = Hooks::new(Some(script(&dir)), None).unwrap();
         for s in ["A", "B", "C"] {
             notify(&h, s);
         }
@@ -383,7 +396,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             grace: Duration::from_secs(5),
         };
-        let h = Hooks::with_limits(Some(script(&dir)), limits).unwrap();
+        let h = Hooks::with_limits(Some(script(&dir)), limits, None).unwrap();
         let t0 = Instant::now();
         notify(&h, "HANG");
         notify(&h, "AFTER");
@@ -410,7 +423,7 @@ mod tests {
             timeout: Duration::from_secs(100),
             grace: Duration::from_millis(300),
         };
-        let h = Hooks::with_limits(Some(script(&dir)), limits).unwrap();
+        let h = Hooks::with_limits(Some(script(&dir)), limits, None).unwrap();
         notify(&h, "HANG");
         notify(&h, "NEVER");
         eventually("the hanging hook started", Duration::from_secs(5), || {
@@ -435,7 +448,7 @@ mod tests {
 
     #[test]
     fn no_command_runs_nothing() {
-        let h = Hooks::new(None).unwrap();
+        let h = Hooks::new(None, None).unwrap();
         notify(&h, "A");
         drop(h);
     }

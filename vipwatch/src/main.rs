@@ -33,11 +33,11 @@ fn main() {
     };
     let result = match cli.command {
         Command::Backup(a) => match a.instance() {
-            Ok(i) => daemon::run(daemon::Source::Flags(i)),
+            Ok(i) => daemon::run(daemon::Source::Flags(Box::new(i))),
             Err(e) => bad_arguments(e),
         },
         Command::Master(a) => match a.instance() {
-            Ok(i) => daemon::run(daemon::Source::Flags(i)),
+            Ok(i) => daemon::run(daemon::Source::Flags(Box::new(i))),
             Err(e) => bad_arguments(e),
         },
         Command::Run(a) => daemon::run(daemon::Source::File(a.config)),

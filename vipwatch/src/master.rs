@@ -31,8 +31,9 @@ use std::time::Duration;
 use crate::{
     arp::GarpSchedule,
     backup::RETRY_NS,
-    config::Garp,
+    config::{self, Garp},
     health::{Hysteresis, Verdict},
+    holder::Holder,
 };
 
 /// How long the ARP probe listens for another owner of the VIP.
@@ -100,6 +101,7 @@ pub(crate) struct Settings {
     /// claimed before its first verdict.
     pub(crate) health: Option<(u32, u32)>,
     pub(crate) garp: Garp,
+    pub(crate) conn: config::Conn,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +145,13 @@ pub(crate) enum Event {
     Shutdown {
         at_ns: u64,
     },
+    /// The backup handed the VIP back to us (its sync said so): kick the
+    /// connections it had.
+    PeerReleased {
+        at_ns: u64,
+    },
+    /// The `on_change` hook of a state change finished.
+    HookDone,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +170,13 @@ pub(crate) enum Action {
     OpenGate,
     /// Drop the backup's probes: it sees this master dead and takes over.
     CloseGate,
+    /// Kick the connections the backup had (learned from its syncs), once.
+    Kick,
+    /// Send the backup our connection table's changes (`snapshot`: all of
+    /// it), while we hold the VIP.
+    Sync {
+        snapshot: bool,
+    },
     /// Something worth a log line that is not a state change.
     Note(Note),
     Notify(Transition),
@@ -259,6 +275,7 @@ pub(crate) struct Machine {
     retry_at: Option<u64>,
     hold_until: Option<u64>,
     conflicts_logged: u32,
+    holder: Holder,
 }
 
 impl Machine {
@@ -280,6 +297,7 @@ impl Machine {
             retry_at: None,
             hold_until: None,
             conflicts_logged: 0,
+            holder: Holder::new(&settings.conn),
         }
     }
 
@@ -319,6 +337,7 @@ impl Machine {
             self.garp.next_ns(),
             self.retry_at,
             self.hold_until,
+            self.holder.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -366,8 +385,23 @@ impl Machine {
                 self.retry_at = None;
                 if self.state == State::Holding {
                     self.garp.burst_started(first_garp_ns);
+                    if self.holder.bound(first_garp_ns) {
+                        out.push(Action::Kick);
+                    }
                 } else {
                     out.push(Action::Release);
+                }
+            }
+            Event::PeerReleased { .. } => {
+                // The backup gave the VIP back to us (after a cable pull or
+                // a freeze we never released it): its clients come here now.
+                if self.state == State::Holding && self.bound == Some(true) {
+                    out.push(Action::Kick);
+                }
+            }
+            Event::HookDone => {
+                if self.holder.hook_done() && self.state == State::Holding {
+                    out.push(Action::Kick);
                 }
             }
             Event::BindFailed { at_ns } | Event::UnbindFailed { at_ns } => {
@@ -420,6 +454,15 @@ impl Machine {
         {
             self.garp.sent(now_ns);
             out.push(Action::Announce);
+        }
+        if self.state == State::Holding {
+            let due = self.holder.tick(now_ns);
+            if due.kick {
+                out.push(Action::Kick);
+            }
+            if let Some(snapshot) = due.sync {
+                out.push(Action::Sync { snapshot });
+            }
         }
         if let Some(at) = self.retry_at
             && now_ns >= at
@@ -551,6 +594,7 @@ impl Machine {
 
     fn release(&mut self, out: &mut Vec<Action>) {
         self.garp.stop();
+        self.holder.released();
         out.push(Action::Release);
     }
 
@@ -571,6 +615,7 @@ impl Machine {
     fn go(&mut self, to: State, reason: Reason, at_ns: u64, out: &mut Vec<Action>) {
         let from = self.state;
         self.state = to;
+        self.holder.notified();
         out.push(Action::Notify(Transition {
             from,
             to,
@@ -598,6 +643,7 @@ mod tests {
             preempt,
             health: health.then_some((2, 3)),
             garp: GARP,
+            conn: config::Conn::default(),
         })
     }
 
@@ -642,7 +688,16 @@ mod tests {
     }
 
     fn holding() -> Machine {
-        let mut m = machine(true, false);
+        let mut m = Machine::new(Settings {
+            preempt: true,
+            health: None,
+            garp: GARP,
+            // The kick's syncs have their own test.
+            conn: config::Conn {
+                kick: crate::kick::Mode::Off,
+                ..config::Conn::default()
+            },
+        });
         m.start(T0);
         nobody(&mut m, T0);
         m.handle(Event::Bound {
@@ -889,6 +944,7 @@ mod tests {
             preempt: true,
             health: Some((1, 1)),
             garp: GARP,
+            conn: config::Conn::default(),
         });
         fail(&mut m, T0);
         assert_eq!(ok(&mut m, T0 + MS), vec![Action::OpenGate, Action::Solicit]);
@@ -909,6 +965,7 @@ mod tests {
             preempt: false,
             health: Some((1, 1)),
             garp: GARP,
+            conn: config::Conn::default(),
         });
         ok(&mut m, T0);
         nobody(&mut m, T0);
@@ -1020,6 +1077,55 @@ mod tests {
             .sum();
         assert_eq!(notes, CONFLICTS_LOGGED as usize);
         assert_eq!(m.state(), State::Holding);
+    }
+
+    #[test]
+    fn holding_kicks_once_after_the_bind_syncs_and_kicks_what_the_backup_hands_back() {
+        let mut m = machine(true, false);
+        m.start(T0);
+        nobody(&mut m, T0);
+        let at = T0 + 200 * MS;
+        assert_eq!(
+            m.handle(Event::Bound {
+                bound_ns: at,
+                first_garp_ns: at
+            }),
+            vec![Action::Kick]
+        );
+        let actions = m.handle(Event::Tick { now_ns: at });
+        assert_eq!(actions, vec![Action::Sync { snapshot: true }]);
+        let actions = m.handle(Event::Tick {
+            now_ns: at + 10 * MS,
+        });
+        assert!(
+            actions.contains(&Action::Sync { snapshot: false }),
+            "{actions:?}"
+        );
+        // The backup hands the VIP back after a cable pull: kick its
+        // connections (we never stopped holding).
+        assert_eq!(
+            m.handle(Event::PeerReleased {
+                at_ns: at + 11 * MS
+            }),
+            vec![Action::Kick]
+        );
+        // Not once we stopped holding.
+        m.handle(Event::Shutdown {
+            at_ns: at + 20 * MS,
+        });
+        assert!(
+            m.handle(Event::PeerReleased {
+                at_ns: at + 21 * MS
+            })
+            .is_empty()
+        );
+        let actions = m.handle(Event::Tick {
+            now_ns: at + 30 * MS,
+        });
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Sync { .. })),
+            "{actions:?}"
+        );
     }
 
     #[test]

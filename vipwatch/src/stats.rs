@@ -10,8 +10,9 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use vipwatch_common::{
-    PEER_MASTER, PEER_WITNESS, RTT_BUCKETS, XDP_ERR_MAP, XDP_ERR_NO_CONFIG, XDP_ERR_RINGBUF_FULL,
-    XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, rtt_bucket_upper_us,
+    PEER_MASTER, PEER_WITNESS, RTT_BUCKETS, XDP_ERR_CONN_EVENTS_FULL, XDP_ERR_CONN_INSERT,
+    XDP_ERR_MAP, XDP_ERR_NO_CONFIG, XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS,
+    rtt_bucket_upper_us,
 };
 
 use crate::{
@@ -114,6 +115,36 @@ pub struct Report {
     /// What the interface's XDP program could not do (all instances of the
     /// interface share them).
     pub xdp_errors: XdpErrors,
+    /// The TCP connection kick.
+    pub conn: ConnReport,
+}
+
+/// The kick's state (see the README's "What the application sees").
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConnReport {
+    /// `ack`, `rst` or `off`.
+    pub kick: String,
+    /// Connections in our own table (while we hold the VIP).
+    pub table: u64,
+    /// Connections synced by the peer: what a takeover would kick now.
+    pub known_from_peer: u64,
+    /// Age of the last sync datagram accepted from the peer.
+    pub last_sync_age_ms: Option<f64>,
+    pub syncs_accepted: u64,
+    pub syncs_forged: u64,
+    pub syncs_sent: u64,
+    pub sync_bytes_sent: u64,
+    pub last_kick: Option<KickReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KickReport {
+    /// Segments sent.
+    pub kicks: u64,
+    /// How long sending them took.
+    pub duration_ms: f64,
+    /// CLOCK_MONOTONIC ns when the kick started.
+    pub at_ns: u64,
 }
 
 /// The XDP program's own error counters (`VW_ERRORS`).
@@ -127,6 +158,12 @@ pub struct XdpErrors {
     pub unknown_slot: u64,
     /// Map lookups that failed.
     pub map: u64,
+    /// Connection events lost to a full ring buffer.
+    #[serde(default)]
+    pub conn_events_full: u64,
+    /// New connections the table could not take.
+    #[serde(default)]
+    pub conn_insert: u64,
 }
 
 impl XdpErrors {
@@ -137,6 +174,8 @@ impl XdpErrors {
             ringbuf_full: at(XDP_ERR_RINGBUF_FULL),
             unknown_slot: at(XDP_ERR_UNKNOWN_SLOT),
             map: at(XDP_ERR_MAP),
+            conn_events_full: at(XDP_ERR_CONN_EVENTS_FULL),
+            conn_insert: at(XDP_ERR_CONN_INSERT),
         }
     }
 }
@@ -195,6 +234,8 @@ pub(crate) struct BackupView<'a> {
     pub(crate) dead_after_ns: u64,
     pub(crate) stats: backup::Stats,
     pub(crate) witness_probes_sent: u64,
+    pub(crate) kick: crate::kick::Mode,
+    pub(crate) conn: crate::worker::ConnStatus,
 }
 
 /// The report of one backup instance, from the daemon's view of it and the
@@ -243,7 +284,37 @@ pub(crate) fn report(v: &BackupView<'_>, maps: &Maps) -> anyhow::Result<Report> 
             timeline_report(d.last_reply_ns, d.deadline_ns, d.decision_ns, bound, garp)
         }),
         xdp_errors: XdpErrors::from_counts(maps.errors()?),
+        conn: conn_report(v, now),
     })
+}
+
+fn conn_report(v: &BackupView<'_>, now: u64) -> ConnReport {
+    let crate::worker::ConnStatus {
+        table,
+        known_from_peer,
+        last_sync_ns,
+        syncs_accepted,
+        syncs_forged,
+        syncs_sent,
+        sync_bytes_sent,
+        last_kick,
+    } = v.conn;
+    ConnReport {
+        kick: crate::config::kick_name(v.kick).into(),
+        table: table as u64,
+        known_from_peer: known_from_peer as u64,
+        last_sync_age_ms: (last_sync_ns != 0)
+            .then(|| now.saturating_sub(last_sync_ns) as f64 / 1e6),
+        syncs_accepted,
+        syncs_forged,
+        syncs_sent,
+        sync_bytes_sent,
+        last_kick: last_kick.map(|(kicks, took, at_ns)| KickReport {
+            kicks: kicks as u64,
+            duration_ms: took as f64 / 1e6,
+            at_ns,
+        }),
+    }
 }
 
 fn peer_report(address: Ipv4Addr, probes_sent: u64, p: &PeerSnapshot, now: u64) -> PeerReport {
@@ -382,11 +453,25 @@ pub fn render(r: &Report) -> String {
         "\nclaims {}  takeovers {}  releases {}  deferred deadlines {}  longest gap between our probes {:.2} ms\n",
         r.claims, r.takeovers, r.releases, r.deferred, r.max_probe_gap_ms
     );
+    let c = &r.conn;
+    out += &format!(
+        "kick {}: {} connections known from the master (last sync {}), {} syncs accepted, {} forged{}\n",
+        c.kick,
+        c.known_from_peer,
+        c.last_sync_age_ms
+            .map_or("never".to_owned(), |ms| format!("{ms:.1} ms ago")),
+        c.syncs_accepted,
+        c.syncs_forged,
+        c.last_kick.as_ref().map_or(String::new(), |k| format!(
+            "; last kick {} segments in {:.3} ms",
+            k.kicks, k.duration_ms
+        ))
+    );
     let e = r.xdp_errors;
     if e != XdpErrors::default() {
         out += &format!(
-            "XDP errors: no config {}  ring buffer full {}  unknown slot {}  map {}\n",
-            e.no_config, e.ringbuf_full, e.unknown_slot, e.map
+            "XDP errors: no config {}  ring buffer full {}  unknown slot {}  map {}  connection events lost {}  connections not recorded {}\n",
+            e.no_config, e.ringbuf_full, e.unknown_slot, e.map, e.conn_events_full, e.conn_insert
         );
     }
     if let Some(t) = &r.last_takeover {

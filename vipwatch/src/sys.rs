@@ -195,3 +195,54 @@ impl EventFd {
         unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut n).cast(), 8) };
     }
 }
+
+/// A non-blocking UDP socket bound to `port` (0: any) on `iface` only
+/// (SO_BINDTODEVICE, set before bind so the port is taken on that
+/// interface alone).
+pub fn udp_socket(iface: &str, port: u16) -> anyhow::Result<std::net::UdpSocket> {
+    // SAFETY: socket(2) takes no pointers; the fd is owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error()).context("opening a UDP socket");
+    }
+    // SAFETY: raw is a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: the name is valid for its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            iface.as_ptr().cast(),
+            iface.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("binding a UDP socket to {iface}"));
+    }
+    // SAFETY: a zeroed sockaddr_in is valid; fields set below.
+    let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = port.to_be();
+    // SAFETY: addr is valid for its length.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!("binding UDP port {port} on {iface} (conn_sync_port; is it in use?)")
+        });
+    }
+    Ok(std::net::UdpSocket::from(fd))
+}

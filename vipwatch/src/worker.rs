@@ -14,14 +14,15 @@
 
 use std::{
     collections::VecDeque,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
     sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc},
     thread::JoinHandle,
 };
 
 use anyhow::{Context as _, bail};
 use vipwatch_common::{
-    PEER_MASTER, PEER_WITNESS, ROLE_BACKUP, ROLE_MASTER, SLOT_WITNESS, SlotConfig, addr_v4,
+    ConnEvent, PEER_MASTER, PEER_WITNESS, ROLE_BACKUP, ROLE_MASTER, SLOT_WITNESS, SlotConfig,
+    addr_as_v4, addr_v4,
 };
 
 use crate::{
@@ -29,10 +30,12 @@ use crate::{
     backup::{self, Decision, Failback, Note as BackupNote, Peer},
     clock::{self, delta_ms, ms},
     config::{self, Instance, Role},
+    conns::{self, Datagram, Kind, Received},
     detector,
     ebpf::Maps,
     health,
     hook::Hooks,
+    kick::{self, Kicker},
     master::{self, HANDOVER_HOLD},
     prober::{Identity, Prober},
     sys::{self, EventFd},
@@ -49,6 +52,12 @@ pub(crate) enum Msg {
     Release(mpsc::Sender<String>),
     /// Stop (a second one cuts a master's handover short).
     Stop,
+    /// A connection appeared in, or left, the table of our held VIP.
+    Conn(ConnEvent),
+    /// A connection-sync datagram from `from`.
+    Sync { from: Ipv4Addr, datagram: Datagram },
+    /// The `on_change` hook of a state change finished.
+    HookDone,
 }
 
 /// The sending side of an instance's inbox: a channel and the eventfd that
@@ -88,6 +97,23 @@ pub(crate) struct Status {
     pub(crate) transitions: VecDeque<Record>,
     pub(crate) backup: Option<(backup::Stats, u64)>,
     pub(crate) gate_closed: bool,
+    pub(crate) conn: ConnStatus,
+}
+
+/// The kick, as status shows it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ConnStatus {
+    /// Connections in our own table (while we hold the VIP).
+    pub(crate) table: usize,
+    /// Connections the peer synced to us: what a takeover would kick.
+    pub(crate) known_from_peer: usize,
+    pub(crate) last_sync_ns: u64,
+    pub(crate) syncs_accepted: u64,
+    pub(crate) syncs_forged: u64,
+    pub(crate) syncs_sent: u64,
+    pub(crate) sync_bytes_sent: u64,
+    /// (segments sent, ns it took, CLOCK_MONOTONIC ns) of the last kick.
+    pub(crate) last_kick: Option<(usize, u64, u64)>,
 }
 
 const TRANSITIONS_KEPT: usize = 16;
@@ -130,25 +156,53 @@ pub(crate) struct Resources {
     pub(crate) maps: Maps,
     /// Woken when the thread ends, so the daemon reaps it at once.
     pub(crate) exited: Arc<EventFd>,
+    pub(crate) inbox: Inbox,
+    pub(crate) rx: mpsc::Receiver<Msg>,
 }
 
 /// Opens what the instance needs, claims its slot and starts its thread.
 /// Anything that can fail for a user-visible reason fails here, before the
 /// thread exists.
-pub(crate) fn start(res: Resources) -> anyhow::Result<(Worker, Inbox)> {
+/// An instance's inbox: its sending side (for the interface's dispatcher,
+/// the control socket and the hooks) and its receiving side (for
+/// [`start`]). Made first, so the daemon can route events to the instance
+/// before its thread sends anything whose answer must find it.
+pub(crate) fn inbox() -> anyhow::Result<(Inbox, mpsc::Receiver<Msg>)> {
+    let (tx, rx) = mpsc::channel();
+    let wake = Arc::new(EventFd::new()?);
+    Ok((Inbox { tx, wake }, rx))
+}
+
+pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
     let Resources {
         instance,
         slot,
         maps,
         exited,
+        inbox,
+        rx,
     } = res;
     let vip = VipHandle::open(&instance.iface, instance.vip)?;
-    let (tx, rx) = mpsc::channel();
-    let wake = Arc::new(EventFd::new()?);
-    let inbox = Inbox { tx, wake };
     let status: SharedStatus = Arc::default();
-    let hooks = Hooks::new(instance.on_change.clone())?;
+    let done = {
+        let inbox = inbox.clone();
+        Box::new(move || {
+            // The instance may be gone; then nobody waits for the hook.
+            inbox.send(Msg::HookDone);
+        })
+    };
+    let hooks = Hooks::new(instance.on_change.clone(), Some(done))?;
     let name = instance.name.clone();
+    let conn = instance.conn;
+    let capacity = usize::try_from(conn.table).unwrap_or(usize::MAX);
+    let (kicker, sync_socket) = if conn.kick == kick::Mode::Off {
+        (None, None)
+    } else {
+        (
+            Some(Kicker::open(&instance.iface)?),
+            Some(sys::udp_socket(&instance.iface, 0)?),
+        )
+    };
     let shell = Shell {
         name: instance.name.clone(),
         iface: instance.iface.clone(),
@@ -160,6 +214,16 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<(Worker, Inbox)> {
         rx,
         wake: Arc::clone(&inbox.wake),
         status: Arc::clone(&status),
+        conn: ConnState {
+            settings: conn,
+            local: conns::Local::new(capacity),
+            peer: conns::Peer::new(capacity),
+            kicker,
+            socket: sync_socket,
+            epoch: 0,
+            partner: Partner::Learned,
+            status: ConnStatus::default(),
+        },
     };
     let thread = match &instance.role {
         Role::Backup(b) => {
@@ -185,14 +249,11 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<(Worker, Inbox)> {
             spawn(&name, exited, move || run.run(shell))?
         }
     };
-    Ok((
-        Worker {
-            inbox: inbox.clone(),
-            status,
-            thread: Some(thread),
-        },
+    Ok(Worker {
         inbox,
-    ))
+        status,
+        thread: Some(thread),
+    })
 }
 
 fn vip_addr(addr: IpAddr) -> [u8; 16] {
@@ -217,6 +278,12 @@ fn spawn(
         .with_context(|| format!("starting the thread of instance {name}"))
 }
 
+impl ConnState {
+    fn local_capacity(&self) -> usize {
+        usize::try_from(self.settings.table).unwrap_or(usize::MAX)
+    }
+}
+
 /// What both roles' loops share: the instance's effects and inbox.
 struct Shell {
     name: String,
@@ -229,7 +296,36 @@ struct Shell {
     rx: mpsc::Receiver<Msg>,
     wake: Arc<EventFd>,
     status: SharedStatus,
+    conn: ConnState,
 }
+
+/// The connection tables, the sync socket and the kicker of an instance.
+struct ConnState {
+    settings: config::Conn,
+    /// Ours, while we hold the VIP.
+    local: conns::Local,
+    /// The peer's, from its syncs.
+    peer: conns::Peer,
+    kicker: Option<Kicker>,
+    /// Sends our syncs (`None` when the kick is off).
+    socket: Option<UdpSocket>,
+    /// Of our table's copy: a new one for every holding period.
+    epoch: u32,
+    partner: Partner,
+    status: ConnStatus,
+}
+
+/// Who the peer is, for syncs: a backup knows its master and its own
+/// nonce; a master learns both from the backup's probes.
+#[derive(Clone, Copy, Debug)]
+enum Partner {
+    Fixed { addr: Ipv4Addr, nonce: u64 },
+    Learned,
+}
+
+/// A learned backup older than this is not synced to (it stopped
+/// probing).
+const LEARNED_FRESH_NS: u64 = 2_000_000_000;
 
 impl Shell {
     /// Sleeps until `deadline` or a message; returns the messages.
@@ -255,11 +351,202 @@ impl Shell {
     }
 
     /// Bind, then announce at once: (newly added, bound at, first GARP at).
+    /// Then start recording the VIP's TCP connections.
     fn take_over(&mut self) -> anyhow::Result<(bool, u64, u64)> {
         let added = self.vip.bind()?;
         let bound_ns = clock::now_ns();
         self.announce();
-        Ok((added, bound_ns, clock::now_ns()))
+        let first_garp_ns = clock::now_ns();
+        if self.conn.settings.kick != kick::Mode::Off {
+            self.conn.local = conns::Local::new(self.conn.local_capacity());
+            self.conn.epoch = sys::random_u64().map_or(1, |r| r as u32);
+            if let Err(e) = self.maps.set_holding(self.slot, true) {
+                log::warn!("{}: cannot record connections: {e:#}", self.name);
+            }
+        }
+        Ok((added, bound_ns, first_garp_ns))
+    }
+
+    /// Our whole table, as a snapshot, before it is forgotten.
+    fn final_snapshot(&mut self) -> Vec<Datagram> {
+        match self.partner() {
+            Some((_, nonce)) => {
+                let vip = vip_addr(self.vip.vip().addr);
+                self.conn.local.snapshot(nonce, vip, self.conn.epoch)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Removes the VIP; stops recording its connections first.
+    fn unbind(&mut self) -> anyhow::Result<bool> {
+        if self.conn.settings.kick != kick::Mode::Off {
+            if let Err(e) = self.maps.set_holding(self.slot, false) {
+                log::warn!("{}: cannot stop recording connections: {e:#}", self.name);
+            }
+            if let Err(e) = self.maps.forget_conns(self.slot) {
+                log::warn!("{}: cannot clear its connections: {e:#}", self.name);
+            }
+            self.conn.local = conns::Local::new(self.conn.local_capacity());
+        }
+        self.vip.unbind()
+    }
+
+    /// Where syncs go and the nonce they carry, if the peer is known.
+    fn partner(&self) -> Option<(Ipv4Addr, u64)> {
+        match self.conn.partner {
+            Partner::Fixed { addr, nonce } => Some((addr, nonce)),
+            Partner::Learned => {
+                let l = self.maps.learned(self.slot).ok()?;
+                let fresh =
+                    l.seen_ns != 0 && clock::now_ns().saturating_sub(l.seen_ns) < LEARNED_FRESH_NS;
+                fresh.then(|| {
+                    (
+                        Ipv4Addr::from(addr_as_v4(&l.addr).unwrap_or_default()),
+                        u64::from_be_bytes(l.nonce),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Sends our table's changes (or all of it) to the peer.
+    fn sync(&mut self, snapshot: bool) {
+        let Some((to, nonce)) = self.partner() else {
+            return;
+        };
+        let vip = vip_addr(self.vip.vip().addr);
+        let epoch = self.conn.epoch;
+        let datagrams = if snapshot {
+            // Reconcile with the kernel's table first: fresh acks, and
+            // connections evicted or whose event was lost.
+            let now = clock::now_ns();
+            let kernel = self
+                .maps
+                .conns_of(self.slot)
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        conns::Conn {
+                            client: Ipv4Addr::from(addr_as_v4(&k.client)?),
+                            client_port: u16::from_be_bytes(k.client_port),
+                            vip_port: u16::from_be_bytes(k.vip_port),
+                        },
+                        u32::from_be_bytes(v.ack),
+                        v.last_seen_ns,
+                    ))
+                });
+            self.conn.local.reconcile(now, kernel);
+            self.conn.local.snapshot(nonce, vip, epoch)
+        } else {
+            self.conn.local.delta(nonce, vip, epoch)
+        };
+        self.send(to, &datagrams);
+        self.conn.status.table = self.conn.local.len();
+    }
+
+    /// Tells the master we handed the VIP back, so it kicks our clients:
+    /// our whole table first (its deltas may have been lost while the
+    /// master was unreachable), then the hand-over.
+    fn sync_released(&mut self, table: Vec<Datagram>) {
+        let Some((to, nonce)) = self.partner() else {
+            return;
+        };
+        self.send(to, &table);
+        let d = Datagram {
+            kind: Kind::Released,
+            nonce,
+            vip: vip_addr(self.vip.vip().addr),
+            epoch: self.conn.epoch,
+            added: Vec::new(),
+            removed: Vec::new(),
+        };
+        self.send(to, &[d]);
+    }
+
+    fn send(&mut self, to: Ipv4Addr, datagrams: &[Datagram]) {
+        let Some(socket) = &self.conn.socket else {
+            return;
+        };
+        let dest = SocketAddrV4::new(to, self.conn.settings.port);
+        for d in datagrams {
+            let bytes = d.encode();
+            match socket.send_to(&bytes, dest) {
+                Ok(n) => {
+                    self.conn.status.syncs_sent += 1;
+                    self.conn.status.sync_bytes_sent += n as u64;
+                }
+                Err(e) => {
+                    log::debug!("{}: sync to {dest} not sent: {e}", self.name);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A sync datagram from the peer; `true` if it says the peer handed the
+    /// VIP back to us.
+    fn received(&mut self, from: Ipv4Addr, d: &Datagram) -> bool {
+        let (expected, nonce) = match self.partner() {
+            Some((addr, nonce)) => (Some(addr), Some(nonce)),
+            None => (None, None),
+        };
+        let r = self
+            .conn
+            .peer
+            .receive(clock::now_ns(), from, expected, nonce, d);
+        if r == Received::Forged && self.conn.peer.forged <= 10 {
+            log::warn!(
+                "{}: a connection-sync datagram from {from} was refused (not from {} with the right nonce): \
+                 counted as forged",
+                self.name,
+                expected.map_or_else(|| "a known peer".to_owned(), |a| a.to_string())
+            );
+        }
+        let s = &mut self.conn.status;
+        s.known_from_peer = self.conn.peer.len();
+        s.last_sync_ns = self.conn.peer.last_sync_ns;
+        s.syncs_accepted = self.conn.peer.accepted;
+        s.syncs_forged = self.conn.peer.forged;
+        r == Received::Released
+    }
+
+    /// Kicks the connections the peer had, once.
+    fn kick(&mut self) {
+        let Some(kicker) = &self.conn.kicker else {
+            return;
+        };
+        let started = clock::now_ns();
+        let conns = self.conn.peer.take_for_kick(started);
+        let vip = match self.vip.vip().addr {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => return,
+        };
+        if conns.is_empty() {
+            log::info!(
+                "{}: kick: no connection known from the peer (it had none, or never synced)",
+                self.name
+            );
+            self.conn.status.last_kick = Some((0, 0, started));
+            self.conn.status.known_from_peer = 0;
+            return;
+        }
+        let result = kicker.kick(self.conn.settings.kick, vip, &conns);
+        let took = clock::now_ns().saturating_sub(started);
+        match result {
+            Ok(sent) => {
+                log::info!(
+                    "{}: kicked {sent} of {} connections the peer had ({}) in {} mono_ns={started}",
+                    self.name,
+                    conns.len(),
+                    config::kick_name(self.conn.settings.kick),
+                    ms(took)
+                );
+                self.conn.status.last_kick = Some((sent, took, started));
+            }
+            Err(e) => log::warn!("{}: kick failed: {e}", self.name),
+        }
+        self.conn.status.known_from_peer = 0;
     }
 
     fn announce(&mut self) {
@@ -289,6 +576,8 @@ struct BackupLoop {
     prober: Prober,
     witness: bool,
     rt_priority: Option<u8>,
+    /// Our connection table as of the last release.
+    final_table: Vec<Datagram>,
 }
 
 impl BackupLoop {
@@ -352,6 +641,11 @@ impl BackupLoop {
             },
             garp: instance.garp,
             probe_limit: count,
+            conn: instance.conn,
+        };
+        shell.conn.partner = Partner::Fixed {
+            addr: master,
+            nonce,
         };
         log::info!(
             "{}: watching master {master} on {} every {} (dead after {} = {} unanswered probes{}), VIP {}, failback {}",
@@ -376,6 +670,7 @@ impl BackupLoop {
             prober,
             witness: witness.is_some(),
             rt_priority,
+            final_table: Vec::new(),
         })
     }
 
@@ -416,6 +711,12 @@ impl BackupLoop {
                         self.feed(shell, backup::Event::Claim { at_ns, mac })?;
                     }
                     Msg::Health(_) => {}
+                    Msg::Conn(ev) => shell.conn.local.event(&ev),
+                    Msg::Sync { from, datagram } => {
+                        // The master never hands the VIP to its backup this way.
+                        shell.received(from, &datagram);
+                    }
+                    Msg::HookDone => self.feed(shell, backup::Event::HookDone)?,
                     Msg::Release(reply) => {
                         let before = self.machine.state();
                         log::info!(
@@ -467,7 +768,9 @@ impl BackupLoop {
     }
 
     fn publish(&self, shell: &Shell) {
-        lock(&shell.status).backup = Some((self.machine.stats(), self.prober.witness_sent));
+        let mut s = lock(&shell.status);
+        s.backup = Some((self.machine.stats(), self.prober.witness_sent));
+        s.conn = shell.conn.status;
     }
 
     /// Feeds one event and carries out the actions, feeding their results
@@ -496,7 +799,10 @@ impl BackupLoop {
             }
             Action::TakeOver { decision } => Some(self.take_over(shell, decision)),
             Action::Release => {
-                let result = shell.vip.unbind();
+                // Kept for a hand-over to the master (SyncReleased), which
+                // comes right after: unbinding forgets the table.
+                self.final_table = shell.final_snapshot();
+                let result = shell.unbind();
                 let at_ns = clock::now_ns();
                 Some(match result {
                     Ok(true) => {
@@ -552,6 +858,18 @@ impl BackupLoop {
                         shell.vip_text
                     );
                 }
+                None
+            }
+            Action::Kick => {
+                shell.kick();
+                None
+            }
+            Action::Sync { snapshot } => {
+                shell.sync(snapshot);
+                None
+            }
+            Action::SyncReleased => {
+                shell.sync_released(std::mem::take(&mut self.final_table));
                 None
             }
             Action::Note(note) => {
@@ -747,6 +1065,7 @@ impl MasterLoop {
             preempt: *preempt,
             health: health.as_ref().map(|h| (h.fall, h.rise)),
             garp: instance.garp,
+            conn: instance.conn,
         };
         log::info!(
             "{}: vipwatch master on {}: VIP {}, {}, GARP {}x every {} ms{}",
@@ -789,7 +1108,7 @@ impl MasterLoop {
         if result.is_err() && self.machine.state() == master::State::Holding {
             // Whatever made us stop (an error), do not leave the VIP bound:
             // a stopped master that still answers for it fights the backup.
-            match shell.vip.unbind() {
+            match shell.unbind() {
                 Ok(_) => log::warn!(
                     "{}: stopping on an error: released {} from {} mono_ns={}",
                     shell.name,
@@ -844,6 +1163,19 @@ impl MasterLoop {
                 let event = match msg {
                     Msg::Claim { at_ns, mac } => master::Event::Claim { at_ns, mac },
                     Msg::Health(result) => master::Event::Health { at_ns, result },
+                    Msg::Conn(ev) => {
+                        shell.conn.local.event(&ev);
+                        continue;
+                    }
+                    Msg::Sync { from, datagram } => {
+                        let released = shell.received(from, &datagram);
+                        lock(&shell.status).conn = shell.conn.status;
+                        if !released {
+                            continue;
+                        }
+                        master::Event::PeerReleased { at_ns }
+                    }
+                    Msg::HookDone => master::Event::HookDone,
                     Msg::Release(reply) => {
                         let answer = format!(
                             "{}: refused: {} is held by a vipwatch master instance; stop that instance \
@@ -928,7 +1260,7 @@ impl MasterLoop {
                         });
                     }
                 },
-                Action::Release => match shell.vip.unbind() {
+                Action::Release => match shell.unbind() {
                     Ok(removed) => {
                         let at_ns = clock::now_ns();
                         effects.released = Some((removed, at_ns));
@@ -948,6 +1280,14 @@ impl MasterLoop {
                     }
                 },
                 Action::Announce => shell.announce(),
+                Action::Kick => {
+                    shell.kick();
+                    lock(&shell.status).conn = shell.conn.status;
+                }
+                Action::Sync { snapshot } => {
+                    shell.sync(snapshot);
+                    lock(&shell.status).conn = shell.conn.status;
+                }
                 Action::OpenGate | Action::CloseGate => {
                     let closed = action == Action::CloseGate;
                     shell

@@ -1,0 +1,570 @@
+//! A TCP request/response service ([`TcpServer`]) and a client with many
+//! connections ([`TcpClient`]) that keeps a request in flight on each and
+//! records, per connection, when it broke and when it was back: what a TCP
+//! application behind a VIP sees of a failover.
+//!
+//! Requests and replies are 8 bytes: a kind (`0` answer at once, `1` answer
+//! after the server's hold), a responder id (in replies), and a sequence
+//! number. One thread each, epoll, non-blocking sockets: 10 000
+//! connections are fine. Every wait is bounded.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io::{self, Read as _, Write as _},
+    net::{SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, RawFd},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::Lab;
+
+const MSG: usize = 8;
+const KIND_NOW: u8 = 0;
+const KIND_HOLD: u8 = 1;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A minimal epoll(7) wrapper.
+struct Epoll {
+    fd: RawFd,
+}
+
+impl Epoll {
+    fn new() -> Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            bail!("epoll_create1: {}", io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: ev is valid for the call.
+        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn wait(&self, out: &mut [libc::epoll_event], timeout: Duration) -> io::Result<usize> {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: out is valid for out.len() events.
+        let n = unsafe { libc::epoll_wait(self.fd, out.as_mut_ptr(), out.len() as i32, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: fd is ours.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Raises the open-file limit to its hard maximum (thousands of sockets).
+fn raise_nofile() {
+    // SAFETY: plain getrlimit/setrlimit on a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Serves requests on `port` in one lab host: answers each at once, or
+/// after `hold` for requests of kind "hold".
+pub struct TcpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpServer {
+    pub fn start(lab: &Lab, host: &str, port: u16, id: u8, hold: Duration) -> Result<Self> {
+        raise_nofile();
+        let listener = lab.in_netns(host, || TcpListener::bind(("0.0.0.0", port)))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("tcp-server-{host}"))
+            .spawn(move || {
+                if let Err(e) = serve(listener, id, hold, &stopping) {
+                    eprintln!("vipwatch-tests: TCP server {id}: {e:#}");
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            eprintln!("vipwatch-tests: the TCP server panicked");
+        }
+    }
+}
+
+fn serve(listener: TcpListener, id: u8, hold: Duration, stop: &AtomicBool) -> Result<()> {
+    let ep = Epoll::new()?;
+    const LISTENER: u64 = u64::MAX;
+    ep.add(listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)?;
+    let mut conns: HashMap<u64, (TcpStream, Vec<u8>)> = HashMap::new();
+    let mut held: VecDeque<(Instant, u64, [u8; MSG])> = VecDeque::new();
+    let mut next_token = 0u64;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let timeout = held
+            .front()
+            .map_or(Duration::from_millis(50), |(due, _, _)| {
+                due.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_millis(50));
+        let n = ep.wait(&mut events, timeout)?;
+        for ev in &events[..n] {
+            let token = ev.u64;
+            if token == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            s.set_nonblocking(true)?;
+                            s.set_nodelay(true)?;
+                            let t = next_token;
+                            next_token += 1;
+                            ep.add(s.as_raw_fd(), t, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32)?;
+                            conns.insert(t, (s, Vec::new()));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                continue;
+            }
+            let mut close = false;
+            if let Some((s, buf)) = conns.get_mut(&token) {
+                let mut tmp = [0u8; 4096];
+                loop {
+                    match s.read(&mut tmp) {
+                        Ok(0) => {
+                            close = true;
+                            break;
+                        }
+                        Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+                while buf.len() >= MSG {
+                    let mut req = [0u8; MSG];
+                    req.copy_from_slice(&buf[..MSG]);
+                    buf.drain(..MSG);
+                    req[1] = id;
+                    if req[0] == KIND_HOLD && !hold.is_zero() {
+                        held.push_back((Instant::now() + hold, token, req));
+                    } else if s.write_all(&req).is_err() {
+                        close = true;
+                    }
+                }
+            }
+            if close {
+                conns.remove(&token);
+            }
+        }
+        let now = Instant::now();
+        while held.front().is_some_and(|(due, _, _)| *due <= now) {
+            let Some((_, token, reply)) = held.pop_front() else {
+                break;
+            };
+            if let Some((s, _)) = conns.get_mut(&token)
+                && s.write_all(&reply).is_err()
+            {
+                conns.remove(&token);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What happened to one connection of the client.
+#[derive(Clone, Debug, Default)]
+pub struct ConnLog {
+    /// When each break (reset, EOF, error) was noticed.
+    pub broken: Vec<Instant>,
+    /// (when, responder) of the first reply after each reconnect.
+    pub back: Vec<(Instant, u8)>,
+    /// (when, responder) of the last reply.
+    pub last_reply: Option<(Instant, u8)>,
+    pub replies: u64,
+}
+
+/// What each connection saw of a failure at `t0`.
+#[derive(Clone, Copy, Debug)]
+pub struct Recovery {
+    /// Failure → first successful reply after reconnecting.
+    pub back_after: Duration,
+    pub responder: u8,
+}
+
+/// Many connections to one address, each with a request in flight (see
+/// the module documentation), reconnecting at once when one breaks.
+pub struct TcpClient {
+    logs: Arc<Mutex<Vec<ConnLog>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How the client's requests go.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Pause between a reply and the next request.
+    pub period: Duration,
+    /// Ask the server to hold its replies (a request stays in flight for
+    /// the server's hold; the first after a reconnect is answered at once).
+    pub hold: bool,
+}
+
+impl TcpClient {
+    pub fn start(
+        lab: &Lab,
+        host: &str,
+        to: SocketAddrV4,
+        conns: usize,
+        pace: Pace,
+    ) -> Result<Self> {
+        raise_nofile();
+        let logs = Arc::new(Mutex::new(vec![ConnLog::default(); conns]));
+        let stop = Arc::new(AtomicBool::new(false));
+        // Sockets are made in the host's namespace, by this thread.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let logs = Arc::clone(&logs);
+            let stop = Arc::clone(&stop);
+            let ns = lab.netns_path(host)?;
+            std::thread::Builder::new()
+                .name(format!("tcp-client-{host}"))
+                .spawn(move || {
+                    let entered = std::fs::File::open(&ns).and_then(|f| {
+                        // SAFETY: setns on a valid namespace fd.
+                        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::last_os_error())
+                        }
+                    });
+                    let ready = match entered {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(anyhow::anyhow!("entering {}: {e}", ns.display())),
+                    };
+                    let failed = ready.is_err();
+                    if tx.send(ready).is_err() || failed {
+                        // Start() gave up waiting, or could not enter.
+                        return;
+                    }
+                    if let Err(e) = run_client(to, conns, pace, &logs, &stop) {
+                        eprintln!("vipwatch-tests: TCP client: {e:#}");
+                    }
+                })?
+        };
+        rx.recv_timeout(Duration::from_secs(10))
+            .context("the TCP client thread did not start")??;
+        Ok(Self {
+            logs,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn logs(&self) -> Vec<ConnLog> {
+        lock(&self.logs).clone()
+    }
+
+    /// Waits until every connection has a reply from `responder`.
+    pub fn wait_all_answered_by(&self, responder: u8, timeout: Duration) -> Result<()> {
+        crate::wait_until(
+            &format!("every connection is answered by {responder}"),
+            timeout,
+            || {
+                Ok(lock(&self.logs)
+                    .iter()
+                    .all(|l| l.last_reply.is_some_and(|(_, r)| r == responder)))
+            },
+        )
+        .map(drop)
+    }
+
+    /// Waits until every connection is back (first reply after a
+    /// reconnect) after `t0`, or `timeout`; returns what each saw (`None`
+    /// for one not back).
+    pub fn recoveries(&self, t0: Instant, timeout: Duration) -> Vec<Option<Recovery>> {
+        let get = || -> Vec<Option<Recovery>> {
+            lock(&self.logs)
+                .iter()
+                .map(|l| {
+                    l.back
+                        .iter()
+                        .find(|(at, _)| *at >= t0)
+                        .map(|(at, r)| Recovery {
+                            back_after: at.saturating_duration_since(t0),
+                            responder: *r,
+                        })
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = get();
+            if r.iter().all(Option::is_some) || Instant::now() >= deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for TcpClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            eprintln!("vipwatch-tests: the TCP client panicked");
+        }
+    }
+}
+
+struct ClientConn {
+    stream: Option<TcpStream>,
+    connected: bool,
+    /// Waiting for this many reply bytes.
+    buf: Vec<u8>,
+    awaiting: bool,
+    next_send: Option<Instant>,
+    /// The first request since (re)connecting is answered at once, and its
+    /// reply marks the connection as back.
+    fresh: bool,
+    seq: u32,
+}
+
+fn connect(to: SocketAddrV4) -> io::Result<TcpStream> {
+    // SAFETY: socket(2) takes no pointers; the fd is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh and ours.
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    stream.set_nodelay(true)?;
+    // SAFETY: a zeroed sockaddr_in is valid; fields set below.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = to.port().to_be();
+    sa.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
+    // SAFETY: sa is valid for its length.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(stream)
+}
+
+fn run_client(
+    to: SocketAddrV4,
+    n: usize,
+    pace: Pace,
+    logs: &Mutex<Vec<ConnLog>>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let ep = Epoll::new()?;
+    let interest = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+    let fresh_conn = |stream: Option<TcpStream>, seq: u32| ClientConn {
+        stream,
+        connected: false,
+        buf: Vec::new(),
+        awaiting: false,
+        next_send: None,
+        fresh: false,
+        seq,
+    };
+    let mut conns: Vec<ClientConn> = (0..n).map(|_| fresh_conn(None, 0)).collect();
+    // What is due when: a request after its pause, or a reconnect.
+    let mut due: BTreeMap<(Instant, usize), ()> = BTreeMap::new();
+    let start = Instant::now();
+    for k in 0..n {
+        due.insert((start, k), ());
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let send = |c: &mut ClientConn| -> bool {
+        let Some(s) = c.stream.as_mut() else {
+            return false;
+        };
+        c.seq = c.seq.wrapping_add(1);
+        let kind = if pace.hold && !c.fresh {
+            KIND_HOLD
+        } else {
+            KIND_NOW
+        };
+        let mut req = [kind, 0, 0, 0, 0, 0, 0, 0];
+        req[4..].copy_from_slice(&c.seq.to_be_bytes());
+        c.awaiting = true;
+        s.write_all(&req).is_ok()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut broken = Vec::new();
+        while let Some((&(at, k), ())) = due.iter().next() {
+            if at > now {
+                break;
+            }
+            due.remove(&(at, k));
+            let c = &mut conns[k];
+            c.next_send = None;
+            if c.stream.is_none() {
+                let s = connect(to)?;
+                ep.add(s.as_raw_fd(), k as u64, interest)?;
+                *c = fresh_conn(Some(s), c.seq);
+            } else if c.connected && !c.awaiting && !send(c) {
+                broken.push(k);
+            }
+        }
+        let timeout = due
+            .keys()
+            .next()
+            .map_or(Duration::from_millis(20), |(at, _)| {
+                at.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_millis(20));
+        let got = ep.wait(&mut events, timeout)?;
+        for ev in &events[..got] {
+            let k = ev.u64 as usize;
+            let flags = ev.events;
+            let c = &mut conns[k];
+            let Some(s) = c.stream.as_mut() else {
+                continue;
+            };
+            if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                broken.push(k);
+                continue;
+            }
+            if !c.connected && flags & libc::EPOLLOUT as u32 != 0 {
+                if !matches!(s.take_error(), Ok(None)) {
+                    broken.push(k);
+                    continue;
+                }
+                c.connected = true;
+                c.fresh = true;
+                if !send(c) {
+                    broken.push(k);
+                    continue;
+                }
+            }
+            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 == 0 {
+                continue;
+            }
+            let Some(s) = c.stream.as_mut() else {
+                continue;
+            };
+            let mut tmp = [0u8; 256];
+            loop {
+                match s.read(&mut tmp) {
+                    Ok(0) => {
+                        broken.push(k);
+                        break;
+                    }
+                    Ok(m) => c.buf.extend_from_slice(&tmp[..m]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        broken.push(k);
+                        break;
+                    }
+                }
+            }
+            while c.buf.len() >= MSG {
+                let responder = c.buf[1];
+                c.buf.drain(..MSG);
+                c.awaiting = false;
+                let at = Instant::now();
+                {
+                    let mut l = lock(logs);
+                    let log = &mut l[k];
+                    log.replies += 1;
+                    log.last_reply = Some((at, responder));
+                    if c.fresh {
+                        log.back.push((at, responder));
+                    }
+                }
+                c.fresh = false;
+                let next = at + pace.period;
+                c.next_send = Some(next);
+                due.insert((next, k), ());
+            }
+        }
+        broken.sort_unstable();
+        broken.dedup();
+        for k in broken {
+            let c = &mut conns[k];
+            if c.stream.is_none() {
+                continue;
+            }
+            if let Some(at) = c.next_send.take() {
+                due.remove(&(at, k));
+            }
+            let was_connected = c.connected;
+            c.stream = None;
+            c.connected = false;
+            lock(logs)[k].broken.push(Instant::now());
+            // Reconnect at once, as a client library would; a connect that
+            // failed is retried after a short pause rather than in a loop.
+            let retry = if was_connected {
+                Instant::now()
+            } else {
+                Instant::now() + Duration::from_millis(5)
+            };
+            c.next_send = Some(retry);
+            due.insert((retry, k), ());
+        }
+    }
+    Ok(())
+}
