@@ -79,12 +79,22 @@ impl Drop for Epoll {
     }
 }
 
-/// Raises the open-file limit to its hard maximum (thousands of sockets).
+/// Raises the open-file limit so tens of thousands of sockets fit (root
+/// may raise the hard limit too); keeps a higher one.
 fn raise_nofile() {
+    const WANT: libc::rlim_t = 65_536;
     // SAFETY: plain getrlimit/setrlimit on a valid struct.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 || r.rlim_cur >= WANT {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: WANT,
+            rlim_max: r.rlim_max.max(WANT),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            // Not root: as far as the hard limit goes.
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
@@ -92,45 +102,75 @@ fn raise_nofile() {
 }
 
 /// Serves requests on `port` in one lab host: answers each at once, or
-/// after `hold` for requests of kind "hold".
+/// after `hold` for requests of kind "hold". It runs as a process of its own
+/// (`vwlab-tcp-server`, built beside vipwatch), so that a client with
+/// thousands of connections and the servers do not share one open-file
+/// limit.
 pub struct TcpServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    proc: crate::Proc,
 }
 
 impl TcpServer {
     pub fn start(lab: &Lab, host: &str, port: u16, id: u8, hold: Duration) -> Result<Self> {
-        raise_nofile();
-        let listener = lab.in_netns(host, || TcpListener::bind(("0.0.0.0", port)))??;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name(format!("tcp-server-{host}"))
-            .spawn(move || {
-                if let Err(e) = serve(listener, id, hold, &stopping) {
-                    eprintln!("vipwatch-tests: TCP server {id}: {e:#}");
-                }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        let bin = server_bin()?;
+        let p = lab.spawn(
+            host,
+            &bin,
+            [
+                port.to_string(),
+                id.to_string(),
+                hold.as_millis().to_string(),
+            ],
+        )?;
+        p.wait_for_line("listening", Duration::from_secs(10))
+            .with_context(|| format!("the TCP server did not start:\n{}", p.output()))?;
+        Ok(Self { proc: p })
+    }
+
+    /// An error with the server's output if it is no longer running.
+    pub fn check(&self) -> Result<()> {
+        if self.proc.is_running() {
+            return Ok(());
+        }
+        bail!(
+            "the TCP server {} exited:\n{}",
+            self.proc.label(),
+            self.proc.output()
+        )
     }
 }
 
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            eprintln!("vipwatch-tests: the TCP server panicked");
-        }
+/// `vwlab-tcp-server`, in the directory of the vipwatch binary under test.
+fn server_bin() -> Result<std::path::PathBuf> {
+    let vipwatch = crate::vipwatch_bin()?;
+    let dir = vipwatch
+        .parent()
+        .context("the vipwatch binary has no directory")?;
+    let bin = dir.join("vwlab-tcp-server");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing; `cargo xtask build` builds it beside vipwatch",
+            bin.display()
+        );
     }
+    Ok(bin)
+}
+
+/// The server's main loop (`vwlab-tcp-server PORT ID HOLD_MS`), in its
+/// lab host's namespace.
+pub fn server_main(port: u16, id: u8, hold: Duration) -> Result<()> {
+    raise_nofile();
+    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    listener.set_nonblocking(true)?;
+    println!("listening on port {port}");
+    serve(listener, id, hold, &AtomicBool::new(false))
 }
 
 fn serve(listener: TcpListener, id: u8, hold: Duration, stop: &AtomicBool) -> Result<()> {
+    // Listen with a backlog for thousands of connections arriving at once
+    // (std's is 128): a second listen(2) only changes the backlog.
+    // SAFETY: listen on our own socket.
+    unsafe { libc::listen(listener.as_raw_fd(), 16_384) };
     let ep = Epoll::new()?;
     const LISTENER: u64 = u64::MAX;
     ep.add(listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)?;
@@ -160,7 +200,12 @@ fn serve(listener: TcpListener, id: u8, hold: Duration, stop: &AtomicBool) -> Re
                             conns.insert(t, (s, Vec::new()));
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e.into()),
+                        // A connection reset while queued, or the file
+                        // limit: the next one may do.
+                        Err(e) => {
+                            eprintln!("accept: {e}");
+                            break;
+                        }
                     }
                 }
                 continue;
@@ -213,6 +258,105 @@ fn serve(listener: TcpListener, id: u8, hold: Duration, stop: &AtomicBool) -> Re
     Ok(())
 }
 
+/// Watches a lab host's TCP reset counter (`EstabResets` in
+/// /proc/net/snmp: established connections the kernel closed on a RST) to
+/// time when the resets reach the kernel, apart from when a busy client
+/// application gets to them.
+pub struct ResetWatch {
+    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ResetWatch {
+    /// How often the counter is read.
+    const PERIOD: Duration = Duration::from_micros(500);
+
+    pub fn start(lab: &Lab, host: &str) -> Result<Self> {
+        // A /proc/net file opened in the namespace keeps showing that
+        // namespace's counters, whoever reads it.
+        let mut file =
+            lab.in_netns(host, || std::fs::File::open("/proc/thread-self/net/snmp"))??;
+        let first = estab_resets(&mut file)?;
+        let samples = Arc::new(Mutex::new(vec![(Instant::now(), first)]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let samples = Arc::clone(&samples);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(format!("resets-{host}"))
+                .spawn(move || {
+                    let mut last = first;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Self::PERIOD);
+                        let Ok(now) = estab_resets(&mut file) else {
+                            return;
+                        };
+                        if now != last {
+                            lock(&samples).push((Instant::now(), now));
+                            last = now;
+                        }
+                    }
+                })?
+        };
+        Ok(Self {
+            samples,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// One entry per reset counted after `t0`: how long after `t0` it was
+    /// seen (to the watch's period).
+    pub fn since(&self, t0: Instant) -> Vec<Duration> {
+        let samples = lock(&self.samples);
+        let mut base = samples
+            .iter()
+            .take_while(|(at, _)| *at < t0)
+            .last()
+            .map_or(0, |(_, n)| *n);
+        let mut out = Vec::new();
+        for &(at, n) in samples.iter().filter(|(at, _)| *at >= t0) {
+            for _ in base..n {
+                out.push(at - t0);
+            }
+            base = base.max(n);
+        }
+        out
+    }
+}
+
+impl Drop for ResetWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `Tcp: … EstabResets …` of /proc/net/snmp, read afresh.
+fn estab_resets(file: &mut std::fs::File) -> Result<u64> {
+    use std::io::Seek as _;
+    file.rewind()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        bail!("no Tcp lines in /proc/net/snmp");
+    };
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "EstabResets")
+        .context("no EstabResets in /proc/net/snmp")?;
+    values
+        .split_whitespace()
+        .nth(at)
+        .context("short Tcp line in /proc/net/snmp")?
+        .parse()
+        .context("EstabResets is not a number")
+}
+
 /// What happened to one connection of the client.
 #[derive(Clone, Debug, Default)]
 pub struct ConnLog {
@@ -222,6 +366,8 @@ pub struct ConnLog {
     pub back: Vec<(Instant, u8)>,
     /// (when, responder) of the last reply.
     pub last_reply: Option<(Instant, u8)>,
+    /// When the last reply of each responder came.
+    pub last_by: BTreeMap<u8, Instant>,
     pub replies: u64,
 }
 
@@ -230,6 +376,9 @@ pub struct ConnLog {
 pub struct Recovery {
     /// Failure → first successful reply after reconnecting.
     pub back_after: Duration,
+    /// Failure → the connection broke (reset or error), if it did before
+    /// it was back.
+    pub broken_after: Option<Duration>,
     pub responder: u8,
 }
 
@@ -237,6 +386,10 @@ pub struct Recovery {
 /// the module documentation), reconnecting at once when one breaks.
 pub struct TcpClient {
     logs: Arc<Mutex<Vec<ConnLog>>>,
+    /// Why connections broke, and how often.
+    causes: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// The client thread's own failure, if it ended early.
+    failed: Arc<Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -261,11 +414,15 @@ impl TcpClient {
     ) -> Result<Self> {
         raise_nofile();
         let logs = Arc::new(Mutex::new(vec![ConnLog::default(); conns]));
+        let causes = Arc::new(Mutex::new(BTreeMap::new()));
+        let failed = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         // Sockets are made in the host's namespace, by this thread.
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
             let logs = Arc::clone(&logs);
+            let causes = Arc::clone(&causes);
+            let failed = Arc::clone(&failed);
             let stop = Arc::clone(&stop);
             let ns = lab.netns_path(host)?;
             std::thread::Builder::new()
@@ -283,13 +440,13 @@ impl TcpClient {
                         Ok(()) => Ok(()),
                         Err(e) => Err(anyhow::anyhow!("entering {}: {e}", ns.display())),
                     };
-                    let failed = ready.is_err();
-                    if tx.send(ready).is_err() || failed {
+                    let refused = ready.is_err();
+                    if tx.send(ready).is_err() || refused {
                         // Start() gave up waiting, or could not enter.
                         return;
                     }
-                    if let Err(e) = run_client(to, conns, pace, &logs, &stop) {
-                        eprintln!("vipwatch-tests: TCP client: {e:#}");
+                    if let Err(e) = run_client(to, conns, pace, &logs, &causes, &stop) {
+                        *lock(&failed) = Some(format!("{e:#}"));
                     }
                 })?
         };
@@ -297,6 +454,8 @@ impl TcpClient {
             .context("the TCP client thread did not start")??;
         Ok(Self {
             logs,
+            causes,
+            failed,
             stop,
             thread: Some(thread),
         })
@@ -318,6 +477,32 @@ impl TcpClient {
             },
         )
         .map(drop)
+        .with_context(|| {
+            let logs = lock(&self.logs);
+            let by = logs
+                .iter()
+                .filter(|l| l.last_reply.is_some_and(|(_, r)| r == responder))
+                .count();
+            let never = logs.iter().filter(|l| l.last_reply.is_none()).count();
+            let breaks: usize = logs.iter().map(|l| l.broken.len()).sum();
+            format!(
+                "{by} of {} connections answered by {responder} last, {never} never answered, \
+                 {breaks} breaks ({:?}){}",
+                logs.len(),
+                lock(&self.causes),
+                lock(&self.failed)
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("; the client stopped: {e}"))
+            )
+        })
+    }
+
+    /// The last reply from `responder` on any connection.
+    pub fn last_reply_from(&self, responder: u8) -> Option<Instant> {
+        lock(&self.logs)
+            .iter()
+            .filter_map(|l| l.last_by.get(&responder).copied())
+            .max()
     }
 
     /// Waits until every connection is back (first reply after a
@@ -331,9 +516,14 @@ impl TcpClient {
                     l.back
                         .iter()
                         .find(|(at, _)| *at >= t0)
-                        .map(|(at, r)| Recovery {
+                        .map(|&(at, r)| Recovery {
                             back_after: at.saturating_duration_since(t0),
-                            responder: *r,
+                            broken_after: l
+                                .broken
+                                .iter()
+                                .find(|b| **b >= t0 && **b <= at)
+                                .map(|b| b.saturating_duration_since(t0)),
+                            responder: r,
                         })
                 })
                 .collect()
@@ -410,11 +600,22 @@ fn connect(to: SocketAddrV4) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Why a connection broke, for the tally.
+fn cause(s: &TcpStream, connected: bool) -> String {
+    let what = if connected { "error" } else { "connect" };
+    match s.take_error() {
+        Ok(Some(e)) => format!("{what}: {e}"),
+        Ok(None) => format!("{what}: hang-up"),
+        Err(e) => format!("{what}: {e}"),
+    }
+}
+
 fn run_client(
     to: SocketAddrV4,
     n: usize,
     pace: Pace,
     logs: &Mutex<Vec<ConnLog>>,
+    causes: &Mutex<BTreeMap<String, u64>>,
     stop: &AtomicBool,
 ) -> Result<()> {
     let ep = Epoll::new()?;
@@ -466,7 +667,7 @@ fn run_client(
                 ep.add(s.as_raw_fd(), k as u64, interest)?;
                 *c = fresh_conn(Some(s), c.seq);
             } else if c.connected && !c.awaiting && !send(c) {
-                broken.push(k);
+                broken.push((k, "send failed".to_owned()));
             }
         }
         let timeout = due
@@ -477,6 +678,9 @@ fn run_client(
             })
             .min(Duration::from_millis(20));
         let got = ep.wait(&mut events, timeout)?;
+        // Breaks are stamped when the kernel reported them, before this
+        // thread spends time on the batch (reconnects included).
+        let woke = Instant::now();
         for ev in &events[..got] {
             let k = ev.u64 as usize;
             let flags = ev.events;
@@ -485,18 +689,18 @@ fn run_client(
                 continue;
             };
             if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
-                broken.push(k);
+                broken.push((k, cause(s, c.connected)));
                 continue;
             }
             if !c.connected && flags & libc::EPOLLOUT as u32 != 0 {
                 if !matches!(s.take_error(), Ok(None)) {
-                    broken.push(k);
+                    broken.push((k, cause(s, false)));
                     continue;
                 }
                 c.connected = true;
                 c.fresh = true;
                 if !send(c) {
-                    broken.push(k);
+                    broken.push((k, "send failed".to_owned()));
                     continue;
                 }
             }
@@ -510,13 +714,13 @@ fn run_client(
             loop {
                 match s.read(&mut tmp) {
                     Ok(0) => {
-                        broken.push(k);
+                        broken.push((k, "end of stream".to_owned()));
                         break;
                     }
                     Ok(m) => c.buf.extend_from_slice(&tmp[..m]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        broken.push(k);
+                    Err(e) => {
+                        broken.push((k, format!("read: {e}")));
                         break;
                     }
                 }
@@ -531,6 +735,7 @@ fn run_client(
                     let log = &mut l[k];
                     log.replies += 1;
                     log.last_reply = Some((at, responder));
+                    log.last_by.insert(responder, at);
                     if c.fresh {
                         log.back.push((at, responder));
                     }
@@ -541,20 +746,21 @@ fn run_client(
                 due.insert((next, k), ());
             }
         }
-        broken.sort_unstable();
-        broken.dedup();
-        for k in broken {
+        broken.sort_unstable_by_key(|(k, _)| *k);
+        broken.dedup_by_key(|(k, _)| *k);
+        for (k, why) in broken {
             let c = &mut conns[k];
             if c.stream.is_none() {
                 continue;
             }
+            *lock(causes).entry(why).or_default() += 1;
             if let Some(at) = c.next_send.take() {
                 due.remove(&(at, k));
             }
             let was_connected = c.connected;
             c.stream = None;
             c.connected = false;
-            lock(logs)[k].broken.push(Instant::now());
+            lock(logs)[k].broken.push(woke);
             // Reconnect at once, as a client library would; a connect that
             // failed is retried after a short pause rather than in a loop.
             let retry = if was_connected {

@@ -45,12 +45,28 @@ fn vip() -> Ipv4Addr {
     vipwatch_tests::scenario::VIP.parse().expect("constant")
 }
 
+/// A request 1 ms after each answer.
+const BUSY: Pace = Pace {
+    period: Duration::from_millis(1),
+    hold: false,
+};
+/// Long polls: the server answers each request after [`POLL`].
+const LONG_POLL: Pace = Pace {
+    period: Duration::ZERO,
+    hold: true,
+};
+const POLL: Duration = Duration::from_secs(10);
+
 impl TcpLab {
     fn start(tag: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_with(tag, extra, BUSY)
+    }
+
+    fn start_with(tag: &str, extra: &[&str], pace: Pace) -> Result<Self> {
         let lab = standard_lab(tag)?;
         let servers = [
-            TcpServer::start(&lab, "master", PORT, MASTER_ID, Duration::ZERO)?,
-            TcpServer::start(&lab, "backup", PORT, BACKUP_ID, Duration::ZERO)?,
+            TcpServer::start(&lab, "master", PORT, MASTER_ID, POLL)?,
+            TcpServer::start(&lab, "backup", PORT, BACKUP_ID, POLL)?,
         ];
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let master = spawn_master(&lab, &extra)?;
@@ -58,16 +74,7 @@ impl TcpLab {
         wait_stats(&lab, "the backup stands by", WAIT, |s| {
             s["state"] == "STANDBY"
         })?;
-        let client = TcpClient::start(
-            &lab,
-            "client",
-            SocketAddrV4::new(vip(), PORT),
-            CONNS,
-            Pace {
-                period: Duration::from_millis(1),
-                hold: false,
-            },
-        )?;
+        let client = TcpClient::start(&lab, "client", SocketAddrV4::new(vip(), PORT), CONNS, pace)?;
         client.wait_all_answered_by(MASTER_ID, WAIT)?;
         Ok(Self {
             lab,
@@ -222,6 +229,63 @@ fn a_planned_stop_hands_the_connections_over_too() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn kick_after_hook_waits_for_the_promotion_hook_but_never_delays_the_vip() -> Result<()> {
+    // A "promotion" that takes 100 ms, on the takeover only.
+    const PROMOTION: Duration = Duration::from_millis(100);
+    let hook = r#"promote() { [ "$1" = ACTIVE ] && sleep 0.1; true; }; promote"#;
+    let t = TcpLab::start("khook", &["--on-change", hook, "--kick-after-hook"])?;
+    t.wait_synced()?;
+    let t0 = Instant::now();
+    t.lab.link_down("master")?;
+    let times = all_back(&t, t0, BACKUP_ID, "cable pull, kick after the hook")?;
+    let st = stats(&t.lab, "backup")?;
+    let ns = |v: &Value| v.as_u64().unwrap_or_default();
+    let decision = ns(&st["last_takeover"]["decision_ns"]);
+    let garp = ns(&st["last_takeover"]["first_garp_ns"]);
+    let kick = ns(&st["conn"]["last_kick"]["at_ns"]);
+    assert!(
+        garp.saturating_sub(decision) < 5_000_000,
+        "the VIP and the GARP wait for nothing: {st}"
+    );
+    let waited = Duration::from_nanos(kick.saturating_sub(decision));
+    assert!(
+        waited >= PROMOTION && waited < PROMOTION + Duration::from_millis(150),
+        "the kick waits for the hook to exit, not for the timeout: {waited:?}\n{}",
+        t.logs()
+    );
+    assert_eq!(st["conn"]["last_kick"]["kicks"], CONNS as u64, "{st}");
+    // Nobody came back before the promotion (the clients' timers fire at
+    // 200 ms at the earliest), and all soon after it.
+    assert!(times[0] >= PROMOTION, "{times:?}");
+    assert!(
+        times[CONNS - 1] < PROMOTION + KICKED_BOUND,
+        "{times:?}\n{}",
+        t.logs()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_rst_kick_resets_long_polls_at_their_exact_number() -> Result<()> {
+    // Long polls: each connection waits for an answer, with nothing in
+    // flight from the client; without a kick it would never notice.
+    let t = TcpLab::start_with("krst", &["--conn-kick", "rst"], LONG_POLL)?;
+    t.wait_synced()?;
+    // Each connection's ack changed at its first answer, too soon after
+    // its announcement to be announced again: the next whole-table sync
+    // (every second) brings it. No answer comes after that for 10 s.
+    std::thread::sleep(Duration::from_millis(1200));
+    let t0 = Instant::now();
+    t.lab.link_down("master")?;
+    let times = all_back(&t, t0, BACKUP_ID, "cable pull, rst kick, long polls")?;
+    assert!(times[CONNS - 1] < KICKED_BOUND, "{times:?}\n{}", t.logs());
+    let st = stats(&t.lab, "backup")?;
+    assert_eq!(st["conn"]["kick"], "rst", "{st}");
+    assert_eq!(st["conn"]["last_kick"]["kicks"], CONNS as u64, "{st}");
+    Ok(())
+}
+
 /// A sync datagram as vipwatch sends them (see `conns.rs`), with one
 /// connection added.
 fn forged_sync(nonce: u64, client: Ipv4Addr, client_port: u16) -> Vec<u8> {
@@ -233,7 +297,8 @@ fn forged_sync(nonce: u64, client: Ipv4Addr, client_port: u16) -> Vec<u8> {
     d.extend_from_slice(&[0; 8]);
     d.extend_from_slice(&1u16.to_be_bytes()); // one entry
     d.extend_from_slice(&[0, 0]);
-    d.extend_from_slice(&[1, 0, 0, 0]); // add
+    d.extend_from_slice(&[1, 0]); // add
+    d.extend_from_slice(&[2, 0, 0, 0, 0, 0x42]); // the next hop's MAC
     d.extend_from_slice(&vipwatch_common::addr_v4(client.octets()));
     d.extend_from_slice(&client_port.to_be_bytes());
     d.extend_from_slice(&PORT.to_be_bytes());

@@ -233,6 +233,14 @@ pub const SLOT_GATE_CLOSED: u32 = 1 << 1;
 /// [`SlotConfig::flags`]: this host holds the slot's VIP and records the
 /// TCP connections to it in [`MAP_CONNS`].
 pub const SLOT_HOLDING: u32 = 1 << 2;
+/// [`SlotConfig::flags`]: the kick is `rst`, which needs each client's
+/// current acknowledgement number: announce a connection again when its ack
+/// changes, at most every [`ACK_UPDATE_NS`].
+pub const SLOT_ACK_UPDATES: u32 = 1 << 3;
+/// How often, at most, a connection's changed ack is announced (per
+/// connection) under [`SLOT_ACK_UPDATES`]: a connection that receives data
+/// less often than this is synced with its exact number.
+pub const ACK_UPDATE_NS: u64 = 100_000_000;
 
 /// What one instance's part of the program looks for. Written by the
 /// daemon when the instance starts, changed by it (the gate flag), and
@@ -379,10 +387,25 @@ pub struct ConnValue {
     /// The acknowledgement number of the client's last segment with ACK
     /// set, network byte order: the next byte it expects from the VIP.
     pub ack: [u8; 4],
-    pub _pad: u32,
+    /// Source MAC of its frames: the client's, or its router's. The next
+    /// holder, on the same link, sends the kick there without resolving
+    /// anything first.
+    pub mac: [u8; 6],
+    /// [`CONN_ACKED`].
+    pub flags: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_ns()` when the connection was last announced.
+    pub announced_ns: u64,
 }
 
-/// [`ConnEvent::kind`]: a connection entered the table.
+/// [`ConnValue::flags`]: the client has acknowledged something (the
+/// handshake's last segment at least), so `ack` is a real sequence number
+/// of the VIP's side. Only such connections are announced and synced: a
+/// reset kick needs that number.
+pub const CONN_ACKED: u8 = 1;
+
+/// [`ConnEvent::kind`]: a connection entered the table (announced at the
+/// client's first segment with ACK set, one round trip after its SYN).
 pub const CONN_NEW: u32 = 1;
 /// [`ConnEvent::kind`]: the client closed or reset it (FIN or RST).
 pub const CONN_CLOSED: u32 = 2;
@@ -398,6 +421,9 @@ pub struct ConnEvent {
     pub ack: [u8; 4],
     pub key: ConnKey,
     pub ktime_ns: u64,
+    /// Source MAC of the segment (see [`ConnValue::mac`]).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Who probes a master slot's VIP.
@@ -528,8 +554,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<ClaimEvent>(), 24);
         assert_eq!(core::mem::size_of::<GateCounters>(), 16);
         assert_eq!(core::mem::size_of::<ConnKey>(), 24);
-        assert_eq!(core::mem::size_of::<ConnValue>(), 16);
-        assert_eq!(core::mem::size_of::<ConnEvent>(), 40);
+        assert_eq!(core::mem::size_of::<ConnValue>(), 32);
+        assert_eq!(core::mem::size_of::<ConnEvent>(), 48);
         assert_eq!(core::mem::size_of::<Learned>(), 32);
     }
 }

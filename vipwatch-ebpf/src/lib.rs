@@ -94,6 +94,8 @@ pub enum Seen {
         ack: Option<[u8; 4]>,
         syn: bool,
         end: bool,
+        /// The frame's source MAC (the client's, or its router's).
+        mac: [u8; 6],
     },
     /// An ARP packet announcing `slot`'s VIP from a MAC that is not ours.
     Claim {
@@ -215,6 +217,11 @@ fn classify_tcp<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) ->
     if slots.slot(slot).is_none_or(|c| c.flags & SLOT_HOLDING == 0) {
         return Seen::Other;
     }
+    // Read at a fixed offset, before the variable one below: the verifier
+    // follows a bounds check only on the pointer it was made with.
+    let Some(mac) = frame.load::<6>(6) else {
+        return Seen::Other;
+    };
     // The IHL is at most 15 words: a bounded offset the verifier follows.
     let ihl = usize::from(hdr[0] & 0x0f) * 4;
     if ihl < IPV4_HLEN {
@@ -235,6 +242,7 @@ fn classify_tcp<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) ->
         ack: (flags & TCP_ACK != 0).then_some([tcp[8], tcp[9], tcp[10], tcp[11]]),
         syn: flags & TCP_SYN != 0,
         end: flags & (TCP_FIN | TCP_RST) != 0,
+        mac,
     }
 }
 
@@ -712,7 +720,8 @@ mod tests {
                     key: conn(),
                     ack: Some([0xa0, 0xb0, 0xc0, 0xd0]),
                     syn: false,
-                    end: false
+                    end: false,
+                    mac: MASTER_MAC,
                 },
                 "IHL {ihl_words}"
             );
@@ -724,7 +733,8 @@ mod tests {
                 key: conn(),
                 ack: None,
                 syn: true,
-                end: false
+                end: false,
+                mac: MASTER_MAC,
             }
         );
         for flags in [TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK] {

@@ -40,10 +40,11 @@ mod program {
         programs::XdpContext,
     };
     use vipwatch_common::{
-        Addr, CONN_CLOSED, CONN_EVENTS_RING_BYTES, CONN_NEW, CONN_TABLE_DEFAULT, ClaimCounters,
-        ClaimEvent, ConnEvent, ConnKey, ConnValue, EVENTS_RING_BYTES, GapTracker, GateCounters,
-        IfaceConfig, Learned, MAX_SLOTS, PEERS_PER_SLOT, PeerCounters, SLOT_GATE_CLOSED,
-        SlotConfig, XDP_ERR_CONN_EVENTS_FULL, XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG,
+        ACK_UPDATE_NS, Addr, CONN_ACKED, CONN_CLOSED, CONN_EVENTS_RING_BYTES, CONN_NEW,
+        CONN_TABLE_DEFAULT, ClaimCounters, ClaimEvent, ConnEvent, ConnKey, ConnValue,
+        EVENTS_RING_BYTES, GapTracker, GateCounters, IfaceConfig, Learned, MAX_SLOTS,
+        PEERS_PER_SLOT, PeerCounters, SLOT_ACK_UPDATES, SLOT_GATE_CLOSED, SlotConfig,
+        XDP_ERR_CONN_EVENTS_FULL, XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG,
         XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, addr_v4,
         peer_index, rtt_bucket,
     };
@@ -224,8 +225,14 @@ mod program {
                 }
                 Ok(XDP_PASS)
             }
-            Seen::Tcp { key, ack, syn, end } => {
-                connection(ctx, &key, ack, syn, end)?;
+            Seen::Tcp {
+                key,
+                ack,
+                syn,
+                end,
+                mac,
+            } => {
+                connection(ctx, &key, ack, syn, end, mac)?;
                 Ok(XDP_PASS)
             }
             Seen::Claim { slot, mac, op } => {
@@ -264,6 +271,7 @@ mod program {
         ack: Option<[u8; 4]>,
         syn: bool,
         end: bool,
+        mac: [u8; 6],
     ) -> Result<(), u32> {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -272,6 +280,8 @@ mod program {
             ack: ack.unwrap_or_default(),
             key: *key,
             ktime_ns: now,
+            mac,
+            _pad: [0; 2],
         };
         if end {
             // Ok or ENOENT: either way it is gone.
@@ -287,8 +297,30 @@ mod program {
             // same connection at once can only mix two recent values.
             let v = unsafe { &mut *v };
             v.last_seen_ns = now;
-            if let Some(ack) = ack {
-                v.ack = ack;
+            v.mac = mac;
+            let Some(ack) = ack else {
+                return Ok(());
+            };
+            let changed = v.ack != ack;
+            v.ack = ack;
+            // The handshake's last segment: announce it now that its ack
+            // number is known. Later, a changed ack only for a `rst` kick,
+            // at most every ACK_UPDATE_NS per connection.
+            let announce = if v.flags & CONN_ACKED == 0 {
+                v.flags |= CONN_ACKED;
+                true
+            } else {
+                changed
+                    && now.wrapping_sub(v.announced_ns) >= ACK_UPDATE_NS
+                    && SLOTS
+                        .get(key.slot)
+                        .is_some_and(|c| c.flags & SLOT_ACK_UPDATES != 0)
+            };
+            if announce {
+                v.announced_ns = now;
+                CONN_EVENTS
+                    .output::<ConnEvent>(&event(CONN_NEW), 0)
+                    .map_err(|_| XDP_ERR_CONN_EVENTS_FULL)?;
             }
             return Ok(());
         }
@@ -303,11 +335,18 @@ mod program {
         let value = ConnValue {
             last_seen_ns: now,
             ack: ack.unwrap_or_default(),
-            _pad: 0,
+            mac,
+            flags: if ack.is_some() { CONN_ACKED } else { 0 },
+            _pad: [0; 5],
+            announced_ns: now,
         };
         CONNS
             .insert(key, value, 0)
             .map_err(|_| XDP_ERR_CONN_INSERT)?;
+        if ack.is_none() {
+            // A SYN: announced with the client's first ACK.
+            return Ok(());
+        }
         CONN_EVENTS
             .output::<ConnEvent>(&event(CONN_NEW), 0)
             .map_err(|_| XDP_ERR_CONN_EVENTS_FULL)

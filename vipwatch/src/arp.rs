@@ -272,6 +272,11 @@ impl Announcer {
         })
     }
 
+    /// The interface's MAC address, as read when the announcer was opened.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
     /// Builds and caches the frames for `vip`, so that [`Self::announce`]
     /// only sends. Call it at start-up for every VIP; `announce` calls it
     /// for a VIP it has not seen.

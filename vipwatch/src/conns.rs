@@ -35,8 +35,8 @@ pub(crate) const IDLE_NS: u64 = 600_000_000_000;
 pub(crate) const SYNC_MAGIC: [u8; 4] = *b"VWS1";
 /// Datagram header length.
 pub(crate) const HEADER_LEN: usize = 48;
-/// One connection on the wire: op, pad, client address, ports, ack.
-pub(crate) const ENTRY_LEN: usize = 28;
+/// One connection on the wire: op, pad, MAC, client address, ports, ack.
+pub(crate) const ENTRY_LEN: usize = 32;
 /// Connections per datagram: 1400-byte datagrams fit any LAN's MTU.
 pub(crate) const ENTRIES_PER_DATAGRAM: usize = (1400 - HEADER_LEN) / ENTRY_LEN;
 
@@ -47,6 +47,16 @@ pub(crate) struct Conn {
     pub(crate) client: Ipv4Addr,
     pub(crate) client_port: u16,
     pub(crate) vip_port: u16,
+}
+
+/// What the next holder needs to kick a connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Info {
+    /// The client's last acknowledgement number seen (0 if none).
+    pub(crate) ack: u32,
+    /// The source MAC of its frames (its own, or its router's): where the
+    /// kick goes on this link, with no address resolution first.
+    pub(crate) mac: [u8; 6],
 }
 
 /// What kind of datagram.
@@ -69,9 +79,7 @@ pub(crate) struct Datagram {
     pub(crate) vip: Addr,
     /// Random per table copy of the sender: a new epoch means a new table.
     pub(crate) epoch: u32,
-    /// (connection, ack) added; `ack` is the client's last acknowledgement
-    /// number seen (0 if none).
-    pub(crate) added: Vec<(Conn, u32)>,
+    pub(crate) added: Vec<(Conn, Info)>,
     pub(crate) removed: Vec<Conn>,
 }
 
@@ -105,18 +113,19 @@ impl Datagram {
         let count = u16::try_from(added.len() + removed.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&count.to_be_bytes());
         out.extend_from_slice(&[0, 0]);
-        let mut entry = |op: u8, c: &Conn, ack: u32| {
-            out.extend_from_slice(&[op, 0, 0, 0]);
+        let mut entry = |op: u8, c: &Conn, info: Info| {
+            out.extend_from_slice(&[op, 0]);
+            out.extend_from_slice(&info.mac);
             out.extend_from_slice(&addr_v4(c.client.octets()));
             out.extend_from_slice(&c.client_port.to_be_bytes());
             out.extend_from_slice(&c.vip_port.to_be_bytes());
-            out.extend_from_slice(&ack.to_be_bytes());
+            out.extend_from_slice(&info.ack.to_be_bytes());
         };
-        for (c, ack) in added {
-            entry(OP_ADD, c, *ack);
+        for (c, info) in added {
+            entry(OP_ADD, c, *info);
         }
         for c in removed {
-            entry(OP_REMOVE, c, 0);
+            entry(OP_REMOVE, c, Info::default());
         }
         out
     }
@@ -148,14 +157,18 @@ impl Datagram {
         let mut added = Vec::new();
         let mut removed = Vec::new();
         for e in body.chunks_exact(ENTRY_LEN) {
-            let client: Addr = e[4..20].try_into().ok()?;
+            let client: Addr = e[8..24].try_into().ok()?;
             let conn = Conn {
                 client: Ipv4Addr::from(addr_as_v4(&client)?),
-                client_port: u16::from_be_bytes([e[20], e[21]]),
-                vip_port: u16::from_be_bytes([e[22], e[23]]),
+                client_port: u16::from_be_bytes([e[24], e[25]]),
+                vip_port: u16::from_be_bytes([e[26], e[27]]),
+            };
+            let info = Info {
+                ack: u32::from_be_bytes([e[28], e[29], e[30], e[31]]),
+                mac: e[2..8].try_into().ok()?,
             };
             match e[0] {
-                OP_ADD => added.push((conn, u32::from_be_bytes([e[24], e[25], e[26], e[27]]))),
+                OP_ADD => added.push((conn, info)),
                 OP_REMOVE => removed.push(conn),
                 _ => return None,
             }
@@ -174,8 +187,8 @@ impl Datagram {
 /// The holder's copy of its own table, fed by the XDP program's events.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Local {
-    /// Connection → (ack, last seen ns).
-    conns: HashMap<Conn, (u32, u64)>,
+    /// Connection → (what kicks it, last seen ns).
+    conns: HashMap<Conn, (Info, u64)>,
     capacity: usize,
     added: BTreeSet<Conn>,
     removed: BTreeSet<Conn>,
@@ -209,8 +222,11 @@ impl Local {
             // connections are not tracked (the kernel keeps the most recent;
             // a snapshot scan reconciles).
             CONN_NEW if self.conns.len() < self.capacity || self.conns.contains_key(&conn) => {
-                self.conns
-                    .insert(conn, (u32::from_be_bytes(ev.ack), ev.ktime_ns));
+                let info = Info {
+                    ack: u32::from_be_bytes(ev.ack),
+                    mac: ev.mac,
+                };
+                self.conns.insert(conn, (info, ev.ktime_ns));
                 self.removed.remove(&conn);
                 self.added.insert(conn);
             }
@@ -228,12 +244,12 @@ impl Local {
     pub(crate) fn reconcile(
         &mut self,
         now_ns: u64,
-        kernel: impl IntoIterator<Item = (Conn, u32, u64)>,
+        kernel: impl IntoIterator<Item = (Conn, Info, u64)>,
     ) {
         let mut fresh = HashMap::new();
-        for (conn, ack, last_seen) in kernel {
+        for (conn, info, last_seen) in kernel {
             if now_ns.saturating_sub(last_seen) < IDLE_NS && fresh.len() < self.capacity {
-                fresh.insert(conn, (ack, last_seen));
+                fresh.insert(conn, (info, last_seen));
             }
         }
         for conn in self.conns.keys() {
@@ -254,9 +270,9 @@ impl Local {
     /// The delta since the previous one, as datagrams (none if nothing
     /// changed).
     pub(crate) fn delta(&mut self, nonce: u64, vip: Addr, epoch: u32) -> Vec<Datagram> {
-        let added: Vec<(Conn, u32)> = std::mem::take(&mut self.added)
+        let added: Vec<(Conn, Info)> = std::mem::take(&mut self.added)
             .into_iter()
-            .filter_map(|c| self.conns.get(&c).map(|(ack, _)| (c, *ack)))
+            .filter_map(|c| self.conns.get(&c).map(|(info, _)| (c, *info)))
             .collect();
         let removed: Vec<Conn> = std::mem::take(&mut self.removed).into_iter().collect();
         let mut out = Vec::new();
@@ -292,9 +308,13 @@ impl Local {
     /// that an empty table is synced too).
     pub(crate) fn snapshot(&mut self, nonce: u64, vip: Addr, epoch: u32) -> Vec<Datagram> {
         self.snapshot_id = self.snapshot_id.wrapping_add(1);
-        let mut all: Vec<(Conn, u32)> = self.conns.iter().map(|(c, (ack, _))| (*c, *ack)).collect();
+        let mut all: Vec<(Conn, Info)> = self
+            .conns
+            .iter()
+            .map(|(c, (info, _))| (*c, *info))
+            .collect();
         all.sort_unstable();
-        let chunks: Vec<&[(Conn, u32)]> = if all.is_empty() {
+        let chunks: Vec<&[(Conn, Info)]> = if all.is_empty() {
             vec![&[]]
         } else {
             all.chunks(ENTRIES_PER_DATAGRAM).collect()
@@ -332,10 +352,10 @@ impl Local {
 /// the VIP comes here.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Peer {
-    conns: HashMap<Conn, u32>,
+    conns: HashMap<Conn, Info>,
     epoch: Option<u32>,
     /// The snapshot being assembled: id, chunks seen, its connections.
-    staging: Option<(u32, Vec<bool>, HashMap<Conn, u32>)>,
+    staging: Option<(u32, Vec<bool>, HashMap<Conn, Info>)>,
     /// When the last datagram was accepted (0: never).
     pub(crate) last_sync_ns: u64,
     pub(crate) accepted: u64,
@@ -428,20 +448,20 @@ impl Peer {
         Received::Applied
     }
 
-    fn add(&mut self, c: Conn, ack: u32) {
+    fn add(&mut self, c: Conn, info: Info) {
         if self.conns.len() < self.capacity || self.conns.contains_key(&c) {
-            self.conns.insert(c, ack);
+            self.conns.insert(c, info);
         }
     }
 
     /// The connections to kick, once: the table is emptied (a takeover
     /// kicks each at most once). Nothing if the table is stale.
-    pub(crate) fn take_for_kick(&mut self, now_ns: u64) -> Vec<(Conn, u32)> {
+    pub(crate) fn take_for_kick(&mut self, now_ns: u64) -> Vec<(Conn, Info)> {
         if self.last_sync_ns == 0 || now_ns.saturating_sub(self.last_sync_ns) > PEER_STALE_NS {
             self.conns.clear();
             return Vec::new();
         }
-        let mut v: Vec<(Conn, u32)> = self.conns.drain().collect();
+        let mut v: Vec<(Conn, Info)> = self.conns.drain().collect();
         v.sort_unstable();
         v
     }
@@ -466,6 +486,12 @@ mod tests {
         }
     }
 
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+
+    fn info(ack: u32) -> Info {
+        Info { ack, mac: MAC }
+    }
+
     fn event(kind: u32, port: u16, ack: u32) -> ConnEvent {
         ConnEvent {
             kind,
@@ -477,6 +503,8 @@ mod tests {
                 client: addr_v4([192, 0, 2, 10]),
             },
             ktime_ns: 5,
+            mac: MAC,
+            _pad: [0; 2],
         }
     }
 
@@ -492,7 +520,7 @@ mod tests {
             vip: VIP,
             epoch: 42,
             added: (0..ENTRIES_PER_DATAGRAM as u16 - 2)
-                .map(|p| (conn(p), u32::from(p) * 1000))
+                .map(|p| (conn(p), info(u32::from(p) * 1000)))
                 .collect(),
             removed: vec![conn(60000), conn(60001)],
         };
@@ -507,7 +535,7 @@ mod tests {
                 nonce: 1,
                 vip: VIP,
                 epoch: 1,
-                added: vec![(conn(1), 2)],
+                added: vec![(conn(1), info(2))],
                 removed: vec![],
             };
             assert_eq!(Datagram::decode(&d.encode()), Some(d));
@@ -521,7 +549,7 @@ mod tests {
             nonce: 1,
             vip: VIP,
             epoch: 1,
-            added: vec![(conn(1), 2)],
+            added: vec![(conn(1), info(2))],
             removed: vec![conn(3)],
         }
         .encode();
@@ -541,7 +569,7 @@ mod tests {
         extra.push(0);
         assert_eq!(Datagram::decode(&extra), None);
         let mut v6_client = good;
-        v6_client[HEADER_LEN + 4] = 0x20;
+        v6_client[HEADER_LEN + 8] = 0x20;
         assert_eq!(Datagram::decode(&v6_client), None, "IPv4 clients only");
     }
 
@@ -554,7 +582,7 @@ mod tests {
         l.event(&event(CONN_CLOSED, 3, 0));
         let d = l.delta(NONCE, VIP, 9);
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0].added, vec![(conn(1), 10), (conn(2), 20)]);
+        assert_eq!(d[0].added, vec![(conn(1), info(10)), (conn(2), info(20))]);
         assert!(d[0].removed.is_empty(), "3 came and went between syncs");
         assert!(l.delta(NONCE, VIP, 9).is_empty(), "nothing changed since");
         l.event(&event(CONN_CLOSED, 1, 0));
@@ -572,7 +600,10 @@ mod tests {
         assert_eq!(l.len(), 2, "bounded");
         // The kernel's view: 2 evicted, 9 whose event was lost, 1 idle.
         let now = IDLE_NS + 1000 * MS;
-        l.reconcile(now, [(conn(1), 111, 1000 * MS), (conn(9), 99, now)]);
+        l.reconcile(
+            now,
+            [(conn(1), info(111), 1000 * MS), (conn(9), info(99), now)],
+        );
         assert_eq!(l.conns(), vec![conn(9)], "idle 1 dropped, 2 evicted");
         let d = l.delta(NONCE, VIP, 1);
         let added: Vec<Conn> = d
@@ -663,7 +694,7 @@ mod tests {
         let mut l2 = Local::new(10);
         l2.event(&event(CONN_NEW, 2, 0));
         receive(&mut p, MS, &l2.delta(NONCE, VIP, 2).remove(0));
-        assert_eq!(p.take_for_kick(2 * MS), vec![(conn(2), 0)]);
+        assert_eq!(p.take_for_kick(2 * MS), vec![(conn(2), info(0))]);
     }
 
     #[test]
@@ -674,7 +705,10 @@ mod tests {
         let mut p = Peer::new(10);
         assert!(p.take_for_kick(MS).is_empty(), "never synced");
         receive(&mut p, MS, &d);
-        assert_eq!(p.take_for_kick(MS + PEER_STALE_NS), vec![(conn(1), 77)]);
+        assert_eq!(
+            p.take_for_kick(MS + PEER_STALE_NS),
+            vec![(conn(1), info(77))]
+        );
         assert!(p.take_for_kick(2 * MS).is_empty(), "at most once");
         receive(&mut p, MS, &d);
         assert!(p.take_for_kick(MS + PEER_STALE_NS + 1).is_empty(), "stale");

@@ -141,6 +141,9 @@ pub struct ConnReport {
 pub struct KickReport {
     /// Segments sent.
     pub kicks: u64,
+    /// Connections not kicked: the rate limit (a table's worth a second).
+    #[serde(default)]
+    pub rate_limited: u64,
     /// How long sending them took.
     pub duration_ms: f64,
     /// CLOCK_MONOTONIC ns when the kick started.
@@ -309,10 +312,11 @@ fn conn_report(v: &BackupView<'_>, now: u64) -> ConnReport {
         syncs_forged,
         syncs_sent,
         sync_bytes_sent,
-        last_kick: last_kick.map(|(kicks, took, at_ns)| KickReport {
-            kicks: kicks as u64,
-            duration_ms: took as f64 / 1e6,
-            at_ns,
+        last_kick: last_kick.map(|k| KickReport {
+            kicks: k.sent as u64,
+            rate_limited: k.rate_limited as u64,
+            duration_ms: k.took_ns as f64 / 1e6,
+            at_ns: k.at_ns,
         }),
     }
 }
@@ -463,8 +467,14 @@ pub fn render(r: &Report) -> String {
         c.syncs_accepted,
         c.syncs_forged,
         c.last_kick.as_ref().map_or(String::new(), |k| format!(
-            "; last kick {} segments in {:.3} ms",
-            k.kicks, k.duration_ms
+            "; last kick {} segments in {:.3} ms{}",
+            k.kicks,
+            k.duration_ms,
+            if k.rate_limited > 0 {
+                format!(" ({} left out by the rate limit)", k.rate_limited)
+            } else {
+                String::new()
+            }
         ))
     );
     let e = r.xdp_errors;

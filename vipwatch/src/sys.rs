@@ -244,5 +244,36 @@ pub fn udp_socket(iface: &str, port: u16) -> anyhow::Result<std::net::UdpSocket>
             format!("binding UDP port {port} on {iface} (conn_sync_port; is it in use?)")
         });
     }
+    // A whole-table sync is a burst of up to ~1 600 datagrams (65 536
+    // connections); the default buffers (~200 KiB) hold about 90.
+    for (force, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        set_buffer(&fd, force, plain, SYNC_SOCKET_BUFFER);
+    }
     Ok(std::net::UdpSocket::from(fd))
+}
+
+/// Bytes of each buffer of a sync socket.
+const SYNC_SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+/// Sets a socket buffer's size past `net.core.[rw]mem_max` (the `FORCE`
+/// option, CAP_NET_ADMIN), or as far as that limit allows.
+fn set_buffer(fd: &OwnedFd, force: libc::c_int, plain: libc::c_int, bytes: libc::c_int) {
+    for opt in [force, plain] {
+        // SAFETY: an int option, valid for its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const bytes).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
 }

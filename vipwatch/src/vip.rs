@@ -47,6 +47,15 @@ impl VipHandle {
         self.vip
     }
 
+    pub(crate) fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The interface's MAC.
+    pub(crate) fn mac(&self) -> [u8; 6] {
+        self.announcer.mac()
+    }
+
     fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = anyhow::Result<T>>,

@@ -21,8 +21,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use vipwatch_common::{
-    ConnEvent, PEER_MASTER, PEER_WITNESS, ROLE_BACKUP, ROLE_MASTER, SLOT_WITNESS, SlotConfig,
-    addr_as_v4, addr_v4,
+    CONN_ACKED, ConnEvent, PEER_MASTER, PEER_WITNESS, ROLE_BACKUP, ROLE_MASTER, SLOT_ACK_UPDATES,
+    SLOT_WITNESS, SlotConfig, addr_as_v4, addr_v4,
 };
 
 use crate::{
@@ -112,8 +112,20 @@ pub(crate) struct ConnStatus {
     pub(crate) syncs_forged: u64,
     pub(crate) syncs_sent: u64,
     pub(crate) sync_bytes_sent: u64,
-    /// (segments sent, ns it took, CLOCK_MONOTONIC ns) of the last kick.
-    pub(crate) last_kick: Option<(usize, u64, u64)>,
+    pub(crate) last_kick: Option<LastKick>,
+}
+
+/// What the last kick did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LastKick {
+    /// Segments the kernel took.
+    pub(crate) sent: usize,
+    /// Connections left out by the rate limit.
+    pub(crate) rate_limited: usize,
+    /// How long building and sending them took.
+    pub(crate) took_ns: u64,
+    /// CLOCK_MONOTONIC ns of its start.
+    pub(crate) at_ns: u64,
 }
 
 const TRANSITIONS_KEPT: usize = 16;
@@ -199,7 +211,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
         (None, None)
     } else {
         (
-            Some(Kicker::open(&instance.iface)?),
+            Some(Kicker::open(&instance.iface, vip.ifindex(), vip.mac())?),
             Some(sys::udp_socket(&instance.iface, 0)?),
         )
     };
@@ -222,6 +234,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
             socket: sync_socket,
             epoch: 0,
             partner: Partner::Learned,
+            budget: kick::Budget::new(conn.table.into(), conn.table.into()),
             status: ConnStatus::default(),
         },
     };
@@ -241,6 +254,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
                     slot,
                     SlotConfig {
                         role: ROLE_MASTER,
+                        flags: conn_flags(&instance.conn),
                         vip: vip_addr(instance.vip.addr),
                         ..SlotConfig::default()
                     },
@@ -299,6 +313,15 @@ struct Shell {
     conn: ConnState,
 }
 
+/// The slot flags the kick asks of the XDP program.
+fn conn_flags(c: &config::Conn) -> u32 {
+    if c.kick == kick::Mode::Rst {
+        SLOT_ACK_UPDATES
+    } else {
+        0
+    }
+}
+
 /// The connection tables, the sync socket and the kicker of an instance.
 struct ConnState {
     settings: config::Conn,
@@ -312,6 +335,7 @@ struct ConnState {
     /// Of our table's copy: a new one for every holding period.
     epoch: u32,
     partner: Partner,
+    budget: kick::Budget,
     status: ConnStatus,
 }
 
@@ -425,6 +449,8 @@ impl Shell {
                 .maps
                 .conns_of(self.slot)
                 .into_iter()
+                // A connection still in its handshake has no ack number yet.
+                .filter(|(_, v)| v.flags & CONN_ACKED != 0)
                 .filter_map(|(k, v)| {
                     Some((
                         conns::Conn {
@@ -432,7 +458,10 @@ impl Shell {
                             client_port: u16::from_be_bytes(k.client_port),
                             vip_port: u16::from_be_bytes(k.vip_port),
                         },
-                        u32::from_be_bytes(v.ack),
+                        conns::Info {
+                            ack: u32::from_be_bytes(v.ack),
+                            mac: v.mac,
+                        },
                         v.last_seen_ns,
                     ))
                 });
@@ -517,19 +546,34 @@ impl Shell {
             return;
         };
         let started = clock::now_ns();
-        let conns = self.conn.peer.take_for_kick(started);
+        let mut conns = self.conn.peer.take_for_kick(started);
         let vip = match self.vip.vip().addr {
             IpAddr::V4(v4) => v4,
             IpAddr::V6(_) => return,
         };
+        self.conn.status.known_from_peer = 0;
         if conns.is_empty() {
             log::info!(
                 "{}: kick: no connection known from the peer (it had none, or never synced)",
                 self.name
             );
-            self.conn.status.last_kick = Some((0, 0, started));
-            self.conn.status.known_from_peer = 0;
+            self.conn.status.last_kick = Some(LastKick {
+                at_ns: started,
+                ..LastKick::default()
+            });
             return;
+        }
+        let allowed = self.conn.budget.take(started, conns.len());
+        let rate_limited = conns.len() - allowed;
+        if rate_limited > 0 {
+            log::warn!(
+                "{}: kick: {rate_limited} of {} connections left out by the rate limit (the VIP \
+                 moved too often: at most {} kicks a second)",
+                self.name,
+                conns.len(),
+                self.conn.settings.table
+            );
+            conns.truncate(allowed);
         }
         let result = kicker.kick(self.conn.settings.kick, vip, &conns);
         let took = clock::now_ns().saturating_sub(started);
@@ -538,15 +582,19 @@ impl Shell {
                 log::info!(
                     "{}: kicked {sent} of {} connections the peer had ({}) in {} mono_ns={started}",
                     self.name,
-                    conns.len(),
+                    conns.len() + rate_limited,
                     config::kick_name(self.conn.settings.kick),
                     ms(took)
                 );
-                self.conn.status.last_kick = Some((sent, took, started));
+                self.conn.status.last_kick = Some(LastKick {
+                    sent,
+                    rate_limited,
+                    took_ns: took,
+                    at_ns: started,
+                });
             }
             Err(e) => log::warn!("{}: kick failed: {e}", self.name),
         }
-        self.conn.status.known_from_peer = 0;
     }
 
     fn announce(&mut self) {
@@ -602,7 +650,8 @@ impl BackupLoop {
                 shell.slot,
                 SlotConfig {
                     role: ROLE_BACKUP,
-                    flags: if witness.is_some() { SLOT_WITNESS } else { 0 },
+                    flags: conn_flags(&instance.conn)
+                        | if witness.is_some() { SLOT_WITNESS } else { 0 },
                     master: v4(master),
                     witness: witness.map_or([0; 16], v4),
                     vip,

@@ -28,6 +28,7 @@ use vipwatch_tests::{
 use crate::{build, interrupt, prerequisites, util};
 
 mod scaling;
+mod tcp;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -61,6 +62,8 @@ pub enum Section {
     Baseline,
     /// 7: many instances in one process.
     Scaling,
+    /// 8: what a TCP client sees (the kick).
+    Tcp,
 }
 
 /// Percentile summary of a set of durations, in ms.
@@ -478,6 +481,13 @@ pub fn bench(options: Options) -> Result<()> {
         let (section, data) = scaling::run(&bin, quick, trials)?;
         md += &section;
         js["scaling"] = data;
+    }
+
+    // 8: TCP clients and the kick.
+    if wanted(Section::Tcp) {
+        let (section, data) = tcp::run(&bin, quick)?;
+        md += &section;
+        js["tcp"] = data;
     }
 
     let sections: String = only
