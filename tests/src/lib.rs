@@ -19,6 +19,7 @@
 
 pub mod clock;
 mod exec;
+pub mod frames;
 mod lab;
 mod netns;
 mod record;

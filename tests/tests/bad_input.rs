@@ -192,26 +192,42 @@ fn stats_without_a_daemon_says_so() -> Result<()> {
 }
 
 #[test]
-fn a_backup_refuses_to_start_with_the_vip_already_bound() -> Result<()> {
-    let lab = standard_lab("badbound")?;
-    // A killed backup's leftover (or a host address given by mistake):
-    // starting on top of it would be a split brain, releasing it later
-    // would remove a host address.
-    lab.add_address("backup", VIP_CIDR)?;
-    for (ok, stderr) in vipwatch(
-        &lab,
-        &[
-            "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
+fn a_vip_that_is_a_host_address_or_not_vipwatch_s_is_refused() -> Result<()> {
+    // Issue "Never lose the VIP", row 8: `vipwatch master --vip` = the
+    // host's own address was accepted, and on SIGTERM it deleted that
+    // address and all secondaries. Both roles refuse a host's primary
+    // address; a master refuses any address it did not add.
+    let lab = standard_lab("badhostvip")?;
+    let own = format!("{BACKUP}/24");
+    for role in [
+        vec!["master", "--iface", "eth0", "--vip", own.as_str()],
+        vec![
+            "backup",
+            "--iface",
+            "eth0",
+            "--master",
+            MASTER,
+            "--vip",
+            own.as_str(),
         ],
-    )? {
-        assert!(!ok, "started with the VIP already bound");
-        assert_one_clear_line(&stderr, "already bound on eth0");
+    ] {
+        for (ok, stderr) in vipwatch(&lab, &role)? {
+            assert!(!ok, "{role:?} started");
+            assert_one_clear_line(&stderr, "this host's own address");
+            assert_nothing_left(&lab)?;
+        }
+    }
+    lab.add_address("backup", VIP_CIDR)?;
+    for (ok, stderr) in vipwatch(&lab, &["master", "--iface", "eth0", "--vip", VIP_CIDR])? {
+        assert!(!ok, "a master started on an address it did not add");
+        assert_one_clear_line(&stderr, "vipwatch did not add it");
         assert_nothing_left(&lab)?;
     }
     let vip: std::net::Ipv4Addr = vipwatch_tests::scenario::VIP.parse()?;
+    assert!(lab.has_address("backup", vip)?, "left alone");
     assert!(
-        lab.has_address("backup", vip)?,
-        "the address must be left alone"
+        lab.has_address("backup", BACKUP.parse::<std::net::Ipv4Addr>()?)?,
+        "the host's address is never touched"
     );
     Ok(())
 }

@@ -12,9 +12,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod siphash;
+
 // ---------------------------------------------------------------------------
 // Map names. Each constant sits next to the type its map holds.
 // ---------------------------------------------------------------------------
+
+/// `Array<ReplayWindow>`, `MAX_SLOTS * PEERS_PER_SLOT` entries (shared by
+/// all CPUs), indexed like [`MAP_PEERS`]: which recent probes a peer has
+/// answered, so a reply counts once and a replayed one not at all.
+pub const MAP_FRESH: &str = "VW_FRESH";
 
 /// `Array<IfaceConfig>`, one entry: what is common to every slot.
 pub const MAP_IFACE: &str = "VW_IFACE";
@@ -123,11 +130,37 @@ pub fn addr_as_v4(a: &Addr) -> Option<[u8; 4]> {
 // Probe payload (ICMP echo data), as it travels on the wire.
 // ---------------------------------------------------------------------------
 
-/// First bytes of every vipwatch probe payload (version 2: slot and VIP).
-pub const PROBE_MAGIC: [u8; 4] = *b"VPW2";
+/// First bytes of every vipwatch probe payload (version 3: slot, VIP and
+/// an authentication tag).
+pub const PROBE_MAGIC: [u8; 4] = *b"VPW3";
 /// Length of the probe payload: magic, slot, reserved, nonce, sequence,
-/// send time, VIP.
-pub const PROBE_PAYLOAD_LEN: usize = 48;
+/// send time, VIP (48 bytes), then the tag.
+pub const PROBE_PAYLOAD_LEN: usize = 56;
+/// Where the tag starts: what precedes it is what it authenticates.
+pub const PROBE_TAG_AT: usize = 48;
+
+/// Domain of a probe's tag (the backup's) and of a reply's (the master's):
+/// the first word of the authenticated message, so that a probe's tag is
+/// never a valid reply's, and a kernel that merely echoes the probe does
+/// not answer for the master.
+pub const AUTH_PROBE: u64 = u64::from_le_bytes(*b"vw-probe");
+pub const AUTH_REPLY: u64 = u64::from_le_bytes(*b"vw-reply");
+
+/// The keyed tag (SipHash-2-4) of a payload's first [`PROBE_TAG_AT`] bytes
+/// in `domain` ([`AUTH_PROBE`] or [`AUTH_REPLY`]), as it goes on the wire.
+#[inline(always)]
+pub fn auth_tag(key: &siphash::Key, domain: u64, payload: &[u8; PROBE_PAYLOAD_LEN]) -> [u8; 8] {
+    // Word by word from the payload: no copy of the message (the XDP
+    // program's stack is 512 bytes for every frame of its call chain).
+    let mut s = siphash::Sip24::new(key);
+    s.write(domain);
+    let mut k = 0;
+    while k < PROBE_TAG_AT / 8 {
+        s.write(u64::from_le_bytes(take8(payload, 8 * k)));
+        k += 1;
+    }
+    s.finish(1 + PROBE_TAG_AT / 8).to_le_bytes()
+}
 
 /// What vipwatch puts in the data of its ICMP echo requests. The master's
 /// kernel echoes it back unchanged (RFC 792), which is how the backup knows
@@ -148,6 +181,8 @@ pub struct ProbePayload {
     pub sent_ns: u64,
     /// The VIP this probe watches over.
     pub vip: Addr,
+    /// [`auth_tag`] of the rest, with the pair's key (zero without one).
+    pub tag: [u8; 8],
 }
 
 impl ProbePayload {
@@ -159,6 +194,7 @@ impl ProbePayload {
             seq,
             sent_ns,
             vip,
+            tag,
         } = *self;
         let mut out = [0u8; PROBE_PAYLOAD_LEN];
         out[0..4].copy_from_slice(&PROBE_MAGIC);
@@ -167,6 +203,7 @@ impl ProbePayload {
         out[16..24].copy_from_slice(&seq.to_be_bytes());
         out[24..32].copy_from_slice(&sent_ns.to_be_bytes());
         out[32..48].copy_from_slice(&vip);
+        out[48..56].copy_from_slice(&tag);
         out
     }
 
@@ -188,6 +225,7 @@ impl ProbePayload {
             seq: u64::from_be_bytes(take8(bytes, 16)),
             sent_ns: u64::from_be_bytes(take8(bytes, 24)),
             vip,
+            tag: take8(bytes, PROBE_TAG_AT),
         })
     }
 }
@@ -233,6 +271,11 @@ pub const SLOT_GATE_CLOSED: u32 = 1 << 1;
 /// [`SlotConfig::flags`]: this host holds the slot's VIP and records the
 /// TCP connections to it in [`MAP_CONNS`].
 pub const SLOT_HOLDING: u32 = 1 << 2;
+/// [`SlotConfig::flags`]: the pair shares [`SlotConfig::key`]: a backup
+/// counts only replies with the master's tag; a master answers probes with
+/// a valid tag itself, tagged (XDP_TX).
+pub const SLOT_AUTH: u32 = 1 << 4;
+
 /// [`SlotConfig::flags`]: the kick is `rst`, which needs each client's
 /// current acknowledgement number: announce a connection again when its ack
 /// changes, at most every [`ACK_UPDATE_NS`].
@@ -264,6 +307,8 @@ pub struct SlotConfig {
     /// Per-instance nonce as it appears in the payload, big-endian
     /// (backup).
     pub nonce: [u8; 8],
+    /// The pair's key, with [`SLOT_AUTH`].
+    pub key: siphash::Key,
 }
 
 /// Number of RTT histogram buckets. Bucket 0 counts RTTs below 1 µs,
@@ -306,6 +351,10 @@ pub struct PeerCounters {
     /// Source MAC of the last valid reply.
     pub last_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Replies otherwise valid that answer a probe already answered, one
+    /// older than [`REPLAY_WINDOW`] probes, or one sent more than
+    /// [`REPLY_FRESH_NS`] ago: replays. Not counted as alive.
+    pub replayed: u64,
     /// RTT histogram, see [`RTT_BUCKETS`].
     pub rtt_hist: [u64; RTT_BUCKETS],
 }
@@ -326,6 +375,63 @@ pub struct GapTracker {
     pub max_gap_ns: u64,
 }
 
+/// Probes a reply may answer: the latest answered one and the 63 before it
+/// (the sliding window of RFC 4303 §3.4.3, which IPsec uses against
+/// replays). 64 probes are 128 ms at the default interval, far more than any
+/// reordering on a LAN.
+pub const REPLAY_WINDOW: u64 = 64;
+
+/// A reply whose probe left longer ago than this is stale: replayed, or
+/// held back by someone, either way no proof the peer is alive now.
+pub const REPLY_FRESH_NS: u64 = 1_000_000_000;
+
+/// Which of one peer's recent probes were answered (see [`REPLAY_WINDOW`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReplayWindow {
+    /// Highest sequence number answered.
+    pub top: u64,
+    /// Bit `k`: probe `top - k` was answered.
+    pub bits: u64,
+}
+
+impl ReplayWindow {
+    /// Whether a reply to probe `seq` is the first for that probe and
+    /// within the window; records it if so.
+    #[inline(always)]
+    pub fn accept(&mut self, seq: u64) -> bool {
+        if seq > self.top {
+            let shift = seq - self.top;
+            self.bits = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                self.bits << shift
+            };
+            self.bits |= 1;
+            self.top = seq;
+            return true;
+        }
+        let age = self.top - seq;
+        if age >= REPLAY_WINDOW {
+            return false;
+        }
+        let bit = 1u64 << age;
+        if self.bits & bit != 0 {
+            return false;
+        }
+        self.bits |= bit;
+        true
+    }
+}
+
+/// Whether a reply to a probe sent at `sent_ns` (from its echoed payload),
+/// arriving at `now_ns`, is fresh (see [`REPLY_FRESH_NS`]). A send time in
+/// the future is no proof either.
+#[inline(always)]
+pub const fn reply_fresh(sent_ns: u64, now_ns: u64) -> bool {
+    sent_ns <= now_ns && now_ns - sent_ns <= REPLY_FRESH_NS
+}
+
 /// Per-CPU counters of ARP packets claiming a slot's VIP from another MAC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -336,7 +442,18 @@ pub struct ClaimCounters {
     /// Sender MAC of the last claim.
     pub last_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The last claim that woke the daemon (an event): when, from which
+    /// MAC, which ARP operation.
+    pub last_wake_ns: u64,
+    pub last_wake_mac: [u8; 6],
+    pub last_wake_op: [u8; 2],
 }
+
+/// A claim like the last one that woke the daemon (same sender MAC and
+/// ARP operation) wakes it again only after this long.
+pub const CLAIM_WAKE_NS: u64 = 2_000_000;
+/// Any claim wakes the daemon at most this often (per CPU and slot).
+pub const CLAIM_WAKE_MIN_NS: u64 = 100_000;
 
 /// Pushed to [`MAP_EVENTS`] for every claim, so the daemon reacts at once.
 #[repr(C)]
@@ -458,6 +575,7 @@ mod user {
         SlotConfig,
         PeerCounters,
         GapTracker,
+        ReplayWindow,
         ClaimCounters,
         ClaimEvent,
         GateCounters,
@@ -483,9 +601,11 @@ mod tests {
             seq: 42,
             sent_ns: 1_000_000_007,
             vip: VIP,
+            tag: [9; 8],
         };
         let wire = p.encode();
-        assert_eq!(&wire[..4], b"VPW2");
+        assert_eq!(&wire[..4], b"VPW3");
+        assert_eq!(&wire[48..], &[9; 8]);
         assert_eq!(&wire[4..6], &[1, 2]);
         assert_eq!(&wire[8..16], &0x0123_4567_89ab_cdefu64.to_be_bytes());
         assert_eq!(&wire[32..48], &VIP);
@@ -500,11 +620,47 @@ mod tests {
             seq: 2,
             sent_ns: 3,
             vip: VIP,
+            tag: [0; 8],
         }
         .encode();
         wire[0] = b'X';
         assert_eq!(ProbePayload::decode(&wire), None);
         assert_eq!(ProbePayload::decode(&[0; PROBE_PAYLOAD_LEN]), None);
+    }
+
+    #[test]
+    fn tags_depend_on_key_domain_and_every_authenticated_byte() {
+        let key = siphash::Key { k0: 1, k1: 2 };
+        let p = ProbePayload {
+            slot: 1,
+            nonce: 7,
+            seq: 3,
+            sent_ns: 5,
+            vip: VIP,
+            tag: [0; 8],
+        }
+        .encode();
+        let probe = auth_tag(&key, AUTH_PROBE, &p);
+        assert_ne!(probe, auth_tag(&key, AUTH_REPLY, &p), "domains differ");
+        assert_ne!(
+            probe,
+            auth_tag(&siphash::Key { k0: 1, k1: 3 }, AUTH_PROBE, &p)
+        );
+        for k in 0..PROBE_TAG_AT {
+            let mut q = p;
+            q[k] ^= 1;
+            assert_ne!(probe, auth_tag(&key, AUTH_PROBE, &q), "byte {k}");
+        }
+        // The tag field itself is not authenticated (it carries the tag).
+        let mut q = p;
+        q[PROBE_TAG_AT] = 0xff;
+        assert_eq!(probe, auth_tag(&key, AUTH_PROBE, &q));
+        // Known answer: the same function as the reference SipHash over
+        // the domain word then the payload's six words.
+        let mut msg = [0u8; 56];
+        msg[..8].copy_from_slice(&AUTH_PROBE.to_le_bytes());
+        msg[8..].copy_from_slice(&p[..48]);
+        assert_eq!(probe, siphash::siphash24(&key, &msg).to_le_bytes());
     }
 
     #[test]
@@ -548,14 +704,57 @@ mod tests {
     fn map_values_have_the_expected_sizes() {
         // Layout is an ABI between the kernel object and userspace.
         assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
-        assert_eq!(core::mem::size_of::<SlotConfig>(), 8 + 3 * 16 + 8 + 8);
-        assert_eq!(core::mem::size_of::<PeerCounters>(), 40 + 8 * RTT_BUCKETS);
-        assert_eq!(core::mem::size_of::<ClaimCounters>(), 24);
+        assert_eq!(core::mem::size_of::<SlotConfig>(), 8 + 3 * 16 + 8 + 8 + 16);
+        assert_eq!(core::mem::size_of::<PeerCounters>(), 48 + 8 * RTT_BUCKETS);
+        assert_eq!(core::mem::size_of::<ClaimCounters>(), 40);
         assert_eq!(core::mem::size_of::<ClaimEvent>(), 24);
         assert_eq!(core::mem::size_of::<GateCounters>(), 16);
         assert_eq!(core::mem::size_of::<ConnKey>(), 24);
         assert_eq!(core::mem::size_of::<ConnValue>(), 32);
         assert_eq!(core::mem::size_of::<ConnEvent>(), 48);
         assert_eq!(core::mem::size_of::<Learned>(), 32);
+        assert_eq!(core::mem::size_of::<ReplayWindow>(), 16);
+    }
+
+    #[test]
+    fn each_probe_counts_once() {
+        let mut w = ReplayWindow::default();
+        assert!(w.accept(1));
+        assert!(!w.accept(1), "a second reply to probe 1 is a replay");
+        assert!(w.accept(2));
+        assert!(w.accept(5), "lost replies leave gaps");
+        assert!(w.accept(3), "late but new: reordering within the window");
+        assert!(!w.accept(3));
+        assert!(!w.accept(2));
+        assert!(w.accept(4));
+        assert_eq!(w.top, 5);
+    }
+
+    #[test]
+    fn replies_older_than_the_window_are_replays() {
+        let mut w = ReplayWindow::default();
+        for seq in 1..=200 {
+            assert!(w.accept(seq));
+        }
+        assert!(!w.accept(200 - REPLAY_WINDOW), "just outside");
+        assert!(!w.accept(10));
+        let mut w = ReplayWindow::default();
+        assert!(w.accept(100));
+        assert!(
+            w.accept(100 - REPLAY_WINDOW + 1),
+            "just inside, never answered"
+        );
+        // A jump beyond the window forgets everything older.
+        assert!(w.accept(1000));
+        assert!(!w.accept(100));
+        assert!(w.accept(999));
+    }
+
+    #[test]
+    fn freshness_is_measured_from_the_probe_s_send_time() {
+        assert!(reply_fresh(5, 5));
+        assert!(reply_fresh(0, REPLY_FRESH_NS));
+        assert!(!reply_fresh(0, REPLY_FRESH_NS + 1));
+        assert!(!reply_fresh(10, 9), "sent in the future");
     }
 }

@@ -8,8 +8,9 @@
 #![cfg_attr(not(test), no_std)]
 
 use vipwatch_common::{
-    Addr, ConnKey, IfaceConfig, PEER_MASTER, PEER_WITNESS, PROBE_PAYLOAD_LEN, ProbePayload,
-    ROLE_BACKUP, ROLE_MASTER, SLOT_HOLDING, SLOT_WITNESS, SlotConfig, addr_v4,
+    AUTH_PROBE, AUTH_REPLY, Addr, ConnKey, IfaceConfig, PEER_MASTER, PEER_WITNESS,
+    PROBE_PAYLOAD_LEN, PROBE_TAG_AT, ProbePayload, ROLE_BACKUP, ROLE_MASTER, SLOT_AUTH,
+    SLOT_HOLDING, SLOT_WITNESS, SlotConfig, addr_v4, auth_tag, siphash::Key,
 };
 
 /// Bounded reads out of a packet.
@@ -53,9 +54,17 @@ pub const ICMP_ECHO_REQUEST: u8 = 8;
 /// the echo replies it generates (`icmp_reply` copies none by default), so
 /// anything longer is not an answer to our probes.
 pub const IPV4_HLEN: usize = 20;
-const ICMP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
 /// Two tags: 802.1ad (QinQ) outer plus 802.1Q inner.
 const MAX_VLAN_TAGS: usize = 2;
+
+/// An authenticated probe the master's program answers itself: the IPv4
+/// header's offset in the frame, and the reply's tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub ip: usize,
+    pub tag: [u8; 8],
+}
 
 /// What the program made of one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +89,14 @@ pub enum Seen {
     /// stopped, or a forgery).
     UnknownSlot,
     /// A vipwatch probe for the VIP of master `slot`, from `src` with
-    /// `nonce`: its gate decides, and the master learns its backup.
+    /// `nonce`: its gate decides, and the master learns its backup. With
+    /// the pair's key and a valid tag, `answer` is what the program answers
+    /// with itself.
     Probe {
         slot: u32,
         src: [u8; 4],
         nonce: [u8; 8],
+        answer: Option<Answer>,
     },
     /// A TCP segment from a client to the VIP of `key.slot`, which this host
     /// holds: `ack` is its acknowledgement number if ACK is set; `syn` when
@@ -144,6 +156,33 @@ fn icmp_echo<F: Frame + ?Sized>(frame: &F, ip: usize) -> Option<IcmpEcho> {
     })
 }
 
+/// Whether a reply carries the master's tag. Not inlined: SipHash's state
+/// gets a stack frame of its own (the program's is 512 bytes).
+#[inline(never)]
+fn reply_tag_ok(key: &Key, payload: &[u8; PROBE_PAYLOAD_LEN]) -> bool {
+    tag_of(payload) == auth_tag(key, AUTH_REPLY, payload)
+}
+
+/// A probe's reply tag, if the probe carries the backup's (see
+/// [`reply_tag_ok`] for why it is not inlined).
+#[inline(never)]
+fn answer_tag(key: &Key, payload: &[u8; PROBE_PAYLOAD_LEN]) -> Option<[u8; 8]> {
+    (tag_of(payload) == auth_tag(key, AUTH_PROBE, payload))
+        .then(|| auth_tag(key, AUTH_REPLY, payload))
+}
+
+/// The tag bytes of a payload.
+#[inline(always)]
+fn tag_of(p: &[u8; PROBE_PAYLOAD_LEN]) -> [u8; 8] {
+    let mut t = [0u8; 8];
+    let mut k = 0;
+    while k < 8 {
+        t[k] = p[PROBE_TAG_AT + k];
+        k += 1;
+    }
+    t
+}
+
 struct IcmpEcho {
     src: [u8; 4],
     icmp_type: u8,
@@ -188,14 +227,28 @@ fn classify_ipv4<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -
     };
     match echo.icmp_type {
         ICMP_ECHO_REPLY => classify_reply(frame, &echo, &payload, slots),
-        ICMP_ECHO_REQUEST => match slots.vip_slot(&payload.vip) {
-            Some(slot) if slots.slot(slot).is_some_and(|c| c.role == ROLE_MASTER) => Seen::Probe {
+        ICMP_ECHO_REQUEST => {
+            let Some(slot) = slots.vip_slot(&payload.vip) else {
+                return Seen::Other;
+            };
+            let Some(cfg) = slots.slot(slot).filter(|c| c.role == ROLE_MASTER) else {
+                return Seen::Other;
+            };
+            // Keyed: a probe with the backup's tag is answered by the
+            // program, with the master's; any other is left to the kernel,
+            // whose plain echo the backup counts as forged.
+            let answer = if cfg.flags & SLOT_AUTH != 0 {
+                answer_tag(&cfg.key, &echo.payload).map(|tag| Answer { ip, tag })
+            } else {
+                None
+            };
+            Seen::Probe {
                 slot,
                 src: echo.src,
                 nonce: payload.nonce.to_be_bytes(),
-            },
-            _ => Seen::Other,
-        },
+                answer,
+            }
+        }
         _ => Seen::Other,
     }
 }
@@ -267,6 +320,11 @@ fn classify_reply<F: Frame + ?Sized, S: Slots>(
         return Seen::Other;
     };
     if echo.id != cfg.echo_id || payload.nonce.to_be_bytes() != cfg.nonce {
+        return Seen::Forged { slot, peer };
+    }
+    // Keyed: only the master's program can tag a reply (the witness is
+    // not vipwatch, its replies stay plain).
+    if peer == PEER_MASTER && cfg.flags & SLOT_AUTH != 0 && !reply_tag_ok(&cfg.key, &echo.payload) {
         return Seen::Forged { slot, peer };
     }
     let Some(mac) = frame.load::<6>(6) else {
@@ -404,6 +462,7 @@ mod tests {
             seq: 7,
             sent_ns: 5_000,
             vip: addr_v4(vip),
+            tag: [0; 8],
         }
         .encode()
     }
@@ -644,6 +703,105 @@ mod tests {
         );
     }
 
+    const KEY: vipwatch_common::siphash::Key = vipwatch_common::siphash::Key {
+        k0: 0x1111_2222_3333_4444,
+        k1: 0x5555_6666_7777_8888,
+    };
+
+    /// `p` with its tag in `domain` under `key`.
+    fn tagged(
+        mut p: [u8; PROBE_PAYLOAD_LEN],
+        domain: u64,
+        key: &vipwatch_common::siphash::Key,
+    ) -> [u8; PROBE_PAYLOAD_LEN] {
+        let tag = auth_tag(key, domain, &p);
+        p[PROBE_TAG_AT..].copy_from_slice(&tag);
+        p
+    }
+
+    #[test]
+    fn with_a_key_only_the_master_s_tagged_replies_count() {
+        let mut t = Table::new();
+        t.slots[SLOT as usize].flags |= SLOT_AUTH;
+        t.slots[SLOT as usize].key = KEY;
+        let with = |p| {
+            echo(Echo {
+                payload: p,
+                ..Echo::default()
+            })
+        };
+        let plain = payload(SLOT as u16, NONCE, VIP);
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_REPLY, &KEY)).as_slice(), &t),
+            reply(PEER_MASTER)
+        );
+        let forged = Seen::Forged {
+            slot: SLOT,
+            peer: PEER_MASTER,
+        };
+        // The kernel's plain echo of our probe (its tag is the probe's).
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_PROBE, &KEY)).as_slice(), &t),
+            forged
+        );
+        assert_eq!(classify(with(plain).as_slice(), &t), forged);
+        let other_key = vipwatch_common::siphash::Key { k0: 1, k1: 2 };
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_REPLY, &other_key)).as_slice(), &t),
+            forged
+        );
+        // A tag for another sequence number does not carry over.
+        let mut moved = tagged(plain, AUTH_REPLY, &KEY);
+        moved[23] ^= 1;
+        assert_eq!(classify(with(moved).as_slice(), &t), forged);
+        // The witness is not vipwatch: its plain replies still count.
+        let witness = echo(Echo {
+            src: WITNESS,
+            payload: plain,
+            ..Echo::default()
+        });
+        assert_eq!(classify(witness.as_slice(), &t), reply(PEER_WITNESS));
+    }
+
+    #[test]
+    fn with_a_key_the_master_answers_tagged_probes_itself() {
+        let mut t = Table::new();
+        t.slots[MASTER_SLOT as usize].flags |= SLOT_AUTH;
+        t.slots[MASTER_SLOT as usize].key = KEY;
+        let probe = |p| {
+            echo(Echo {
+                icmp_type: ICMP_ECHO_REQUEST,
+                payload: p,
+                ..Echo::default()
+            })
+        };
+        let plain = payload(42, 1, MASTER_VIP);
+        let good = tagged(plain, AUTH_PROBE, &KEY);
+        let Seen::Probe { answer, .. } = classify(probe(good).as_slice(), &t) else {
+            panic!("a probe");
+        };
+        assert_eq!(
+            answer,
+            Some(Answer {
+                ip: 14,
+                tag: auth_tag(&KEY, AUTH_REPLY, &good)
+            })
+        );
+        for bad in [
+            plain,
+            tagged(
+                plain,
+                AUTH_PROBE,
+                &vipwatch_common::siphash::Key { k0: 9, k1: 9 },
+            ),
+        ] {
+            let Seen::Probe { answer, .. } = classify(probe(bad).as_slice(), &t) else {
+                panic!("a probe");
+            };
+            assert_eq!(answer, None, "left to the kernel");
+        }
+    }
+
     #[test]
     fn probes_for_a_master_slot_s_vip_reach_its_gate() {
         let probe = |vip| {
@@ -658,6 +816,7 @@ mod tests {
             slot: MASTER_SLOT,
             src: MASTER,
             nonce: 1u64.to_be_bytes(),
+            answer: None,
         };
         assert_eq!(classify(probe(MASTER_VIP).as_slice(), &t), seen);
         // The gate flag is the program's business, not the classifier's.

@@ -29,7 +29,7 @@ mod program {
     use aya_ebpf::{
         bindings::{
             BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-            xdp_action::{XDP_DROP, XDP_PASS},
+            xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         },
         helpers::{
             bpf_ktime_get_ns,
@@ -40,15 +40,16 @@ mod program {
         programs::XdpContext,
     };
     use vipwatch_common::{
-        ACK_UPDATE_NS, Addr, CONN_ACKED, CONN_CLOSED, CONN_EVENTS_RING_BYTES, CONN_NEW,
-        CONN_TABLE_DEFAULT, ClaimCounters, ClaimEvent, ConnEvent, ConnKey, ConnValue,
-        EVENTS_RING_BYTES, GapTracker, GateCounters, IfaceConfig, Learned, MAX_SLOTS,
-        PEERS_PER_SLOT, PeerCounters, SLOT_ACK_UPDATES, SLOT_GATE_CLOSED, SlotConfig,
-        XDP_ERR_CONN_EVENTS_FULL, XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG,
-        XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, addr_v4,
-        peer_index, rtt_bucket,
+        ACK_UPDATE_NS, Addr, CLAIM_WAKE_MIN_NS, CLAIM_WAKE_NS, CONN_ACKED, CONN_CLOSED,
+        CONN_EVENTS_RING_BYTES, CONN_NEW, CONN_TABLE_DEFAULT, ClaimCounters, ClaimEvent, ConnEvent,
+        ConnKey, ConnValue, EVENTS_RING_BYTES, GapTracker, GateCounters, IfaceConfig, Learned,
+        MAX_SLOTS, PEERS_PER_SLOT, PROBE_PAYLOAD_LEN, PROBE_TAG_AT, PeerCounters, ReplayWindow,
+        SLOT_ACK_UPDATES, SLOT_GATE_CLOSED, SlotConfig, XDP_ERR_CONN_EVENTS_FULL,
+        XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG, XDP_ERR_RINGBUF_FULL,
+        XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, addr_v4, peer_index, reply_fresh,
+        rtt_bucket,
     };
-    use vipwatch_ebpf::{Frame, Seen, Slots, classify, rtt_us};
+    use vipwatch_ebpf::{Answer, Frame, ICMP_HLEN, IPV4_HLEN, Seen, Slots, classify, rtt_us};
 
     #[map(name = "VW_IFACE")]
     static IFACE: Array<IfaceConfig> = Array::with_max_entries(1, 0);
@@ -65,6 +66,9 @@ mod program {
 
     #[map(name = "VW_GAPS")]
     static GAPS: Array<GapTracker> = Array::with_max_entries(MAX_SLOTS * PEERS_PER_SLOT, 0);
+
+    #[map(name = "VW_FRESH")]
+    static FRESH: Array<ReplayWindow> = Array::with_max_entries(MAX_SLOTS * PEERS_PER_SLOT, 0);
 
     #[map(name = "VW_CLAIMS")]
     static CLAIMS: PerCpuArray<ClaimCounters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
@@ -172,6 +176,16 @@ mod program {
                 let c = PEERS.get_ptr_mut(index).ok_or(XDP_ERR_MAP)?;
                 // SAFETY: per-CPU value, see count_error.
                 let c = unsafe { &mut *c };
+                // Alive only if it answers a recent probe not answered
+                // before: a replayed reply proves nothing.
+                let w = FRESH.get_ptr_mut(index).ok_or(XDP_ERR_MAP)?;
+                // SAFETY: a shared value; two CPUs racing on one peer's
+                // window can at worst both accept one duplicate.
+                let w = unsafe { &mut *w };
+                if !reply_fresh(sent_ns, now) || !w.accept(seq) {
+                    c.replayed += 1;
+                    return Ok(XDP_PASS);
+                }
                 c.replies += 1;
                 c.last_seen_ns = now;
                 if seq > c.highest_seq {
@@ -201,7 +215,12 @@ mod program {
                 unsafe { (*c).forged += 1 };
                 Ok(XDP_PASS)
             }
-            Seen::Probe { slot, src, nonce } => {
+            Seen::Probe {
+                slot,
+                src,
+                nonce,
+                answer,
+            } => {
                 if let Some(l) = LEARN.get_ptr_mut(slot) {
                     // SAFETY: a shared value written only here; a torn
                     // write between two probes from the same backup holds
@@ -223,7 +242,10 @@ mod program {
                     c.dropped += 1;
                     return Ok(XDP_DROP);
                 }
-                Ok(XDP_PASS)
+                match answer {
+                    Some(a) => Ok(answer_probe(ctx, a)),
+                    None => Ok(XDP_PASS),
+                }
             }
             Seen::Tcp {
                 key,
@@ -245,7 +267,11 @@ mod program {
                 c.last_ns = now;
                 c.last_mac = mac;
                 // The counter above is the record; the event only wakes the
-                // daemon, so a full ring loses a wake-up, not a claim.
+                // daemon, so a full ring loses a wake-up, not a claim. A
+                // flood wakes it rarely (see claim_wakes).
+                if !claim_wakes(c, now, mac, op) {
+                    return Ok(XDP_PASS);
+                }
                 let event = ClaimEvent {
                     ktime_ns: now,
                     mac,
@@ -259,6 +285,104 @@ mod program {
                 Ok(XDP_PASS)
             }
         }
+    }
+
+    /// Turns an authenticated probe into its reply, in place, and sends it
+    /// back out (XDP_TX): Ethernet and IPv4 addresses swapped, ICMP echo
+    /// reply with the master's tag, checksums recomputed. A frame that is
+    /// not exactly a probe of ours is left to the kernel.
+    #[inline(always)]
+    fn answer_probe(ctx: &XdpContext, a: Answer) -> u32 {
+        const LEN: usize = IPV4_HLEN + ICMP_HLEN + PROBE_PAYLOAD_LEN;
+        let start = ctx.data();
+        let end = ctx.data_end();
+        // At most two VLAN tags precede the IPv4 header.
+        if a.ip > 22 {
+            return XDP_PASS;
+        }
+        let ip = start + a.ip;
+        if ip + LEN > end || start + 12 > end {
+            return XDP_PASS;
+        }
+        let at = |k: usize| (ip + k) as *mut u8;
+        // SAFETY: every offset below is within [start, ip + LEN), checked
+        // against data_end just above; the packet is ours to rewrite.
+        unsafe {
+            if u16::from_be_bytes([*at(2), *at(3)]) as usize != LEN {
+                return XDP_PASS;
+            }
+            let eth = start as *mut u8;
+            let mut k = 0;
+            while k < 6 {
+                core::ptr::swap(eth.add(k), eth.add(6 + k));
+                k += 1;
+            }
+            // IPv4: addresses swapped, a fresh TTL, checksum again.
+            let mut k = 0;
+            while k < 4 {
+                core::ptr::swap(at(12 + k), at(16 + k));
+                k += 1;
+            }
+            *at(8) = 64;
+            *at(10) = 0;
+            *at(11) = 0;
+            let sum = checksum(
+                |k| u16::from_be_bytes([*at(2 * k), *at(2 * k + 1)]),
+                IPV4_HLEN / 2,
+            );
+            *at(10) = (sum >> 8) as u8;
+            *at(11) = sum as u8;
+            // ICMP: echo reply, the master's tag, checksum again.
+            let icmp = IPV4_HLEN;
+            *at(icmp) = 0;
+            *at(icmp + 2) = 0;
+            *at(icmp + 3) = 0;
+            let mut k = 0;
+            while k < 8 {
+                *at(icmp + ICMP_HLEN + PROBE_TAG_AT + k) = a.tag[k];
+                k += 1;
+            }
+            let sum = checksum(
+                |k| u16::from_be_bytes([*at(icmp + 2 * k), *at(icmp + 2 * k + 1)]),
+                (ICMP_HLEN + PROBE_PAYLOAD_LEN) / 2,
+            );
+            *at(icmp + 2) = (sum >> 8) as u8;
+            *at(icmp + 3) = sum as u8;
+        }
+        XDP_TX
+    }
+
+    /// The Internet checksum (RFC 1071) of `words` 16-bit words.
+    #[inline(always)]
+    fn checksum(word: impl Fn(usize) -> u16, words: usize) -> u16 {
+        let mut sum: u32 = 0;
+        let mut k = 0;
+        while k < words {
+            sum += u32::from(word(k));
+            k += 1;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        !(sum as u16)
+    }
+
+    /// Whether a claim wakes the daemon, recording the wake-up: one from
+    /// the same sender and operation as the last wake-up at most every
+    /// CLAIM_WAKE_NS, a different one at most every CLAIM_WAKE_MIN_NS (per
+    /// CPU and slot). A flood then costs the daemon a few hundred wake-ups
+    /// a second, and what it suppresses is what the daemon just heard.
+    #[inline(always)]
+    fn claim_wakes(c: &mut ClaimCounters, now: u64, mac: [u8; 6], op: [u8; 2]) -> bool {
+        let since = now.wrapping_sub(c.last_wake_ns);
+        let same = c.last_wake_mac == mac && c.last_wake_op == op;
+        let wake =
+            c.last_wake_ns == 0 || since >= CLAIM_WAKE_NS || (!same && since >= CLAIM_WAKE_MIN_NS);
+        if wake {
+            c.last_wake_ns = now;
+            c.last_wake_mac = mac;
+            c.last_wake_op = op;
+        }
+        wake
     }
 
     /// Keeps the connection table of a held VIP: one lookup per segment;

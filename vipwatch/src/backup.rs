@@ -14,7 +14,15 @@
 //!   20 ms doubling to 1 s);
 //! * the gratuitous ARP burst and refresh after a takeover;
 //! * retrying a bind or an unbind that failed;
-//! * handing the VIP over, with the master's MAC, after its claim.
+//! * handing the VIP over, with the master's MAC, whenever we give it up
+//!   while the master is alive (its claim, `vipwatch release`, a stop);
+//! * checking that whoever we released the VIP to answers for it (RFC 5227
+//!   probes over [`VERIFY_WINDOW_NS`]), and taking it back if nobody does:
+//!   a forged claim costs a few ms, never a lasting outage;
+//! * following the kernel: a VIP removed under us is bound again; one that
+//!   appears while we do not hold it is a stray, removed or adopted;
+//! * adopting a VIP found bound at start (a crash, a restart): the first
+//!   verdict on the master decides whether we keep it or hand it back.
 //!
 //! The shell ([`crate::worker`]) only waits, reads the maps, feeds events
 //! and carries out actions; results of actions come back as events
@@ -38,6 +46,23 @@ pub(crate) const RETRY_NS: u64 = 100_000_000;
 /// Address conflicts logged per takeover (one ARP per second from a
 /// misconfigured host must not flood the log).
 const CONFLICTS_LOGGED: u32 = 10;
+/// After giving the VIP up, how long we wait for the new holder to answer
+/// our RFC 5227 probes for it, and how often we ask (three probes: one lost
+/// frame must not make us take the VIP back). A host that holds the VIP
+/// answers from its kernel within a LAN round trip.
+pub(crate) const VERIFY_WINDOW_NS: u64 = 20_000_000;
+const VERIFY_EVERY_NS: u64 = 5_000_000;
+const VERIFY_PROBES: u32 = 3;
+
+/// What to do with the VIP when it appears on our interface while we do
+/// not hold it (added by hand, by a script, or left by another program).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stray {
+    /// Remove it (and point the clients back at the master).
+    Remove,
+    /// Keep it if the master does not answer for the VIP: treat it as ours.
+    Adopt,
+}
 
 /// Validated settings of one backup instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +72,7 @@ pub(crate) struct Settings {
     /// Stop probing after this many probes (diagnostics, `--count`).
     pub(crate) probe_limit: Option<u64>,
     pub(crate) conn: config::Conn,
+    pub(crate) stray: Stray,
 }
 
 /// Counters of one peer as the XDP program keeps them, merged across CPUs.
@@ -88,8 +114,16 @@ pub(crate) enum Event {
     /// The probe [`Action::Probe`] asked for left at `at_ns` (a probe the
     /// kernel refused is not reported: it is no evidence).
     ProbeSent { at_ns: u64, seq: u64 },
-    /// An ARP packet with sender IP = the VIP from a MAC not ours.
-    Claim { at_ns: u64, mac: [u8; 6] },
+    /// An ARP packet with sender IP = the VIP from a MAC not ours; `reply`:
+    /// an ARP reply (what a holder's kernel sends to our probe).
+    Claim {
+        at_ns: u64,
+        mac: [u8; 6],
+        reply: bool,
+    },
+    /// The kernel's view of the VIP on our interface, as the shell found it
+    /// after an address notification.
+    Address { at_ns: u64, present: bool },
     /// [`Action::TakeOver`] done: the VIP was bound at `bound_ns` and first
     /// announced at `first_garp_ns`.
     Bound { bound_ns: u64, first_garp_ns: u64 },
@@ -164,6 +198,28 @@ pub(crate) enum Note {
     MasterBack { mac: [u8; 6], failback: Failback },
     /// A bind or unbind that failed earlier now asked again.
     Retry { bind: bool },
+    /// The VIP was removed from the interface while we hold it: bound again.
+    VipRemoved,
+    /// The VIP appeared on the interface while we do not hold it.
+    Stray { policy: Stray },
+    /// Started with the VIP bound (a crash, a restart): adopted until the
+    /// master's first verdict.
+    Adopted,
+    /// The master answers: the adopted VIP goes back to it.
+    AdoptedHandBack { mac: [u8; 6] },
+    /// Nobody answered for the VIP after we gave it up to `mac`.
+    ClaimantSilent { mac: [u8; 6] },
+}
+
+/// Waiting for the host we gave the VIP up to to answer for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Verify {
+    claimant: [u8; 6],
+    /// Answers sent before this do not count.
+    since_ns: u64,
+    next_solicit_ns: u64,
+    solicits: u32,
+    until_ns: u64,
 }
 
 /// The backup instance. See the module documentation.
@@ -193,6 +249,15 @@ pub(crate) struct Machine {
     conflicts_logged: u32,
     master_back_noted: bool,
     holder: Holder,
+    /// Checking the host we released the VIP to.
+    verify: Option<Verify>,
+    /// The VIP was bound when we started (or appeared and is adopted): it
+    /// stays until the master's first verdict.
+    adopted: bool,
+    /// A bind that restores a VIP removed under us (not a takeover).
+    rebinding: bool,
+    /// See `detect`.
+    master_was_back: bool,
     stats: Stats,
 }
 
@@ -211,10 +276,18 @@ pub(crate) struct Stats {
     /// answered (ours to blame when close to the master's reply gap).
     pub(crate) max_probe_gap_ns: u64,
     last_probe_ns: u64,
+    /// VIPs removed under us and bound again.
+    pub(crate) vip_restored: u64,
+    /// VIPs that appeared while we did not hold them.
+    pub(crate) stray_vips: u64,
+    /// Releases taken back because nobody answered for the VIP after.
+    pub(crate) taken_back: u64,
 }
 
 impl Machine {
-    pub(crate) fn new(settings: Settings, now_ns: u64) -> Self {
+    /// `bound`: the VIP is on the interface already (adopted, see the
+    /// module documentation).
+    pub(crate) fn new(settings: Settings, now_ns: u64, bound: bool) -> Self {
         Self {
             settings,
             detector: Detector::new(settings.detector, now_ns),
@@ -224,7 +297,7 @@ impl Machine {
             master: Peer::default(),
             last_sample_ns: now_ns,
             garp: GarpSchedule::new(&settings.garp),
-            bound: Some(false),
+            bound: Some(bound),
             retry_at: None,
             decision: Decision::default(),
             next_solicit_ns: 0,
@@ -233,7 +306,31 @@ impl Machine {
             conflicts_logged: 0,
             master_back_noted: false,
             holder: Holder::new(&settings.conn),
+            verify: None,
+            adopted: bound,
+            rebinding: false,
+            master_was_back: false,
             stats: Stats::default(),
+        }
+    }
+
+    /// The master's MAC (from its last reply).
+    pub(crate) fn master_mac(&self) -> [u8; 6] {
+        self.master.last_mac
+    }
+
+    /// Whether the VIP is bound as far as the machine knows.
+    #[cfg(test)]
+    pub(crate) fn holds_vip(&self) -> bool {
+        self.bound == Some(true)
+    }
+
+    /// Notes for the start: the adoption, if any.
+    pub(crate) fn start(&self) -> Vec<Action> {
+        if self.adopted {
+            vec![Action::Note(Note::Adopted)]
+        } else {
+            Vec::new()
         }
     }
 
@@ -272,11 +369,19 @@ impl Machine {
         if self.probing() {
             at = at.min(self.next_probe_ns);
         }
+        let verify = self.verify.map(|v| {
+            if v.solicits < VERIFY_PROBES {
+                v.next_solicit_ns.min(v.until_ns)
+            } else {
+                v.until_ns
+            }
+        });
         for due in [
             self.garp.next_ns(),
             self.retry_at,
             self.solicit_due(),
             self.holder.next_deadline(),
+            verify,
         ]
         .into_iter()
         .flatten()
@@ -323,14 +428,20 @@ impl Machine {
                 self.stats.last_probe_ns = at_ns;
                 self.detect(detector::Event::ProbeSent { at_ns, seq }, &mut out);
             }
-            Event::Claim { at_ns, mac } => self.claim(at_ns, mac, &mut out),
+            Event::Claim { at_ns, mac, reply } => self.claim(at_ns, mac, reply, &mut out),
+            Event::Address { at_ns, present } => self.address(at_ns, present, &mut out),
             Event::Bound {
                 bound_ns,
                 first_garp_ns,
             } => {
                 self.bound = Some(true);
                 self.retry_at = None;
-                if self.state() == State::Active {
+                if self.state() == State::Active && self.rebinding {
+                    // Restored, not taken over: announce again (a host that
+                    // removed it may have said so), nothing else.
+                    self.rebinding = false;
+                    self.garp.burst_started(first_garp_ns);
+                } else if self.state() == State::Active {
                     self.garp.burst_started(first_garp_ns);
                     self.stats.takeovers += 1;
                     self.stats.last_takeover = Some((self.decision, bound_ns, first_garp_ns));
@@ -358,6 +469,8 @@ impl Machine {
             Event::OperatorRelease { at_ns } => {
                 self.detect(detector::Event::OperatorRelease { at_ns }, &mut out);
             }
+            // (A release of an adopted VIP before any verdict is the
+            // operator's to make: it goes through the same path.)
             Event::Shutdown { at_ns } => {
                 self.detect(detector::Event::Shutdown { at_ns }, &mut out);
             }
@@ -417,6 +530,7 @@ impl Machine {
             self.garp.sent(now_ns);
             out.push(Action::Announce);
         }
+        self.verify_tick(now_ns, out);
         if self.state() == State::Active {
             let due = self.holder.tick(now_ns);
             if due.kick {
@@ -455,8 +569,16 @@ impl Machine {
     }
 
     /// Who a claim comes from, and what the detector makes of it.
-    fn claim(&mut self, at_ns: u64, mac: [u8; 6], out: &mut Vec<Action>) {
+    fn claim(&mut self, at_ns: u64, mac: [u8; 6], reply: bool, out: &mut Vec<Action>) {
         self.stats.last_claim_ns = at_ns;
+        if let Some(v) = self.verify
+            && reply
+            && mac == v.claimant
+            && at_ns >= v.since_ns
+        {
+            // The host we gave the VIP to answers for it: done.
+            self.verify = None;
+        }
         // Before the master ever answered we cannot tell its MAC: a claim
         // then counts as the master's.
         let from_master = self.master.replies == 0 || mac == self.master.last_mac;
@@ -474,7 +596,106 @@ impl Machine {
 
     /// Feeds the detector and turns its decisions into effects.
     fn detect(&mut self, event: detector::Event, out: &mut Vec<Action>) {
-        for action in self.detector.handle(event) {
+        // Whether the master was back before this event (a release makes
+        // the detector forget its run).
+        self.master_was_back = self.detector.master_back();
+        let actions = self.detector.handle(event);
+        self.effects(actions, out);
+    }
+
+    /// Starts checking that `claimant` answers for the VIP we just gave up.
+    fn begin_verify(&mut self, at_ns: u64, claimant: [u8; 6], out: &mut Vec<Action>) {
+        self.verify = Some(Verify {
+            claimant,
+            since_ns: at_ns,
+            next_solicit_ns: at_ns + VERIFY_EVERY_NS,
+            solicits: 1,
+            until_ns: at_ns + VERIFY_WINDOW_NS,
+        });
+        out.push(Action::Solicit);
+    }
+
+    fn verify_tick(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        let Some(mut v) = self.verify else {
+            return;
+        };
+        if self.state() != State::Standby {
+            // We hold it again (a takeover decided meanwhile), or we are
+            // cut off: nothing to check.
+            self.verify = None;
+            return;
+        }
+        if now_ns >= v.until_ns {
+            self.verify = None;
+            self.stats.taken_back += 1;
+            out.push(Action::Note(Note::ClaimantSilent { mac: v.claimant }));
+            let actions = self.detector.take_back(now_ns);
+            self.effects(actions, out);
+            return;
+        }
+        if v.solicits < VERIFY_PROBES && now_ns >= v.next_solicit_ns {
+            v.solicits += 1;
+            v.next_solicit_ns = now_ns + VERIFY_EVERY_NS;
+            out.push(Action::Solicit);
+        }
+        self.verify = Some(v);
+    }
+
+    /// The kernel's view of the VIP changed (or was re-read).
+    fn address(&mut self, at_ns: u64, present: bool, out: &mut Vec<Action>) {
+        let state = self.state();
+        match (present, self.bound) {
+            (false, Some(true)) if state == State::Active && !self.rebinding => {
+                self.stats.vip_restored += 1;
+                out.push(Action::Note(Note::VipRemoved));
+                self.rebinding = true;
+                self.bound = None;
+                out.push(Action::TakeOver {
+                    decision: self.decision,
+                });
+            }
+            (false, Some(true)) if state == State::Active => {}
+            (false, Some(true)) => {
+                // An adopted VIP someone removed: nothing left to decide.
+                self.bound = Some(false);
+                self.adopted = false;
+            }
+            (true, Some(false)) if state != State::Active => {
+                self.stats.stray_vips += 1;
+                let policy = self.settings.stray;
+                out.push(Action::Note(Note::Stray { policy }));
+                self.bound = Some(true);
+                match (policy, state) {
+                    // Unknown master: wait for its first verdict.
+                    (Stray::Adopt, State::Starting) => self.adopted = true,
+                    (Stray::Adopt, State::Standby) => self.hand_back_adopted(at_ns, out),
+                    (Stray::Remove, State::Standby) => {
+                        out.push(Action::Release);
+                        out.push(Action::HandOver {
+                            mac: self.master.last_mac,
+                        });
+                    }
+                    _ => out.push(Action::Release),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The master answers and we hold a VIP we never took over (adopted):
+    /// give it back, tell the clients, and check that the master has it.
+    fn hand_back_adopted(&mut self, at_ns: u64, out: &mut Vec<Action>) {
+        self.adopted = false;
+        let mac = self.master.last_mac;
+        out.push(Action::Note(Note::AdoptedHandBack { mac }));
+        out.push(Action::Release);
+        out.push(Action::HandOver { mac });
+        self.begin_verify(at_ns, mac, out);
+    }
+
+    /// Turns the detector's decisions into effects.
+    fn effects(&mut self, actions: Vec<detector::Action>, out: &mut Vec<Action>) {
+        for action in actions {
             match action {
                 detector::Action::TakeOver => {
                     let (last_reply_ns, deadline_ns, decision_ns) =
@@ -497,24 +718,54 @@ impl Machine {
                     out.push(Action::Release);
                 }
                 detector::Action::Notify(t) => {
-                    if t.from == State::Active
-                        && t.reason == Reason::MasterClaimed
-                        && let Some(mac) = self.claim_mac.take()
-                    {
-                        // We released because the master claimed (at once,
-                        // or after its `rise` replies): tell the clients
-                        // that still send to our MAC where the VIP lives
-                        // now, in case the master's own announcement missed
-                        // them (or it never sent one: a frozen master that
-                        // thawed only answered our solicitation).
-                        out.push(Action::HandOver { mac });
-                        // And the master kicks the connections we had.
-                        out.push(Action::SyncReleased);
-                    }
+                    self.notified(t, out);
                     self.holder.notified();
                     out.push(Action::Notify(t));
                 }
             }
+        }
+    }
+
+    /// What a state change means beyond the detector's own action.
+    fn notified(&mut self, t: Transition, out: &mut Vec<Action>) {
+        if t.to == State::Active {
+            // A takeover (or a take-back) ends any check and adoption.
+            self.verify = None;
+            self.adopted = false;
+        }
+        if t.from == State::Starting && t.to == State::Standby && self.adopted {
+            // The master answers: the VIP we found bound is not ours.
+            self.hand_back_adopted(t.at_ns, out);
+            return;
+        }
+        if t.from == State::Starting && t.to == State::Isolated && self.adopted {
+            self.adopted = false;
+            out.push(Action::Release);
+            return;
+        }
+        if t.from != State::Active || t.to != State::Standby {
+            return;
+        }
+        // We gave the VIP up while the master is alive: tell the clients
+        // that still send to our MAC where it lives now (the master's own
+        // announcement may have missed them, or it never sent one: a
+        // frozen master that thawed only answered our solicitation), let
+        // the master kick the connections we had, and check that it
+        // really answers for the VIP.
+        let mac = match t.reason {
+            Reason::MasterClaimed => self.claim_mac.take(),
+            Reason::OperatorRelease | Reason::Shutdown if self.master_was_back => {
+                Some(self.master.last_mac)
+            }
+            _ => None,
+        };
+        let Some(mac) = mac else {
+            return;
+        };
+        out.push(Action::HandOver { mac });
+        out.push(Action::SyncReleased);
+        if t.reason != Reason::Shutdown {
+            self.begin_verify(t.at_ns, mac, out);
         }
     }
 }
@@ -549,6 +800,7 @@ mod tests {
             },
             probe_limit: None,
             conn: config::Conn::default(),
+            stray: Stray::Remove,
         }
     }
 
@@ -560,17 +812,25 @@ mod tests {
         master: Peer,
         master_up: bool,
         bind_ok: bool,
+        /// Who answers our RFC 5227 probes for the VIP (its MAC), if anyone.
+        holder: Option<[u8; 6]>,
         actions: Vec<(u64, Action)>,
     }
 
     impl Sim {
         fn new(settings: Settings) -> Self {
+            Self::with_vip(settings, false)
+        }
+
+        /// Started with the VIP already bound (`bound`).
+        fn with_vip(settings: Settings, bound: bool) -> Self {
             Self {
-                m: Machine::new(settings, T0),
+                m: Machine::new(settings, T0, bound),
                 now: T0,
                 master: Peer::default(),
                 master_up: true,
                 bind_ok: true,
+                holder: None,
                 actions: Vec::new(),
             }
         }
@@ -632,6 +892,16 @@ mod tests {
                     Action::Release => {
                         let at = self.now;
                         self.feed(Event::Unbound { at_ns: at });
+                    }
+                    Action::Solicit => {
+                        if let Some(mac) = self.holder {
+                            let at = self.now + RTT;
+                            self.feed(Event::Claim {
+                                at_ns: at,
+                                mac,
+                                reply: true,
+                            });
+                        }
                     }
                     _ => {}
                 }
@@ -746,15 +1016,17 @@ mod tests {
         sim.run_for(20 * MS);
         assert!(sim.m.master_back());
         let at = sim.now;
+        sim.holder = Some(MASTER_MAC);
         sim.feed(Event::Claim {
             at_ns: at,
             mac: MASTER_MAC,
+            reply: false,
         });
         let tail: Vec<Action> = sim
             .actions
             .iter()
             .rev()
-            .take(4)
+            .take(5)
             .rev()
             .map(|(_, a)| *a)
             .collect();
@@ -765,7 +1037,8 @@ mod tests {
             Action::SyncReleased,
             "the master kicks what we had"
         );
-        assert!(matches!(tail[3], Action::Notify(t) if t.reason == Reason::MasterClaimed));
+        assert_eq!(tail[3], Action::Solicit, "does it answer for the VIP?");
+        assert!(matches!(tail[4], Action::Notify(t) if t.reason == Reason::MasterClaimed));
         assert_eq!(sim.m.state(), State::Standby);
         assert_eq!(sim.m.stats().releases, 1);
     }
@@ -780,6 +1053,7 @@ mod tests {
             sim.feed(Event::Claim {
                 at_ns: at,
                 mac: OTHER_MAC,
+                reply: false,
             });
         }
         assert_eq!(sim.m.state(), State::Active);
@@ -893,5 +1167,240 @@ mod tests {
         sim.now += 9 * MS;
         sim.step();
         assert!(sim.m.stats().max_probe_gap_ns >= 9 * MS);
+    }
+
+    /// Active, the master back (rise replies), answering probes.
+    fn active_master_back(settings: Settings) -> Sim {
+        let mut sim = Sim::active(settings);
+        sim.master_up = true;
+        sim.run_for(20 * MS);
+        assert!(sim.m.master_back());
+        sim
+    }
+
+    fn claim(sim: &mut Sim, mac: [u8; 6]) {
+        let at = sim.now;
+        sim.feed(Event::Claim {
+            at_ns: at,
+            mac,
+            reply: false,
+        });
+    }
+
+    #[test]
+    fn a_forged_claim_costs_a_few_ms_the_vip_is_taken_back() {
+        // Issue "Never lose the VIP", row 1: one ARP in the master's name
+        // from a third host while the master (stopped, host up) answers
+        // probes but does not hold the VIP.
+        let mut sim = active_master_back(settings(Failback::OnClaim));
+        sim.holder = None;
+        let released = sim.now;
+        claim(&mut sim, MASTER_MAC);
+        assert_eq!(sim.m.state(), State::Standby);
+        sim.run_for(VERIFY_WINDOW_NS + MS);
+        assert_eq!(sim.m.state(), State::Active, "nobody answered: taken back");
+        let solicits: Vec<u64> = sim
+            .times(|a| *a == Action::Solicit)
+            .into_iter()
+            .filter(|t| *t >= released)
+            .collect();
+        assert_eq!(solicits.len(), 3, "{solicits:?}");
+        let back = sim.times(|a| matches!(a, Action::TakeOver { .. }));
+        let back = *back.last().expect("taken back");
+        assert_eq!(back - released, VERIFY_WINDOW_NS, "bounded");
+        assert!(sim.actions.iter().any(|(_, a)| matches!(
+            a,
+            Action::Notify(t) if t.reason == Reason::ClaimantSilent && t.to == State::Active
+        )));
+        assert_eq!(sim.m.stats().taken_back, 1);
+    }
+
+    #[test]
+    fn a_real_claimant_answers_and_keeps_the_vip() {
+        let mut sim = active_master_back(settings(Failback::OnClaim));
+        sim.holder = Some(MASTER_MAC);
+        claim(&mut sim, MASTER_MAC);
+        sim.run_for(200 * MS);
+        assert_eq!(sim.m.state(), State::Standby);
+        assert_eq!(sim.m.stats().taken_back, 0);
+        // One solicitation answered at once: no more asked.
+        assert_eq!(
+            sim.actions
+                .iter()
+                .rev()
+                .take_while(|(_, a)| !matches!(a, Action::Release))
+                .filter(|(_, a)| *a == Action::Solicit)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_answer_from_another_host_does_not_confirm_the_claimant() {
+        let mut sim = active_master_back(settings(Failback::OnClaim));
+        sim.holder = Some(OTHER_MAC);
+        claim(&mut sim, MASTER_MAC);
+        sim.run_for(VERIFY_WINDOW_NS + MS);
+        assert_eq!(sim.m.state(), State::Active);
+    }
+
+    #[test]
+    fn an_old_claim_sent_while_the_master_was_away_moves_nothing() {
+        // Row 2: the forged ARP comes while the master is dead; the master
+        // returns 2 s later without the VIP.
+        let mut sim = Sim::active(settings(Failback::OnClaim));
+        sim.run_for(10 * MS);
+        claim(&mut sim, MASTER_MAC);
+        sim.run_for(2000 * MS);
+        sim.master_up = true;
+        sim.run_for(100 * MS);
+        assert!(sim.m.master_back());
+        assert_eq!(sim.m.state(), State::Active);
+        assert_eq!(sim.count(|a| *a == Action::Release), 0);
+    }
+
+    #[test]
+    fn a_vip_removed_under_us_is_bound_again_and_announced() {
+        let mut sim = Sim::active(settings(Failback::OnClaim));
+        let at = sim.now;
+        let takeovers = sim.m.stats().takeovers;
+        sim.feed(Event::Address {
+            at_ns: at,
+            present: false,
+        });
+        assert!(
+            sim.actions
+                .iter()
+                .any(|(_, a)| *a == Action::Note(Note::VipRemoved))
+        );
+        let binds = sim.times(|a| matches!(a, Action::TakeOver { .. }));
+        assert_eq!(*binds.last().expect("bound again"), at);
+        assert!(sim.m.holds_vip());
+        assert_eq!(sim.m.stats().vip_restored, 1);
+        assert_eq!(sim.m.stats().takeovers, takeovers, "not a takeover");
+        assert_eq!(sim.count(|a| *a == Action::Kick), 1, "no second kick");
+        // Our own bind's notification changes nothing.
+        sim.feed(Event::Address {
+            at_ns: at,
+            present: true,
+        });
+        assert_eq!(sim.m.stats().vip_restored, 1);
+        assert_eq!(sim.m.stats().stray_vips, 0);
+    }
+
+    #[test]
+    fn a_stray_vip_is_removed_and_the_clients_pointed_at_the_master() {
+        let mut sim = Sim::standby(settings(Failback::OnClaim));
+        let at = sim.now;
+        sim.feed(Event::Address {
+            at_ns: at,
+            present: true,
+        });
+        let tail: Vec<Action> = sim
+            .actions
+            .iter()
+            .rev()
+            .take(2)
+            .rev()
+            .map(|(_, a)| *a)
+            .collect();
+        assert_eq!(
+            tail,
+            vec![Action::Release, Action::HandOver { mac: MASTER_MAC }]
+        );
+        assert!(!sim.m.holds_vip());
+        assert_eq!(sim.m.stats().stray_vips, 1);
+        assert_eq!(sim.m.state(), State::Standby);
+    }
+
+    #[test]
+    fn an_adopted_stray_is_kept_when_the_master_does_not_hold_the_vip() {
+        let mut s = settings(Failback::OnClaim);
+        s.stray = Stray::Adopt;
+        let mut sim = Sim::standby(s);
+        sim.holder = None;
+        let at = sim.now;
+        sim.feed(Event::Address {
+            at_ns: at,
+            present: true,
+        });
+        assert_eq!(sim.m.state(), State::Standby, "handed to the master first");
+        sim.run_for(VERIFY_WINDOW_NS + MS);
+        assert_eq!(
+            sim.m.state(),
+            State::Active,
+            "the master does not have it: ours"
+        );
+        // With a master that holds it, it stays there.
+        let mut sim = Sim::standby(s);
+        sim.holder = Some(MASTER_MAC);
+        let at = sim.now;
+        sim.feed(Event::Address {
+            at_ns: at,
+            present: true,
+        });
+        sim.run_for(100 * MS);
+        assert_eq!(sim.m.state(), State::Standby);
+        assert!(!sim.m.holds_vip());
+    }
+
+    #[test]
+    fn restart_with_the_vip_bound_hands_it_back_to_a_live_master() {
+        // Row 5: killed while ACTIVE, restarted while the master is back.
+        let mut sim = Sim::with_vip(settings(Failback::OnClaim), true);
+        assert_eq!(sim.m.start(), vec![Action::Note(Note::Adopted)]);
+        sim.holder = Some(MASTER_MAC);
+        sim.run_for(20 * MS);
+        assert_eq!(sim.m.state(), State::Standby);
+        assert!(!sim.m.holds_vip());
+        let mut handed = sim
+            .actions
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Release | Action::HandOver { .. }))
+            .map(|(_, a)| *a);
+        assert_eq!(handed.next(), Some(Action::Release));
+        assert_eq!(handed.next(), Some(Action::HandOver { mac: MASTER_MAC }));
+        assert_eq!(sim.m.stats().taken_back, 0);
+    }
+
+    #[test]
+    fn restart_with_the_vip_bound_keeps_it_while_the_master_is_dead() {
+        let mut sim = Sim::with_vip(settings(Failback::OnClaim), true);
+        sim.master_up = false;
+        sim.run_for(30 * MS);
+        assert_eq!(sim.m.state(), State::Active);
+        assert!(sim.m.holds_vip());
+        assert_eq!(sim.count(|a| *a == Action::Release), 0);
+    }
+
+    #[test]
+    fn every_hand_back_to_a_live_master_announces_its_mac() {
+        // Row 6: manual failback, `vipwatch release`; and a stop.
+        for event in [
+            Event::OperatorRelease { at_ns: 0 },
+            Event::Shutdown { at_ns: 0 },
+        ] {
+            let mut sim = active_master_back(settings(Failback::Manual));
+            sim.holder = Some(MASTER_MAC);
+            let at = sim.now;
+            let event = match event {
+                Event::OperatorRelease { .. } => Event::OperatorRelease { at_ns: at },
+                _ => Event::Shutdown { at_ns: at },
+            };
+            let actions = sim.m.handle(event);
+            assert_eq!(actions[0], Action::Release, "{event:?}: {actions:?}");
+            assert_eq!(
+                actions[1],
+                Action::HandOver { mac: MASTER_MAC },
+                "{event:?}"
+            );
+            assert_eq!(actions[2], Action::SyncReleased, "{event:?}");
+            let verifies = actions.contains(&Action::Solicit);
+            assert_eq!(
+                verifies,
+                matches!(event, Event::OperatorRelease { .. }),
+                "a stop does not wait to check: {actions:?}"
+            );
+        }
     }
 }

@@ -78,6 +78,11 @@ pub struct BackupArgs {
     /// When to hand the VIP back once the master returns.
     #[arg(long, value_enum, default_value_t = FailbackArg::OnClaim)]
     pub failback: FailbackArg,
+    /// What to do with the VIP when it appears on the interface while this
+    /// backup does not hold it: remove it, or adopt it (kept only if the
+    /// master does not answer for it).
+    #[arg(long, default_value = "remove", value_parser = config::parse_stray)]
+    pub stray_vip: crate::backup::Stray,
     #[command(flatten)]
     pub garp: GarpArgs,
     #[command(flatten)]
@@ -87,6 +92,10 @@ pub struct BackupArgs {
     pub on_change: Option<String>,
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub xdp_mode: ModeArg,
+    /// The pair's shared key (32 hex digits, mode 600): probes and replies
+    /// are authenticated; the same file on the master and the backup.
+    #[arg(long)]
+    pub auth_key_file: Option<std::path::PathBuf>,
     /// Stop probing after this many probes (diagnostics, like `ping -c`);
     /// without probes the master is never declared dead.
     #[arg(long)]
@@ -201,6 +210,10 @@ pub struct MasterArgs {
     pub on_change: Option<String>,
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub xdp_mode: ModeArg,
+    /// The pair's shared key (32 hex digits, mode 600): probes and replies
+    /// are authenticated; the same file on the master and the backup.
+    #[arg(long)]
+    pub auth_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -270,10 +283,12 @@ impl BackupArgs {
             rise,
             witness,
             failback,
+            stray_vip,
             garp,
             conn,
             on_change,
             xdp_mode,
+            auth_key_file,
             count,
             rt_priority,
         } = self;
@@ -285,6 +300,7 @@ impl BackupArgs {
             on_change: on_change.clone(),
             xdp_mode: *xdp_mode,
             conn: conn.conn(),
+            auth_key_file: auth_key_file.clone(),
             role: Role::Backup(Backup {
                 master: *master,
                 interval: *interval,
@@ -292,6 +308,7 @@ impl BackupArgs {
                 rise: *rise,
                 witness: *witness,
                 failback: (*failback).into(),
+                stray_vip: *stray_vip,
                 count: *count,
                 rt_priority: *rt_priority,
             }),
@@ -317,6 +334,7 @@ impl MasterArgs {
             health_rise,
             on_change,
             xdp_mode,
+            auth_key_file,
         } = self;
         let check = match (health_cmd, health_http, health_expect) {
             (_, None, Some(_)) => {
@@ -341,6 +359,7 @@ impl MasterArgs {
             on_change: on_change.clone(),
             xdp_mode: *xdp_mode,
             conn: conn.conn(),
+            auth_key_file: auth_key_file.clone(),
             role: Role::Master(Master {
                 preempt: !no_preempt,
                 health: check.map(|check| Health {

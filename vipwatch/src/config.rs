@@ -39,7 +39,43 @@ pub struct Instance {
     pub on_change: Option<String>,
     pub xdp_mode: ModeArg,
     pub conn: Conn,
+    /// The pair's shared key (see [`read_key`]): probes and replies are
+    /// authenticated.
+    pub auth_key_file: Option<std::path::PathBuf>,
     pub role: Role,
+}
+
+/// Reads a key file: 32 hexadecimal digits (128 bits; whitespace ignored,
+/// so `openssl rand -hex 16 > FILE` makes one), readable by its owner only.
+pub fn read_key(path: &Path) -> Result<vipwatch_common::siphash::Key, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} is readable by others (mode {mode:03o}): `chmod 600 {shown}`"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let hex: String = text.split_whitespace().collect();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|k| {
+            hex.get(k..k + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .filter(|b: &Vec<u8>| b.len() == 16 && hex.len() == 32)
+        .ok_or_else(|| {
+            format!("{shown} must hold 32 hexadecimal digits (128 bits; `openssl rand -hex 16`)")
+        })?;
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&bytes);
+    if key == [0; 16] {
+        return Err(format!("{shown} holds the all-zero key"));
+    }
+    Ok(vipwatch_common::siphash::Key::from_bytes(key))
 }
 
 /// The TCP connection kick (issue "What the application sees").
@@ -95,6 +131,8 @@ pub struct Backup {
     pub rise: u32,
     pub witness: Option<Ipv4Addr>,
     pub failback: Failback,
+    /// A VIP that appears while we do not hold it.
+    pub stray_vip: crate::backup::Stray,
     /// Stop probing after this many probes (diagnostics).
     pub count: Option<u64>,
     /// SCHED_FIFO priority of the instance's loop.
@@ -231,6 +269,17 @@ pub fn parse_failback(s: &str) -> Result<Failback, String> {
     }
 }
 
+/// `--stray-vip` / `stray_vip`.
+pub fn parse_stray(s: &str) -> Result<crate::backup::Stray, String> {
+    match s {
+        "remove" => Ok(crate::backup::Stray::Remove),
+        "adopt" => Ok(crate::backup::Stray::Adopt),
+        _ => Err(format!(
+            "{s:?} is not a stray_vip mode: use remove or adopt"
+        )),
+    }
+}
+
 pub fn failback_name(f: Failback) -> &'static str {
     match f {
         Failback::OnClaim => "on-claim",
@@ -355,9 +404,15 @@ impl Instance {
             on_change,
             xdp_mode: _,
             conn,
+            auth_key_file,
             role,
         } = self;
         let mut out = Vec::new();
+        if let Some(path) = auth_key_file
+            && let Err(e) = read_key(path)
+        {
+            out.push(Problem::new("auth_key_file", e));
+        }
         let Conn {
             kick: _,
             sync,
@@ -446,6 +501,7 @@ fn backup_problems(b: &Backup, vip: &Vip, out: &mut Vec<Problem>) {
         rise,
         witness,
         failback: _,
+        stray_vip: _,
         count,
         rt_priority,
     } = *b;
@@ -573,6 +629,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("garp_refresh", None),
     ("on_change", None),
     ("xdp_mode", None),
+    ("auth_key_file", None),
     ("conn_kick", None),
     ("conn_sync", None),
     ("conn_table", None),
@@ -585,6 +642,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("rise", Some("backup")),
     ("witness", Some("backup")),
     ("failback", Some("backup")),
+    ("stray_vip", Some("backup")),
     ("count", Some("backup")),
     ("rt_priority", Some("backup")),
     ("no_preempt", Some("master")),
@@ -917,6 +975,7 @@ fn instance_from<'a, 'i>(
     let xdp_mode = get
         .optional("xdp_mode", parse_xdp_mode)
         .unwrap_or(ModeArg::Auto);
+    let auth_key_file = get.optional("auth_key_file", |s| Ok(std::path::PathBuf::from(s)));
     let defaults = Conn::default();
     let conn = Conn {
         kick: get
@@ -953,6 +1012,9 @@ fn instance_from<'a, 'i>(
             failback: get
                 .optional("failback", parse_failback)
                 .unwrap_or(Failback::OnClaim),
+            stray_vip: get
+                .optional("stray_vip", parse_stray)
+                .unwrap_or(crate::backup::Stray::Remove),
             count: get.integer("count"),
             rt_priority: get.integer("rt_priority"),
         };
@@ -1001,6 +1063,7 @@ fn instance_from<'a, 'i>(
                 on_change,
                 xdp_mode,
                 conn,
+                auth_key_file,
                 role,
             },
             at,
@@ -1208,6 +1271,18 @@ pub fn conflicts(instances: &[Instance]) -> Vec<Conflict> {
 pub trait Host {
     fn iface_exists(&self, iface: &str) -> bool;
     fn addresses(&self) -> Vec<(String, IpAddr, u8)>;
+    /// `addr` as bound on `iface`, if it is.
+    fn bound(&self, iface: &str, addr: IpAddr) -> Option<Bound>;
+}
+
+/// An address bound on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// The first address of its subnet on the interface (removing it
+    /// removes the subnet's other addresses too).
+    pub primary: bool,
+    /// vipwatch added it (a leftover of an earlier run).
+    pub ours: bool,
 }
 
 /// Problems of an instance on this host: a missing interface, a master or
@@ -1223,6 +1298,27 @@ pub fn host_problems(i: &Instance, host: &dyn Host) -> Vec<Problem> {
                 i.iface
             ),
         ));
+    }
+    match host.bound(&i.iface, i.vip.addr) {
+        Some(Bound { primary: true, .. }) => out.push(Problem::new(
+            "vip",
+            format!(
+                "{} is this host's own address on {} (its primary address for that subnet), not a VIP: \
+                 releasing it would take the host's address and every other address of the subnet with it",
+                i.vip.addr, i.iface
+            ),
+        )),
+        Some(Bound { ours: false, .. }) if matches!(i.role, Role::Master(_)) => {
+            out.push(Problem::new(
+                "vip",
+                format!(
+                    "{} is already on {} and vipwatch did not add it; a master never removes an address \
+                     it did not add: remove it (`ip address del {} dev {}`) or choose another VIP",
+                    i.vip.addr, i.iface, i.vip, i.iface
+                ),
+            ));
+        }
+        _ => {}
     }
     let Role::Backup(b) = &i.role else {
         return out;
@@ -1257,6 +1353,8 @@ pub fn host_problems(i: &Instance, host: &dyn Host) -> Vec<Problem> {
                         "{peer} is the {what} address of {a}/{prefix} on {iface}; {key} must be a host"
                     ),
                 ));
+                // One subnet says it; its other addresses would repeat it.
+                break;
             }
         }
     }
@@ -1395,7 +1493,18 @@ no_preempt = true
             iface == "eth0"
         }
         fn addresses(&self) -> Vec<(String, IpAddr, u8)> {
-            vec![("eth0".into(), "192.0.2.2".parse().expect("literal"), 24)]
+            vec![
+                ("eth0".into(), "192.0.2.2".parse().expect("literal"), 24),
+                ("eth0".into(), "192.0.2.150".parse().expect("literal"), 24),
+            ]
+        }
+        fn bound(&self, iface: &str, addr: IpAddr) -> Option<Bound> {
+            let primary = addr == IpAddr::from([192, 0, 2, 2]);
+            let secondary = addr == IpAddr::from([192, 0, 2, 150]);
+            (iface == "eth0" && (primary || secondary)).then_some(Bound {
+                primary,
+                ours: false,
+            })
         }
     }
 
@@ -1450,6 +1559,45 @@ no_preempt = true
             assert_eq!(p[0].key, key);
             assert!(p[0].message.contains(text), "{:?}", p[0].message);
         }
+    }
+
+    #[test]
+    fn a_vip_that_is_a_host_address_or_not_ours_is_refused() {
+        // Issue "Never lose the VIP", row 8: `vipwatch master --vip` = the
+        // host's own address deleted it and every secondary on stop.
+        let f = file(TWO).expect("valid");
+        let master = f
+            .instances
+            .iter()
+            .find(|i| matches!(i.role, Role::Master(_)))
+            .expect("a master")
+            .clone();
+        let backup = f.instances[0].clone();
+        let at = |mut i: Instance, vip: &str| {
+            i.vip = vip.parse().expect("literal");
+            host_problems(&i, &FakeHost)
+        };
+        for i in [&master, &backup] {
+            let p = at(i.clone(), "192.0.2.2/24");
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].key, "vip");
+            assert!(
+                p[0].message.contains("this host's own address"),
+                "{}",
+                p[0].message
+            );
+        }
+        // A secondary someone else added: the master refuses (it would
+        // remove it one day); a backup starts and applies its stray rule.
+        let p = at(master.clone(), "192.0.2.150/24");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message.contains("vipwatch did not add it"),
+            "{}",
+            p[0].message
+        );
+        assert!(at(backup, "192.0.2.150/24").is_empty());
+        assert!(at(master, "192.0.2.101/24").is_empty());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::{
     conns::Datagram,
     control::{self, IfaceLock, Peer, Request, Response},
     ebpf::{Claims, ConnEvents, Maps, Program},
-    netlink::Netlink,
+    netlink::{AddrEntry, Change, Netlink, Watch},
     stats,
     sys::{self, EventFd, SignalFd},
     worker::{self, Inbox, Msg, Resources, Worker},
@@ -67,7 +67,7 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     };
     let (rt, netlink) = Netlink::with_runtime()?;
     let host = HostSnapshot::read(&rt, &netlink)?;
-    if let Some(problem) = start_problems(&source, &instances, &host, &BTreeSet::new()).first() {
+    if let Some(problem) = start_problems(&source, &instances, &host).first() {
         bail!("{problem}");
     }
     let control = control::Server::bind()?;
@@ -113,7 +113,7 @@ fn errors_line(errors: &[config::FileError]) -> String {
 /// The host's interfaces and addresses, read once for the checks.
 struct HostSnapshot {
     links: Vec<(u32, String)>,
-    addresses: Vec<(String, IpAddr, u8)>,
+    addresses: Vec<(String, AddrEntry)>,
 }
 
 impl HostSnapshot {
@@ -122,12 +122,12 @@ impl HostSnapshot {
         let addresses = rt
             .block_on(netlink.addresses())?
             .into_iter()
-            .map(|(index, addr, prefix)| {
+            .map(|e| {
                 let name = links
                     .iter()
-                    .find(|(i, _)| *i == index)
-                    .map_or_else(|| format!("#{index}"), |(_, n)| n.clone());
-                (name, addr, prefix)
+                    .find(|(i, _)| *i == e.index)
+                    .map_or_else(|| format!("#{}", e.index), |(_, n)| n.clone());
+                (name, e)
             })
             .collect();
         Ok(Self { links, addresses })
@@ -140,45 +140,37 @@ impl Host for HostSnapshot {
     }
 
     fn addresses(&self) -> Vec<(String, IpAddr, u8)> {
-        self.addresses.clone()
+        self.addresses
+            .iter()
+            .map(|(name, e)| (name.clone(), e.addr, e.prefix))
+            .collect()
+    }
+
+    fn bound(&self, iface: &str, addr: IpAddr) -> Option<config::Bound> {
+        self.addresses
+            .iter()
+            .find(|(name, e)| name == iface && e.addr == addr)
+            .map(|(_, e)| config::Bound {
+                primary: !e.secondary,
+                ours: e.ours,
+            })
     }
 }
 
 /// What stops instances from starting on this host, one line each, as the
-/// source names settings (`--flag` or `file:line: key`). `running` names
-/// the instances already running, whose VIP may be bound.
-fn start_problems(
-    source: &Source,
-    instances: &[Instance],
-    host: &HostSnapshot,
-    running: &BTreeSet<String>,
-) -> Vec<String> {
+/// source names settings (`--flag` or `file:line: key`).
+fn start_problems(source: &Source, instances: &[Instance], host: &HostSnapshot) -> Vec<String> {
     let lines = match source {
         Source::File(path) => config::load(path).ok().map(|f| (path.clone(), f.lines)),
         Source::Flags(_) => None,
     };
     let mut out = Vec::new();
     for i in instances {
-        let mut problems = config::host_problems(i, host);
-        if matches!(i.role, Role::Backup(_))
-            && !running.contains(&i.name)
-            && host
-                .addresses
-                .iter()
-                .any(|(iface, addr, _)| *iface == i.iface && *addr == i.vip.addr)
-        {
-            // Either a backup that was killed left it (then it is a split
-            // brain right now), or it is one of this host's own addresses
-            // (then releasing it later would take the host's address away).
-            problems.push(config::Problem {
-                key: "vip",
-                message: format!(
-                    "{} is already bound on {}: a backup starts without the VIP; if a killed vipwatch left it, \
-                     remove it with `vipwatch release --iface {} --vip {}`",
-                    i.vip, i.iface, i.iface, i.vip
-                ),
-            });
-        }
+        // A backup that finds its VIP bound adopts it (a crash, a restart)
+        // or treats it as a stray: its machine decides (see backup.rs). A
+        // VIP vipwatch bound (an instance running, or a leftover) is never
+        // a problem.
+        let problems = config::host_problems(i, host);
         for p in problems {
             out.push(match &lines {
                 Some((path, lines)) => {
@@ -248,7 +240,13 @@ impl Iface {
         let lock = IfaceLock::take(name, ifindex)?;
         // Before the program: a port in use fails the start cleanly.
         let sync = sys::udp_socket(name, first.conn.port)?;
-        let mut program = Program::attach(name, mac, first.xdp_mode, first.conn.table)?;
+        let keyed_master = matches!(first.role, Role::Master(_)) && first.auth_key_file.is_some();
+        let mode = if keyed_master {
+            crate::ebpf::auto_mode_for_xdp_tx(name, first.xdp_mode)
+        } else {
+            first.xdp_mode
+        };
+        let mut program = Program::attach(name, mac, mode, first.conn.table)?;
         let maps = program.maps()?;
         let claims = program
             .take_events()
@@ -257,11 +255,18 @@ impl Iface {
             .take_conn_events()
             .ok_or_else(|| anyhow!("the connection ring buffer was taken twice"))?;
         let routes: Routes = Arc::default();
+        let watch = Watch::open()?;
+        let carrier = rt.block_on(netlink.carrier(ifindex))?;
         let dispatcher = Dispatcher::start(
             name,
             Claims::new(claims),
             ConnEvents::new(conn_events),
             sync,
+            Watched {
+                watch,
+                ifindex,
+                carrier,
+            },
             Arc::clone(&routes),
         )?;
         log::info!(
@@ -310,8 +315,52 @@ impl Iface {
     }
 }
 
-/// Reads an interface's ring buffers (claims, connections) and its sync
-/// socket, and hands each event to the instance it names.
+/// The kernel's notifications about one interface: its addresses (a VIP
+/// added or removed by someone) and its carrier.
+struct Watched {
+    watch: Watch,
+    ifindex: u32,
+    /// The carrier as last told to the instances.
+    carrier: bool,
+}
+
+impl Watched {
+    fn dispatch(&mut self, routes: &Routes) {
+        let changes = self.watch.drain();
+        let r = lock_routes(routes);
+        for change in changes {
+            match change {
+                Change::Address { index, addr } if index == self.ifindex => {
+                    if let Some(inbox) =
+                        r.by_vip.get(&vip_addr(addr)).and_then(|s| r.by_slot.get(s))
+                    {
+                        inbox.send(Msg::Address);
+                    }
+                }
+                Change::Link { index, carrier }
+                    if index == self.ifindex && carrier != self.carrier =>
+                {
+                    self.carrier = carrier;
+                    for inbox in r.by_slot.values() {
+                        inbox.send(Msg::Carrier(carrier));
+                    }
+                }
+                Change::Lost => {
+                    // Whatever we missed, every instance re-reads its VIP.
+                    log::warn!("address notifications were lost (socket overflow): re-reading");
+                    for inbox in r.by_slot.values() {
+                        inbox.send(Msg::Address);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads an interface's ring buffers (claims, connections), its sync
+/// socket and the kernel's notifications about it, and hands each event to
+/// the instance it names.
 struct Dispatcher {
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
@@ -323,6 +372,7 @@ impl Dispatcher {
         mut claims: Claims,
         mut conn_events: ConnEvents,
         sync: UdpSocket,
+        mut watched: Watched,
         routes: Routes,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(EventFd::new()?);
@@ -337,13 +387,14 @@ impl Dispatcher {
                             claims.fd(),
                             conn_events.fd(),
                             sync.as_raw_fd(),
+                            watched.watch.fd(),
                             stopped.raw(),
                         ],
                         u64::MAX,
                     );
-                    let [claim, conn, datagram] = match ready {
-                        Ok([_, _, _, true]) => return,
-                        Ok([a, b, c, false]) => [a, b, c],
+                    let [claim, conn, datagram, notified] = match ready {
+                        Ok([_, _, _, _, true]) => return,
+                        Ok([a, b, c, d, false]) => [a, b, c, d],
                         Err(e) => {
                             log::error!("waiting for XDP events: {e}");
                             return;
@@ -358,6 +409,7 @@ impl Dispatcher {
                                 inbox.send(Msg::Claim {
                                     at_ns: ev.ktime_ns,
                                     mac: ev.mac,
+                                    reply: u16::from_be_bytes(ev.op) == 2,
                                 });
                             }
                         }
@@ -373,6 +425,9 @@ impl Dispatcher {
                     }
                     if datagram {
                         receive_syncs(&sync, &mut buf, &routes);
+                    }
+                    if notified {
+                        watched.dispatch(&routes);
                     }
                 }
             })
@@ -628,7 +683,6 @@ impl Daemon {
                 return;
             }
         };
-        let running: BTreeSet<String> = self.running.keys().cloned().collect();
         let wanted: BTreeMap<String, Instance> = file
             .instances
             .iter()
@@ -640,13 +694,8 @@ impl Daemon {
             .filter(|i| self.running.get(&i.name).is_none_or(|r| r.instance != **i))
             .cloned()
             .collect();
-        if let Some(problem) = start_problems(
-            &Source::File(path.clone()),
-            &changed_or_new,
-            &host,
-            &running,
-        )
-        .first()
+        if let Some(problem) =
+            start_problems(&Source::File(path.clone()), &changed_or_new, &host).first()
         {
             log::error!("reload refused, the running configuration stays: {problem}");
             return;

@@ -70,6 +70,16 @@ impl Settings {
         self.dead_after_ns.div_ceil(self.interval_ns)
     }
 
+    /// How long a claim by the master that is not back yet is remembered:
+    /// twice what the `rise` rule needs, and at least 100 ms. A returning
+    /// master that claims keeps claiming (a gratuitous ARP burst, and the
+    /// answers to our solicitations), so a claim needs to outlive only its
+    /// own rise; a claim left over from long before (one forged ARP while
+    /// the master was away) must not decide a later failback.
+    pub fn claim_fresh_ns(&self) -> u64 {
+        (2 * u64::from(self.rise) * self.interval_ns).max(CLAIM_FRESH_MIN_NS)
+    }
+
     /// How long a probe must have been out before it counts as unanswered:
     /// half an interval, at most 200 µs (a LAN round trip with room to
     /// spare). Without it, the probe sent just before the deadline (the
@@ -79,6 +89,9 @@ impl Settings {
         (self.interval_ns / 2).min(ANSWER_GRACE_MAX_NS)
     }
 }
+
+/// Lower bound of [`Settings::claim_fresh_ns`].
+pub const CLAIM_FRESH_MIN_NS: u64 = 100_000_000;
 
 /// Upper bound of [`Settings::answer_grace_ns`].
 pub const ANSWER_GRACE_MAX_NS: u64 = 200_000;
@@ -128,6 +141,10 @@ pub enum Reason {
     MasterBack { replies: u64 },
     /// The daemon is stopping.
     Shutdown,
+    /// We released the VIP to a claimant (or handed it back) and nobody
+    /// answered for it afterwards: we take it back (the claim was forged,
+    /// or the claimant does not hold the VIP).
+    ClaimantSilent,
 }
 
 /// Inputs. Every event carries the time it happened.
@@ -511,7 +528,8 @@ impl Detector {
     /// Hysteresis (issue "Failover": the master counts as back only after
     /// `rise` consecutive replies): a claim from a master that is not back
     /// yet is remembered, not obeyed, and honoured by the sample that sees
-    /// the master's run reach `rise`. A claim older than our takeover
+    /// the master's run reach `rise`, if that comes within
+    /// [`Settings::claim_fresh_ns`]. A claim older than our takeover
     /// decision (a ring-buffer event that raced with it) is stale.
     fn active_claim(&mut self, at_ns: u64) -> Vec<Action> {
         if self
@@ -527,6 +545,15 @@ impl Detector {
         Vec::new()
     }
 
+    /// We released the VIP (to a claim, or handing it back) and nobody
+    /// answers for it: take it again. Only from [`State::Standby`].
+    pub fn take_back(&mut self, now_ns: u64) -> Vec<Action> {
+        if self.state != State::Standby {
+            return Vec::new();
+        }
+        self.take_over(now_ns, Reason::ClaimantSilent)
+    }
+
     /// Whether the master claimed the VIP while not back yet.
     #[cfg(test)]
     pub fn claim_pending(&self) -> bool {
@@ -535,8 +562,15 @@ impl Detector {
 
     fn active_sample(&mut self, now_ns: u64, prev: PeerSample, witnessed: bool) -> Vec<Action> {
         let master = self.track_master(now_ns, prev);
-        if self.pending_claim.is_some() && self.master_back() {
-            return self.release(now_ns, Reason::MasterClaimed);
+        if let Some(claimed) = self.pending_claim {
+            if now_ns.saturating_sub(claimed) > self.settings.claim_fresh_ns() {
+                // Nobody claimed since: an old claim (a forgery sent while
+                // the master was away, or a master that changed its mind)
+                // does not move the VIP.
+                self.pending_claim = None;
+            } else if self.master_back() {
+                return self.release(now_ns, Reason::MasterClaimed);
+            }
         }
         if !witnessed {
             return Vec::new();
@@ -1438,6 +1472,57 @@ mod tests {
         );
         assert!(ticks >= 3, "released after {ticks} replies, rise is 3");
         assert!(!sim.det.claim_pending());
+    }
+
+    #[test]
+    fn a_pending_claim_expires_if_the_master_is_not_back_in_time() {
+        // Issue "Never lose the VIP": one forged ARP in the master's name
+        // while it is away must not decide the failback when it returns,
+        // seconds later, without the VIP.
+        let s = settings(false, Failback::OnClaim);
+        let mut sim = Sim::active(s);
+        sim.now += MS;
+        let at = sim.now;
+        sim.handle(Event::Claim {
+            at_ns: at,
+            from_master: true,
+        });
+        assert!(sim.det.claim_pending());
+        // Silent past the window: the claim is forgotten.
+        while sim.now <= at + s.claim_fresh_ns() {
+            sim.tick(false, false);
+        }
+        sim.tick(false, false);
+        assert!(!sim.det.claim_pending());
+        // The master returns: back after rise replies, and keeps the VIP here.
+        sim.ticks(10, true, false);
+        assert!(sim.det.master_back());
+        assert_eq!(sim.det.state(), State::Active);
+        assert_eq!(
+            s.claim_fresh_ns(),
+            CLAIM_FRESH_MIN_NS,
+            "2 × rise × interval is less"
+        );
+    }
+
+    #[test]
+    fn take_back_reclaims_a_released_vip_only_from_standby() {
+        let mut sim = Sim::active(settings(false, Failback::OnClaim));
+        sim.ticks(4, true, false);
+        let at = sim.now;
+        sim.handle(Event::Claim {
+            at_ns: at,
+            from_master: true,
+        });
+        assert_eq!(sim.det.state(), State::Standby);
+        let later = at + 20 * MS;
+        let actions = sim.det.take_back(later);
+        assert_eq!(actions[0], Action::TakeOver);
+        assert_eq!(sim.det.state(), State::Active);
+        assert!(
+            matches!(actions.last(), Some(Action::Notify(t)) if t.reason == Reason::ClaimantSilent)
+        );
+        assert!(sim.det.take_back(later + MS).is_empty(), "already active");
     }
 
     #[test]

@@ -21,10 +21,10 @@ use aya::{
 };
 use vipwatch_common::{
     Addr, ClaimCounters, ClaimEvent, ConnEvent, ConnKey, ConnValue, GapTracker, GateCounters,
-    IfaceConfig, Learned, MAP_CLAIMS, MAP_CONN_EVENTS, MAP_CONNS, MAP_ERRORS, MAP_EVENTS, MAP_GAPS,
-    MAP_GATE_COUNTERS, MAP_IFACE, MAP_LEARN, MAP_PEERS, MAP_SLOTS, MAP_VIPS, PEERS_PER_SLOT,
-    PROG_XDP, PeerCounters, RTT_BUCKETS, SLOT_GATE_CLOSED, SLOT_HOLDING, SlotConfig,
-    XDP_ERROR_KINDS, peer_index,
+    IfaceConfig, Learned, MAP_CLAIMS, MAP_CONN_EVENTS, MAP_CONNS, MAP_ERRORS, MAP_EVENTS,
+    MAP_FRESH, MAP_GAPS, MAP_GATE_COUNTERS, MAP_IFACE, MAP_LEARN, MAP_PEERS, MAP_SLOTS, MAP_VIPS,
+    PEERS_PER_SLOT, PROG_XDP, PeerCounters, RTT_BUCKETS, ReplayWindow, SLOT_GATE_CLOSED,
+    SLOT_HOLDING, SlotConfig, XDP_ERROR_KINDS, peer_index,
 };
 
 /// The XDP object built by `build.rs`; empty when built without bpf-linker.
@@ -61,6 +61,7 @@ impl Attached {
 pub struct PeerSnapshot {
     pub replies: u64,
     pub forged: u64,
+    pub replayed: u64,
     pub last_seen_ns: u64,
     pub highest_seq: u64,
     pub last_mac: [u8; 6],
@@ -82,10 +83,12 @@ impl PeerSnapshot {
                 highest_seq,
                 last_mac,
                 _pad,
+                replayed,
                 rtt_hist,
             } = c;
             out.replies += replies;
             out.forged += forged;
+            out.replayed += replayed;
             if *last_seen_ns > out.last_seen_ns {
                 out.last_seen_ns = *last_seen_ns;
                 out.last_mac = *last_mac;
@@ -119,7 +122,8 @@ pub struct Program {
     _ebpf: Ebpf,
 }
 
-const MAP_NAMES: [&str; 10] = [
+const MAP_NAMES: [&str; 11] = [
+    MAP_FRESH,
     MAP_CONNS,
     MAP_LEARN,
     MAP_IFACE,
@@ -202,6 +206,7 @@ impl Program {
             vips: take(MAP_VIPS)?.try_into().context(MAP_VIPS)?,
             peers: take(MAP_PEERS)?.try_into().context(MAP_PEERS)?,
             gaps: take(MAP_GAPS)?.try_into().context(MAP_GAPS)?,
+            fresh: take(MAP_FRESH)?.try_into().context(MAP_FRESH)?,
             claims: take(MAP_CLAIMS)?.try_into().context(MAP_CLAIMS)?,
             gate: take(MAP_GATE_COUNTERS)?
                 .try_into()
@@ -236,6 +241,7 @@ pub struct Maps {
     vips: HashMap<MapData, Addr, u32>,
     peers: PerCpuArray<MapData, PeerCounters>,
     gaps: Array<MapData, GapTracker>,
+    fresh: Array<MapData, ReplayWindow>,
     claims: PerCpuArray<MapData, ClaimCounters>,
     gate: PerCpuArray<MapData, GateCounters>,
     errors: PerCpuArray<MapData, u64>,
@@ -332,6 +338,10 @@ impl Maps {
             self.gaps
                 .set(index, GapTracker::default(), 0)
                 .context("zeroing VW_GAPS")?;
+            // A new instance's probes start again at 1.
+            self.fresh
+                .set(index, ReplayWindow::default(), 0)
+                .context("zeroing VW_FRESH")?;
         }
         let zeros = PerCpuValues::try_from(vec![ClaimCounters::default(); cpus])
             .context("per-CPU zeros")?;
@@ -477,6 +487,51 @@ fn load_object(conn_table: u32) -> anyhow::Result<Ebpf> {
 
 /// Attaches the program to `iface` in the requested mode; `Auto` tries
 /// driver mode first and reports the fallback to skb mode.
+/// The name of the driver behind `iface` (`ETHTOOL_GDRVINFO`), if it
+/// says.
+fn driver_name(iface: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo: cmd, then driver[32], ... (196 bytes).
+    let mut info = [0u8; 256];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a zeroed ifreq is valid; the name is copied below.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
+    // SAFETY: fd is a socket; ifr names the interface and points at a
+    // buffer larger than struct ethtool_drvinfo.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return None;
+    }
+    let name = &info[4..36];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// `--xdp-mode auto` for a program that answers probes itself (a keyed
+/// master, XDP_TX): on a veth in driver mode, the frames it sends back are
+/// dropped unless the peer runs NAPI (XDP or GRO on it), so skb mode.
+pub fn auto_mode_for_xdp_tx(iface: &str, mode: ModeArg) -> ModeArg {
+    if mode == ModeArg::Auto && driver_name(iface).as_deref() == Some("veth") {
+        log::info!(
+            "{iface} is a veth and this program answers probes itself (XDP_TX): skb mode, since driver-mode \
+             XDP_TX on a veth needs the peer to run NAPI"
+        );
+        return ModeArg::Skb;
+    }
+    mode
+}
+
 fn attach_program(ebpf: &mut Ebpf, iface: &str, mode: ModeArg) -> anyhow::Result<(Attached, bool)> {
     let program: &mut Xdp = ebpf
         .program_mut(PROG_XDP)

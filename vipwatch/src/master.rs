@@ -25,6 +25,10 @@
 //!   Without it the host, still up, would keep answering the probes and
 //!   nobody would serve the VIP.
 //! * A bind or unbind that failed is retried every 100 ms.
+//! * The kernel's view wins: a VIP removed under a holding master is bound
+//!   again; a lost carrier releases the VIP ([`State::Fault`], keepalived's
+//!   FAULT) and its return claims again by the preempt rule, so a master
+//!   that comes back announces itself instead of waiting to be found.
 
 use std::time::Duration;
 
@@ -70,6 +74,8 @@ pub(crate) enum State {
     Unhealthy,
     /// Shut down: VIP released, probe gate closed for [`HANDOVER_HOLD`].
     Stopped,
+    /// The interface lost its carrier: VIP released until it returns.
+    Fault,
 }
 
 impl State {
@@ -80,6 +86,7 @@ impl State {
             Self::Holding => "HOLDING",
             Self::Unhealthy => "UNHEALTHY",
             Self::Stopped => "STOPPED",
+            Self::Fault => "FAULT",
         }
     }
 }
@@ -152,6 +159,17 @@ pub(crate) enum Event {
     },
     /// The `on_change` hook of a state change finished.
     HookDone,
+    /// The interface's carrier came (`up`) or went.
+    Carrier {
+        at_ns: u64,
+        up: bool,
+    },
+    /// The kernel's view of the VIP on our interface, as the shell found it
+    /// after an address notification.
+    Address {
+        at_ns: u64,
+        present: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,6 +217,8 @@ pub(crate) enum Note {
     Conflict { mac: [u8; 6] },
     /// A bind or unbind that failed earlier now asked again.
     Retry { bind: bool },
+    /// The VIP was removed from the interface while we hold it: bound again.
+    VipRemoved,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,6 +243,8 @@ pub(crate) enum Reason {
         rise: u32,
     },
     Shutdown,
+    /// The interface lost its carrier.
+    CarrierLost,
 }
 
 impl Reason {
@@ -235,6 +257,7 @@ impl Reason {
             Self::HealthFailed { .. } => "health-failed",
             Self::HealthRecovered { .. } => "health-recovered",
             Self::Shutdown => "shutdown",
+            Self::CarrierLost => "carrier-lost",
         }
     }
 }
@@ -276,6 +299,8 @@ pub(crate) struct Machine {
     hold_until: Option<u64>,
     conflicts_logged: u32,
     holder: Holder,
+    /// The interface has its carrier (as far as we were told).
+    carrier: bool,
 }
 
 impl Machine {
@@ -298,6 +323,7 @@ impl Machine {
             hold_until: None,
             conflicts_logged: 0,
             holder: Holder::new(&settings.conn),
+            carrier: true,
         }
     }
 
@@ -412,6 +438,16 @@ impl Machine {
                 self.bound = Some(false);
                 self.retry_at = None;
             }
+            Event::Carrier { at_ns, up } => self.carrier(at_ns, up, &mut out),
+            Event::Address { present, .. } => {
+                if !present && self.state == State::Holding && self.bound == Some(true) {
+                    // Someone removed it (`ip address del`, a script, the
+                    // host's primary address changing): we still hold it.
+                    out.push(Action::Note(Note::VipRemoved));
+                    self.bound = None;
+                    out.push(Action::TakeOver);
+                }
+            }
             Event::Shutdown { at_ns } => {
                 // A planned handover: release, then (as for a failed health
                 // check, and for the same reason) close the gate, and hold
@@ -478,6 +514,35 @@ impl Machine {
         }
     }
 
+    fn carrier(&mut self, at_ns: u64, up: bool, out: &mut Vec<Action>) {
+        if up == self.carrier {
+            return;
+        }
+        self.carrier = up;
+        if !up {
+            // Nobody can reach us through this link: holding the VIP only
+            // makes us fight the backup when the link returns.
+            if !matches!(
+                self.state,
+                State::Starting | State::Waiting | State::Holding
+            ) {
+                return;
+            }
+            self.probe = None;
+            self.recheck_at = None;
+            if self.bound != Some(false) {
+                self.release(out);
+            }
+            self.go(State::Fault, Reason::CarrierLost, at_ns, out);
+            return;
+        }
+        // Back: ask who holds the VIP, then claim by the preempt rule (the
+        // claim's gratuitous ARP tells the backup and the clients).
+        if matches!(self.state, State::Fault | State::Unhealthy) && self.healthy {
+            self.begin_probe(at_ns, out);
+        }
+    }
+
     fn health(&mut self, at_ns: u64, result: Result<(), String>, out: &mut Vec<Action>) {
         let Some(h) = self.hysteresis.as_mut() else {
             return;
@@ -510,7 +575,7 @@ impl Machine {
             self.recovering = true;
             self.open_gate(out);
         }
-        if matches!(self.state, State::Starting | State::Unhealthy) {
+        if matches!(self.state, State::Starting | State::Unhealthy) && self.carrier {
             self.begin_probe(now_ns, out);
         }
     }
@@ -548,9 +613,10 @@ impl Machine {
     fn probed(&mut self, at_ns: u64, owner: Owner, out: &mut Vec<Action>) {
         self.probe = None;
         if !self.healthy
+            || !self.carrier
             || !matches!(
                 self.state,
-                State::Starting | State::Waiting | State::Unhealthy
+                State::Starting | State::Waiting | State::Unhealthy | State::Fault
             )
         {
             return;
@@ -1158,5 +1224,95 @@ mod tests {
         .map(|s| s.name())
         .collect();
         assert_eq!(names, ["WAITING", "HOLDING", "UNHEALTHY", "STOPPED"]);
+    }
+
+    #[test]
+    fn a_lost_carrier_releases_and_its_return_claims_again() {
+        // Issue "Never lose the VIP": the master follows its own link
+        // (keepalived's FAULT state).
+        let mut m = holding();
+        let down = T0 + 1000 * MS;
+        let a = m.handle(Event::Carrier {
+            at_ns: down,
+            up: false,
+        });
+        assert_eq!(effects(&a), vec![Action::Release]);
+        assert_eq!(
+            transition(&a),
+            Some((State::Holding, State::Fault, Reason::CarrierLost))
+        );
+        m.handle(Event::Unbound { at_ns: down });
+        // A repeated notification changes nothing.
+        assert!(
+            m.handle(Event::Carrier {
+                at_ns: down,
+                up: false
+            })
+            .is_empty()
+        );
+        let up = down + 2000 * MS;
+        let a = m.handle(Event::Carrier {
+            at_ns: up,
+            up: true,
+        });
+        assert_eq!(effects(&a), vec![Action::Solicit], "asks who holds it");
+        let a = nobody(&mut m, up);
+        assert!(effects(&a).contains(&Action::TakeOver), "{a:?}");
+        assert_eq!(m.state(), State::Holding);
+    }
+
+    #[test]
+    fn a_lost_carrier_while_unhealthy_claims_only_once_both_are_back() {
+        let mut m = machine(true, true);
+        m.start(T0);
+        fail(&mut m, T0);
+        assert_eq!(m.state(), State::Unhealthy);
+        m.handle(Event::Carrier {
+            at_ns: T0 + MS,
+            up: false,
+        });
+        assert_eq!(m.state(), State::Unhealthy);
+        for k in 0..3 {
+            let a = ok(&mut m, T0 + (2 + k) * MS);
+            assert!(!effects(&a).contains(&Action::Solicit), "no carrier: {a:?}");
+        }
+        let a = m.handle(Event::Carrier {
+            at_ns: T0 + 10 * MS,
+            up: true,
+        });
+        assert_eq!(effects(&a), vec![Action::Solicit]);
+    }
+
+    #[test]
+    fn a_vip_removed_under_a_holding_master_is_bound_again() {
+        let mut m = holding();
+        let at = T0 + 1000 * MS;
+        let a = m.handle(Event::Address {
+            at_ns: at,
+            present: false,
+        });
+        assert_eq!(effects(&a), vec![Action::TakeOver]);
+        assert!(a.contains(&Action::Note(Note::VipRemoved)));
+        // Not while released, nor for an address that is there.
+        let mut m = holding();
+        assert!(
+            m.handle(Event::Address {
+                at_ns: at,
+                present: true
+            })
+            .is_empty()
+        );
+        m.handle(Event::Carrier {
+            at_ns: at,
+            up: false,
+        });
+        m.handle(Event::Unbound { at_ns: at });
+        assert!(
+            m.handle(Event::Address {
+                at_ns: at,
+                present: false
+            })
+            .is_empty()
+        );
     }
 }

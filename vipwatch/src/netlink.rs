@@ -14,7 +14,7 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     AddressMessageBuilder,
     packet_route::{
-        address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
+        address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol},
         link::{LinkAttribute, LinkLayerType, LinkMessage},
     },
 };
@@ -23,6 +23,25 @@ use rtnetlink::{
 /// called [`Netlink::connect`].
 pub struct Netlink {
     handle: rtnetlink::Handle,
+}
+
+/// The `IFA_PROTO` vipwatch marks its VIPs with (`ip address` shows it as
+/// `proto 118`; Linux 5.18 and later keep it): how a restarted daemon tells
+/// its own leftover VIP from an address someone else added, which it must
+/// never remove.
+pub const ADDR_PROTO: u8 = 118;
+
+/// One address of the host, from a dump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrEntry {
+    pub index: u32,
+    pub addr: IpAddr,
+    pub prefix: u8,
+    /// `IFA_F_SECONDARY`: not the first address of its subnet on the link
+    /// (removing a primary removes its secondaries too).
+    pub secondary: bool,
+    /// Marked with [`ADDR_PROTO`]: vipwatch added it.
+    pub ours: bool,
 }
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ` - 1).
@@ -102,6 +121,12 @@ impl Netlink {
     pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> anyhow::Result<bool> {
         check_prefix(addr, prefix)?;
         let mut request = self.handle.address().add(index, addr, prefix);
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(
+                ADDR_PROTO,
+            )));
         if addr.is_ipv6() {
             // IFA_F_NODAD fits in the 8-bit ifa_flags of the header, so no
             // IFA_FLAGS attribute is needed (iproute2 does the same).
@@ -154,21 +179,50 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Every address of every interface: (interface index, address, prefix
-    /// length).
-    pub async fn addresses(&self) -> anyhow::Result<Vec<(u32, IpAddr, u8)>> {
-        let mut addresses = self.handle.address().get().execute();
+    /// Every address of every interface.
+    pub async fn addresses(&self) -> anyhow::Result<Vec<AddrEntry>> {
+        self.dump(self.handle.address().get()).await
+    }
+
+    /// `addr` on interface `index`, if it is there.
+    pub async fn address(&self, index: u32, addr: IpAddr) -> anyhow::Result<Option<AddrEntry>> {
+        let request = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(addr);
+        Ok(self
+            .dump(request)
+            .await?
+            .into_iter()
+            .find(|e| e.index == index && e.addr == addr))
+    }
+
+    async fn dump(&self, request: rtnetlink::AddressGetRequest) -> anyhow::Result<Vec<AddrEntry>> {
+        let mut addresses = request.execute();
         let mut out = Vec::new();
         while let Some(message) = addresses
             .try_next()
             .await
             .map_err(|e| describe(e, || "listing addresses".into()))?
         {
-            if let Some(addr) = local_address(&message) {
-                out.push((message.header.index, addr, message.header.prefix_len));
+            if let Some(entry) = addr_entry(&message) {
+                out.push(entry);
             }
         }
         Ok(out)
+    }
+
+    /// Whether the link has its carrier (`IFF_LOWER_UP`).
+    pub async fn carrier(&self, index: u32) -> anyhow::Result<bool> {
+        use rtnetlink::packet_route::link::LinkFlags;
+        Ok(self
+            .link(index)
+            .await?
+            .header
+            .flags
+            .contains(LinkFlags::LowerUp))
     }
 
     /// One link by index.
@@ -264,6 +318,21 @@ fn address_message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
 /// For IPv4, `IFA_LOCAL` is the interface's own address and `IFA_ADDRESS` is
 /// the peer on point-to-point links, so `IFA_LOCAL` wins when present. IPv6
 /// only sends `IFA_ADDRESS` (plus `IFA_LOCAL` for peer addresses).
+/// An address message as an [`AddrEntry`] (none without an address).
+pub fn addr_entry(message: &AddressMessage) -> Option<AddrEntry> {
+    let addr = local_address(message)?;
+    let ours = message.attributes.iter().any(|attr| {
+        matches!(attr, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO)
+    });
+    Some(AddrEntry {
+        index: message.header.index,
+        addr,
+        prefix: message.header.prefix_len,
+        secondary: message.header.flags.contains(AddressHeaderFlags::Secondary),
+        ours,
+    })
+}
+
 fn local_address(message: &AddressMessage) -> Option<IpAddr> {
     let local = message.attributes.iter().find_map(|attr| match attr {
         AddressAttribute::Local(local) => Some(*local),
@@ -411,5 +480,137 @@ mod tests {
                 .to_string()
                 .contains("not Ethernet")
         );
+    }
+}
+
+/// What an rtnetlink notification says about our interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// An address was added to or removed from interface `index`.
+    Address { index: u32, addr: IpAddr },
+    /// Interface `index`'s flags, as of this notification: `carrier` is
+    /// `IFF_LOWER_UP`.
+    Link { index: u32, carrier: bool },
+    /// The socket overflowed: notifications were lost, re-read everything.
+    Lost,
+}
+
+/// A route netlink socket subscribed to address and link changes
+/// (`RTMGRP_LINK`, `RTMGRP_IPV4_IFADDR`, `RTMGRP_IPV6_IFADDR`), read
+/// without blocking by a thread that polls it with other descriptors.
+/// Notifications are triggers: whoever acts on one re-reads the state.
+pub struct Watch {
+    fd: std::os::fd::OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    pub fn open() -> anyhow::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: socket(2) takes no pointers; the fd is owned below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("opening a route netlink socket for address notifications");
+        }
+        // SAFETY: raw is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: a zeroed sockaddr_nl is valid; fields set below.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        sa.nl_groups =
+            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: sa is valid for its length.
+        let rc = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&raw const sa).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("subscribing to address and link notifications");
+        }
+        Ok(Self {
+            fd,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
+    /// Everything waiting, in order.
+    pub fn drain(&mut self) -> Vec<Change> {
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: the buffer is ours and valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::ENOBUFS) => {
+                        out.push(Change::Lost);
+                        continue;
+                    }
+                    Some(libc::EINTR) => continue,
+                    _ => return out,
+                }
+            }
+            let n = n as usize;
+            parse_changes(&self.buf[..n], &mut out);
+        }
+    }
+}
+
+/// The changes in one datagram of notifications.
+fn parse_changes(mut bytes: &[u8], out: &mut Vec<Change>) {
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    use rtnetlink::packet_route::{RouteNetlinkMessage, link::LinkFlags};
+    while bytes.len() >= 16 {
+        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if len < 16 || len > bytes.len() {
+            return;
+        }
+        if let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
+            match message.payload {
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a),
+                ) => {
+                    if let Some(addr) = local_address(&a) {
+                        out.push(Change::Address {
+                            index: a.header.index,
+                            addr,
+                        });
+                    }
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    out.push(Change::Link {
+                        index: l.header.index,
+                        carrier: l.header.flags.contains(LinkFlags::LowerUp),
+                    });
+                }
+                NetlinkPayload::Overrun(_) => out.push(Change::Lost),
+                _ => {}
+            }
+        }
+        // Messages are 4-byte aligned.
+        let step = (len + 3) & !3;
+        bytes = &bytes[step.min(bytes.len())..];
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use vipwatch_common::{Addr, PROBE_PAYLOAD_LEN, ProbePayload};
+use vipwatch_common::{AUTH_PROBE, Addr, PROBE_PAYLOAD_LEN, ProbePayload, auth_tag, siphash::Key};
 
 use crate::clock;
 
@@ -64,6 +64,8 @@ pub struct Identity {
     pub nonce: u64,
     pub slot: u16,
     pub vip: Addr,
+    /// The pair's key: probes carry their tag.
+    pub key: Option<Key>,
 }
 
 pub struct Prober {
@@ -127,13 +129,17 @@ impl Prober {
     /// when the kernel accepted it.
     pub fn tick(&mut self, seq: u64) -> Tick {
         let at_ns = clock::now_ns();
-        let payload = ProbePayload {
+        let mut payload = ProbePayload {
             slot: self.id.slot,
             nonce: self.id.nonce,
             seq,
             sent_ns: at_ns,
             vip: self.id.vip,
+            tag: [0; 8],
         };
+        if let Some(key) = &self.id.key {
+            payload.tag = auth_tag(key, AUTH_PROBE, &payload.encode());
+        }
         let pkt = echo_request(self.id.echo_id, seq, &payload);
         let master_sent = self.send(self.master, &pkt);
         if master_sent {
@@ -231,6 +237,7 @@ mod tests {
             seq: 0x1_0002,
             sent_ns: 99,
             vip: vipwatch_common::addr_v4([192, 0, 2, 100]),
+            tag: [0; 8],
         };
         let pkt = echo_request(0x4242, payload.seq, &payload);
         assert_eq!(pkt[0], 8, "type echo request");

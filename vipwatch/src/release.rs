@@ -4,7 +4,7 @@
 //! If a vipwatch instance here watches that VIP, it is asked (over its
 //! control socket) to hand it back itself, so its state follows instead of
 //! fighting, and what it did is reported. Otherwise the address is removed
-//! directly.
+//! directly, if vipwatch added it (a leftover of a killed daemon).
 
 use anyhow::Context as _;
 
@@ -26,8 +26,10 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    // Only what vipwatch added: a host address someone names by mistake
+    // stays (removing a primary would remove its whole subnet).
     let removed = VipHandle::open(&iface, vip)?
-        .unbind()
+        .unbind_ours()
         .context("vipwatch release needs root (CAP_NET_ADMIN)")?;
     if removed {
         println!("removed {vip} from {iface}");

@@ -108,6 +108,16 @@ pub struct Report {
     pub releases: u64,
     /// Deadlines excused because our own probes had not gone out.
     pub deferred: u64,
+    /// The VIP was removed from the interface while held, and bound again.
+    #[serde(default)]
+    pub vip_restored: u64,
+    /// The VIP appeared on the interface while not held.
+    #[serde(default)]
+    pub stray_vips: u64,
+    /// Releases undone because nobody answered for the VIP afterwards (a
+    /// forged claim).
+    #[serde(default)]
+    pub taken_back: u64,
     /// Longest gap between two probes we sent (since the master first
     /// answered), ms: our own starvation, next to the master's `max_gap_ms`.
     pub max_probe_gap_ms: f64,
@@ -199,6 +209,9 @@ pub struct PeerReport {
     /// Non-empty histogram buckets: RTT below `lt_us`, and how many.
     pub rtt_histogram: Vec<Bucket>,
     pub forged: u64,
+    /// Valid-looking replies to a probe already answered or too old.
+    #[serde(default)]
+    pub replayed: u64,
     /// Longest silence between two consecutive valid replies.
     pub max_gap_ms: f64,
 }
@@ -254,6 +267,9 @@ pub(crate) fn report(v: &BackupView<'_>, maps: &Maps) -> anyhow::Result<Report> 
         deferred,
         last_takeover,
         max_probe_gap_ns,
+        vip_restored,
+        stray_vips,
+        taken_back,
         ..
     } = v.stats;
     let witness = match v.witness {
@@ -282,6 +298,9 @@ pub(crate) fn report(v: &BackupView<'_>, maps: &Maps) -> anyhow::Result<Report> 
         takeovers,
         releases,
         deferred,
+        vip_restored,
+        stray_vips,
+        taken_back,
         max_probe_gap_ms: max_probe_gap_ns as f64 / 1e6,
         last_takeover: last_takeover.map(|(d, bound, garp)| {
             timeline_report(d.last_reply_ns, d.deadline_ns, d.decision_ns, bound, garp)
@@ -349,6 +368,7 @@ fn peer_report(address: Ipv4Addr, probes_sent: u64, p: &PeerSnapshot, now: u64) 
             })
             .collect(),
         forged: p.forged,
+        replayed: p.replayed,
         max_gap_ms: p.max_gap_ns as f64 / 1e6,
     }
 }
@@ -419,7 +439,7 @@ pub fn render(r: &Report) -> String {
         r.interval_ms, r.dead_after_ms
     );
     out += &format!(
-        "{:<8} {:<15} {:>9} {:>9} {:>7} {:>14} {:>22} {:>7} {:>12}\n",
+        "{:<8} {:<15} {:>9} {:>9} {:>7} {:>14} {:>22} {:>7} {:>8} {:>12}\n",
         "peer",
         "address",
         "probes",
@@ -428,11 +448,12 @@ pub fn render(r: &Report) -> String {
         "last reply",
         "rtt p50/p99/max µs",
         "forged",
+        "replayed",
         "max gap"
     );
     let mut row = |name: &str, p: &PeerReport| {
         out += &format!(
-            "{:<8} {:<15} {:>9} {:>9} {:>6.2}% {:>14} {:>22} {:>7} {:>9.2} ms\n",
+            "{:<8} {:<15} {:>9} {:>9} {:>6.2}% {:>14} {:>22} {:>7} {:>8} {:>9.2} ms\n",
             name,
             p.address.to_string(),
             p.probes_sent,
@@ -446,6 +467,7 @@ pub fn render(r: &Report) -> String {
                 opt_us(p.rtt_max_us)
             ),
             p.forged,
+            p.replayed,
             p.max_gap_ms
         );
     };
@@ -454,9 +476,15 @@ pub fn render(r: &Report) -> String {
         row("witness", w);
     }
     out += &format!(
-        "\nclaims {}  takeovers {}  releases {}  deferred deadlines {}  longest gap between our probes {:.2} ms\n",
-        r.claims, r.takeovers, r.releases, r.deferred, r.max_probe_gap_ms
+        "\nclaims {}  takeovers {}  releases {} (taken back {})  deferred deadlines {}  longest gap between our probes {:.2} ms\n",
+        r.claims, r.takeovers, r.releases, r.taken_back, r.deferred, r.max_probe_gap_ms
     );
+    if r.vip_restored + r.stray_vips > 0 {
+        out += &format!(
+            "VIP removed while held and bound again {}  VIP appeared while not held {}\n",
+            r.vip_restored, r.stray_vips
+        );
+    }
     let c = &r.conn;
     out += &format!(
         "kick {}: {} connections known from the master (last sync {}), {} syncs accepted, {} forged{}\n",

@@ -11,7 +11,11 @@ use std::{net::IpAddr, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::{arp::Announcer, config::Vip, netlink::Netlink};
+use crate::{
+    arp::Announcer,
+    config::Vip,
+    netlink::{AddrEntry, Netlink},
+};
 
 /// Bound on one rtnetlink request.
 pub(crate) const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -79,6 +83,29 @@ impl VipHandle {
         let Vip { addr, prefix } = self.vip;
         self.bounded(self.netlink.del_address(self.ifindex, addr, prefix))
             .with_context(|| format!("removing {} from {}", self.vip, self.iface))
+    }
+
+    /// Removes the VIP only if vipwatch added it (see
+    /// [`crate::netlink::ADDR_PROTO`]): a master never removes an address
+    /// someone else added, such as the host's own. `Ok(false)` when it was
+    /// not there.
+    pub(crate) fn unbind_ours(&mut self) -> anyhow::Result<bool> {
+        match self.presence()? {
+            None => Ok(false),
+            Some(e) if e.ours => self.unbind(),
+            Some(_) => anyhow::bail!(
+                "{} on {} was not added by vipwatch (another program or an operator added it \
+                 since); leaving it in place",
+                self.vip,
+                self.iface
+            ),
+        }
+    }
+
+    /// The VIP as the kernel has it on our interface, if it does.
+    pub(crate) fn presence(&self) -> anyhow::Result<Option<AddrEntry>> {
+        self.bounded(self.netlink.address(self.ifindex, self.vip.addr))
+            .with_context(|| format!("looking for {} on {}", self.vip, self.iface))
     }
 
     /// Announces that the VIP lives at our MAC (gratuitous ARP request and

@@ -22,12 +22,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use vipwatch_common::{
     CONN_ACKED, ConnEvent, PEER_MASTER, PEER_WITNESS, ROLE_BACKUP, ROLE_MASTER, SLOT_ACK_UPDATES,
-    SLOT_WITNESS, SlotConfig, addr_as_v4, addr_v4,
+    SLOT_AUTH, SLOT_WITNESS, SlotConfig, addr_as_v4, addr_v4,
 };
 
 use crate::{
     arp::mac_str,
-    backup::{self, Decision, Failback, Note as BackupNote, Peer},
+    backup::{self, Decision, Failback, Note as BackupNote, Peer, Stray},
     clock::{self, delta_ms, ms},
     config::{self, Instance, Role},
     conns::{self, Datagram, Kind, Received},
@@ -44,8 +44,18 @@ use crate::{
 
 /// What reaches an instance from outside its thread.
 pub(crate) enum Msg {
-    /// An ARP claim of the VIP, from the interface's ring buffer.
-    Claim { at_ns: u64, mac: [u8; 6] },
+    /// An ARP claim of the VIP, from the interface's ring buffer; `reply`:
+    /// an ARP reply.
+    Claim {
+        at_ns: u64,
+        mac: [u8; 6],
+        reply: bool,
+    },
+    /// The kernel added or removed the VIP on our interface (rtnetlink):
+    /// the instance re-reads what is there.
+    Address,
+    /// The interface's carrier came (`true`) or went.
+    Carrier(bool),
     /// A health check result.
     Health(Result<(), String>),
     /// `vipwatch release`: the outcome goes back on the channel.
@@ -250,15 +260,17 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
             let mut shell = shell;
             shell
                 .maps
-                .open_slot(
-                    slot,
+                .open_slot(slot, {
+                    let key = auth_key(&instance)?;
                     SlotConfig {
                         role: ROLE_MASTER,
-                        flags: conn_flags(&instance.conn),
+                        flags: conn_flags(&instance.conn)
+                            | if key.is_some() { SLOT_AUTH } else { 0 },
                         vip: vip_addr(instance.vip.addr),
+                        key: key.unwrap_or_default(),
                         ..SlotConfig::default()
-                    },
-                )
+                    }
+                })
                 .context("opening the instance's slot")?;
             spawn(&name, exited, move || run.run(shell))?
         }
@@ -311,6 +323,16 @@ struct Shell {
     wake: Arc<EventFd>,
     status: SharedStatus,
     conn: ConnState,
+}
+
+/// The pair's key, if the instance has one (validated with the
+/// configuration; read again here, at start).
+fn auth_key(instance: &Instance) -> anyhow::Result<Option<vipwatch_common::siphash::Key>> {
+    instance
+        .auth_key_file
+        .as_deref()
+        .map(|path| config::read_key(path).map_err(|e| anyhow::anyhow!(e)))
+        .transpose()
 }
 
 /// The slot flags the kick asks of the XDP program.
@@ -402,8 +424,10 @@ impl Shell {
         }
     }
 
-    /// Removes the VIP; stops recording its connections first.
-    fn unbind(&mut self) -> anyhow::Result<bool> {
+    /// Removes the VIP; stops recording its connections first. With
+    /// `only_ours` (the master), an address vipwatch did not add is left in
+    /// place, said once, and counts as released.
+    fn unbind(&mut self, only_ours: bool) -> anyhow::Result<bool> {
         if self.conn.settings.kick != kick::Mode::Off {
             if let Err(e) = self.maps.set_holding(self.slot, false) {
                 log::warn!("{}: cannot stop recording connections: {e:#}", self.name);
@@ -413,7 +437,22 @@ impl Shell {
             }
             self.conn.local = conns::Local::new(self.conn.local_capacity());
         }
-        self.vip.unbind()
+        if !only_ours {
+            return self.vip.unbind();
+        }
+        match self.vip.unbind_ours() {
+            Ok(removed) => Ok(removed),
+            Err(e)
+                if self
+                    .vip
+                    .presence()
+                    .is_ok_and(|p| p.is_some_and(|e| !e.ours)) =>
+            {
+                log::warn!("{}: {e:#}", self.name);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Where syncs go and the nonce they carry, if the peer is known.
@@ -626,6 +665,10 @@ struct BackupLoop {
     rt_priority: Option<u8>,
     /// Our connection table as of the last release.
     final_table: Vec<Datagram>,
+    /// The VIP was on the interface at start, not added by vipwatch.
+    stray_at_start: bool,
+    /// `rise`, for messages.
+    rise: u32,
 }
 
 impl BackupLoop {
@@ -637,12 +680,17 @@ impl BackupLoop {
             rise,
             witness,
             failback,
+            stray_vip,
             count,
             rt_priority,
         } = b;
+        // A VIP bound already: ours (a vipwatch that stopped without
+        // releasing it) is adopted; anyone else's is a stray.
+        let found = shell.vip.presence()?;
         let nonce = sys::random_u64()?;
         let echo_id = (sys::random_u64()? & 0xffff) as u16;
         let vip = vip_addr(instance.vip.addr);
+        let key = auth_key(instance)?;
         let v4 = |a: Ipv4Addr| addr_v4(a.octets());
         shell
             .maps
@@ -651,7 +699,9 @@ impl BackupLoop {
                 SlotConfig {
                     role: ROLE_BACKUP,
                     flags: conn_flags(&instance.conn)
-                        | if witness.is_some() { SLOT_WITNESS } else { 0 },
+                        | if witness.is_some() { SLOT_WITNESS } else { 0 }
+                        | if key.is_some() { SLOT_AUTH } else { 0 },
+                    key: key.unwrap_or_default(),
                     master: v4(master),
                     witness: witness.map_or([0; 16], v4),
                     vip,
@@ -669,6 +719,7 @@ impl BackupLoop {
                 nonce,
                 slot,
                 vip,
+                key,
             },
             master,
             witness,
@@ -691,6 +742,7 @@ impl BackupLoop {
             garp: instance.garp,
             probe_limit: count,
             conn: instance.conn,
+            stray: stray_vip,
         };
         shell.conn.partner = Partner::Fixed {
             addr: master,
@@ -715,7 +767,9 @@ impl BackupLoop {
             s.since_ns = clock::now_ns();
         }
         Ok(Self {
-            machine: backup::Machine::new(settings, clock::now_ns()),
+            machine: backup::Machine::new(settings, clock::now_ns(), found.is_some_and(|e| e.ours)),
+            stray_at_start: found.is_some_and(|e| !e.ours),
+            rise,
             prober,
             witness: witness.is_some(),
             rt_priority,
@@ -752,13 +806,37 @@ impl BackupLoop {
                 shell.name
             );
         }
+        for action in self.machine.start() {
+            self.execute(shell, action);
+        }
+        if self.stray_at_start {
+            let at_ns = clock::now_ns();
+            self.feed(
+                shell,
+                backup::Event::Address {
+                    at_ns,
+                    present: true,
+                },
+            )?;
+        }
         loop {
             for msg in shell.wait(self.machine.next_deadline())? {
                 let at_ns = clock::now_ns();
                 match msg {
-                    Msg::Claim { at_ns, mac } => {
-                        self.feed(shell, backup::Event::Claim { at_ns, mac })?;
+                    Msg::Claim { at_ns, mac, reply } => {
+                        self.feed(shell, backup::Event::Claim { at_ns, mac, reply })?;
                     }
+                    Msg::Address => match shell.vip.presence() {
+                        Ok(p) => self.feed(
+                            shell,
+                            backup::Event::Address {
+                                at_ns,
+                                present: p.is_some(),
+                            },
+                        )?,
+                        Err(e) => log::warn!("{}: {e:#}", shell.name),
+                    },
+                    Msg::Carrier(_) => {}
                     Msg::Health(_) => {}
                     Msg::Conn(ev) => shell.conn.local.event(&ev),
                     Msg::Sync { from, datagram } => {
@@ -773,9 +851,27 @@ impl BackupLoop {
                             shell.name,
                             shell.vip_text
                         );
-                        self.feed(shell, backup::Event::OperatorRelease { at_ns })?;
-                        let outcome = if before == backup::State::Active {
-                            format!("{}: released {}", shell.name, shell.vip_text)
+                        let outcome = if before == backup::State::Active
+                            && !self.machine.master_back()
+                        {
+                            // Releasing would leave the VIP on nobody.
+                            let why = format!(
+                                "{}: refused: the master does not answer our probes, so nobody would hold \
+                                 {}; it is handed back when the master has answered {} probes in a row",
+                                shell.name, shell.vip_text, self.rise
+                            );
+                            log::warn!("{why}");
+                            why
+                        } else if before == backup::State::Active {
+                            self.feed(shell, backup::Event::OperatorRelease { at_ns })?;
+                            format!(
+                                "{}: released {} and pointed the clients at the master ({}); taken back \
+                                 if the master does not answer for it within {} ms",
+                                shell.name,
+                                shell.vip_text,
+                                mac_str(self.machine.master_mac()),
+                                backup::VERIFY_WINDOW_NS / 1_000_000
+                            )
                         } else {
                             format!(
                                 "{}: not holding {} (state {})",
@@ -851,7 +947,7 @@ impl BackupLoop {
                 // Kept for a hand-over to the master (SyncReleased), which
                 // comes right after: unbinding forgets the table.
                 self.final_table = shell.final_snapshot();
-                let result = shell.unbind();
+                let result = shell.unbind(false);
                 let at_ns = clock::now_ns();
                 Some(match result {
                     Ok(true) => {
@@ -945,6 +1041,44 @@ impl BackupLoop {
                         shell.name,
                         if bind { "bind" } else { "remove" },
                         shell.vip_text
+                    ),
+                    BackupNote::VipRemoved => log::warn!(
+                        "{}: {} was removed from {} while we hold it: binding it again",
+                        shell.name,
+                        shell.vip_text,
+                        shell.iface
+                    ),
+                    BackupNote::Stray { policy } => log::warn!(
+                        "{}: {} appeared on {} while we do not hold it (added by hand, or by another \
+                         program): {}",
+                        shell.name,
+                        shell.vip_text,
+                        shell.iface,
+                        match policy {
+                            Stray::Remove => "removing it (stray_vip = remove)",
+                            Stray::Adopt =>
+                                "adopting it: kept only if the master does not answer for it (stray_vip = adopt)",
+                        }
+                    ),
+                    BackupNote::Adopted => log::warn!(
+                        "{}: {} is already bound on {} (a vipwatch that stopped without releasing it): \
+                         adopted; kept if the master is dead, handed back if it answers",
+                        shell.name,
+                        shell.vip_text,
+                        shell.iface
+                    ),
+                    BackupNote::AdoptedHandBack { mac } => log::info!(
+                        "{}: the master answers: handing the adopted {} back to it ({})",
+                        shell.name,
+                        shell.vip_text,
+                        mac_str(mac)
+                    ),
+                    BackupNote::ClaimantSilent { mac } => log::warn!(
+                        "{}: nobody answers for {} after we gave it to {} (a forged claim, or a \
+                         claimant that does not hold it): taking it back",
+                        shell.name,
+                        shell.vip_text,
+                        mac_str(mac)
                     ),
                 }
                 None
@@ -1066,6 +1200,9 @@ fn describe(r: backup::Reason) -> String {
         Reason::OperatorRelease => "operator release".into(),
         Reason::MasterBack { replies } => format!("master back ({replies} consecutive replies)"),
         Reason::Shutdown => "daemon stopping".into(),
+        Reason::ClaimantSilent => {
+            "nobody answers for the VIP we gave up (forged or empty claim): taken back".into()
+        }
     }
 }
 
@@ -1079,6 +1216,7 @@ fn reason_token(r: backup::Reason) -> &'static str {
         Reason::OperatorRelease => "operator-release",
         Reason::MasterBack { .. } => "master-back",
         Reason::Shutdown => "shutdown",
+        Reason::ClaimantSilent => "claimant-silent",
     }
 }
 
@@ -1157,7 +1295,7 @@ impl MasterLoop {
         if result.is_err() && self.machine.state() == master::State::Holding {
             // Whatever made us stop (an error), do not leave the VIP bound:
             // a stopped master that still answers for it fights the backup.
-            match shell.unbind() {
+            match shell.unbind(true) {
                 Ok(_) => log::warn!(
                     "{}: stopping on an error: released {} from {} mono_ns={}",
                     shell.name,
@@ -1210,7 +1348,30 @@ impl MasterLoop {
             for msg in shell.wait(self.machine.next_deadline())? {
                 let at_ns = clock::now_ns();
                 let event = match msg {
-                    Msg::Claim { at_ns, mac } => master::Event::Claim { at_ns, mac },
+                    Msg::Claim { at_ns, mac, .. } => master::Event::Claim { at_ns, mac },
+                    Msg::Address => match shell.vip.presence() {
+                        Ok(p) => master::Event::Address {
+                            at_ns,
+                            present: p.is_some(),
+                        },
+                        Err(e) => {
+                            log::warn!("{}: {e:#}", shell.name);
+                            continue;
+                        }
+                    },
+                    Msg::Carrier(up) => {
+                        log::info!(
+                            "{}: {} {}",
+                            shell.name,
+                            shell.iface,
+                            if up {
+                                "has its carrier again"
+                            } else {
+                                "lost its carrier"
+                            }
+                        );
+                        master::Event::Carrier { at_ns, up }
+                    }
                     Msg::Health(result) => master::Event::Health { at_ns, result },
                     Msg::Conn(ev) => {
                         shell.conn.local.event(&ev);
@@ -1309,7 +1470,7 @@ impl MasterLoop {
                         });
                     }
                 },
-                Action::Release => match shell.unbind() {
+                Action::Release => match shell.unbind(true) {
                     Ok(removed) => {
                         let at_ns = clock::now_ns();
                         effects.released = Some((removed, at_ns));
@@ -1421,6 +1582,12 @@ impl MasterLoop {
                 if bind { "bind" } else { "remove" },
                 shell.vip_text
             ),
+            master::Note::VipRemoved => log::warn!(
+                "{}: {} was removed from {} while this master holds it: binding it again",
+                shell.name,
+                shell.vip_text,
+                shell.iface
+            ),
         }
     }
 
@@ -1493,6 +1660,16 @@ impl MasterLoop {
             master::State::Starting => {
                 log::info!("{name}: state -> STARTING (from {}, {why})", from.name())
             }
+            master::State::Fault => {
+                let (what, at) = effects
+                    .released
+                    .map_or_else(|| (format!("{vip} not bound"), *at_ns), released);
+                log::warn!(
+                    "{name}: state -> FAULT: {what}; claiming it again when the carrier returns (from {}, {why}) \
+                     mono_ns={at}",
+                    from.name()
+                );
+            }
         }
         shell.record(from.name(), to.name(), reason.token(), *at_ns);
         shell.hooks.notify(to.name(), vip, iface, reason.token());
@@ -1520,6 +1697,7 @@ impl MasterLoop {
             }
             Reason::HealthRecovered { rise } => format!("{token}: {rise} consecutive good checks"),
             Reason::Shutdown => token.to_owned(),
+            Reason::CarrierLost => format!("{token}: {} has no carrier", shell.iface),
         }
     }
 }

@@ -161,6 +161,7 @@ fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, slot: u16, nonce: u64, se
         seq,
         sent_ns: 0,
         vip: vipwatch_common::addr_v4(vip.octets()),
+        tag: [0; 8],
     };
     let mut icmp = vec![0u8, 0, 0, 0];
     icmp.extend_from_slice(&id.to_be_bytes());

@@ -27,6 +27,7 @@ use vipwatch_tests::{
 
 use crate::{build, interrupt, prerequisites, util};
 
+mod attack;
 mod scaling;
 mod tcp;
 
@@ -64,6 +65,8 @@ pub enum Section {
     Scaling,
     /// 8: what a TCP client sees (the kick).
     Tcp,
+    /// 9: attacks: forged claims and replays during a soak.
+    Attack,
 }
 
 /// Percentile summary of a set of durations, in ms.
@@ -488,6 +491,17 @@ pub fn bench(options: Options) -> Result<()> {
         let (section, data) = tcp::run(&bin, quick)?;
         md += &section;
         js["tcp"] = data;
+    }
+
+    // 9: attacks during a soak.
+    if wanted(Section::Attack) {
+        eprintln!(
+            "{} attacks: {soak_secs} s soak with forged claims and replays",
+            util::TAG
+        );
+        let (section, data) = attack::run(&bin, Duration::from_secs(soak_secs), quick)?;
+        md += &section;
+        js["attack"] = data;
     }
 
     let sections: String = only

@@ -642,14 +642,8 @@ fn sync_traffic(lab: &Lab, window: Duration) -> Result<Value> {
 /// ns per packet of the master's XDP program, with and without the table.
 fn xdp_cost(bin: &std::path::Path, quick: bool) -> Result<Value> {
     let window = Duration::from_secs(if quick { 3 } else { 10 });
-    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
-    let before = std::fs::read_to_string(stats_path)
-        .context("reading kernel.bpf_stats_enabled")?
-        .trim()
-        .to_owned();
-    std::fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let result = (|| -> Result<Value> {
-        let mut out = json!({"window_s": window.as_secs()});
+    let mut out = json!({"window_s": window.as_secs()});
+    with_bpf_stats(|| {
         for (key, kick) in [("on", Kick::Ack), ("off", Kick::Off)] {
             let t = TcpLab::start(bin, kick, 100)?;
             let vip: Ipv4Addr = VIP.parse()?;
@@ -674,8 +668,21 @@ fn xdp_cost(bin: &std::path::Path, quick: bool) -> Result<Value> {
                 "ns_per_packet": (t1.saturating_sub(t0)) as f64 / packets.max(1) as f64,
             });
         }
-        Ok(out)
-    })();
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Runs `f` with `kernel.bpf_stats_enabled` on (run time and count per
+/// program), and puts the setting back.
+pub(super) fn with_bpf_stats(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(stats_path)
+        .context("reading kernel.bpf_stats_enabled")?
+        .trim()
+        .to_owned();
+    std::fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = f();
     if let Err(e) = std::fs::write(stats_path, &before) {
         eprintln!(
             "{} could not restore kernel.bpf_stats_enabled to {before}: {e}",
@@ -701,7 +708,7 @@ fn cpu_times() -> Result<(u64, u64)> {
 }
 
 /// (run_time_ns, run_cnt) of the BPF program(s) process `pid` holds.
-fn prog_stats(pid: u32) -> Result<(u64, u64)> {
+pub(super) fn prog_stats(pid: u32) -> Result<(u64, u64)> {
     let mut time = 0;
     let mut count = 0;
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
