@@ -113,6 +113,19 @@ pub struct TcpServer {
 impl TcpServer {
     pub fn start(lab: &Lab, host: &str, port: u16, id: u8, hold: Duration) -> Result<Self> {
         let bin = server_bin()?;
+        // Thousands of connections arriving at once: a listen queue of the
+        // default 4096 overflows, and the kernel then resets connections
+        // the clients believe established.
+        lab.run(
+            host,
+            "sysctl",
+            [
+                "-qw",
+                "net.core.somaxconn=65535",
+                "net.ipv4.tcp_max_syn_backlog=65535",
+            ],
+        )
+        .context("raising the listen queue limits")?;
         let p = lab.spawn(
             host,
             &bin,

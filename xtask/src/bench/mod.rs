@@ -69,6 +69,34 @@ pub enum Section {
     Attack,
 }
 
+/// A section's report, or, if it failed (and was not interrupted), a
+/// section that says so: the other sections' numbers are kept.
+fn or_failure(title: &str, result: Result<(String, Value)>) -> Result<(String, Value)> {
+    match result {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            interrupt::check()?;
+            eprintln!("{} section {title} failed: {e:#}", util::TAG);
+            Ok((
+                format!(
+                    "\n## {title}\n\n**This section failed:** {}\n",
+                    one_line(&e)
+                ),
+                json!({"error": format!("{e:#}")}),
+            ))
+        }
+    }
+}
+
+/// An error as one line of a Markdown table.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .replace('|', "/")
+}
+
 /// Percentile summary of a set of durations, in ms.
 #[derive(Clone, Copy, Debug)]
 struct Summary {
@@ -481,14 +509,14 @@ pub fn bench(options: Options) -> Result<()> {
 
     // 7: many instances.
     if wanted(Section::Scaling) {
-        let (section, data) = scaling::run(&bin, quick, trials)?;
+        let (section, data) = or_failure("7. Many instances", scaling::run(&bin, quick, trials))?;
         md += &section;
         js["scaling"] = data;
     }
 
     // 8: TCP clients and the kick.
     if wanted(Section::Tcp) {
-        let (section, data) = tcp::run(&bin, quick)?;
+        let (section, data) = or_failure("8. What a TCP client sees", tcp::run(&bin, quick))?;
         md += &section;
         js["tcp"] = data;
     }
@@ -499,7 +527,10 @@ pub fn bench(options: Options) -> Result<()> {
             "{} attacks: {soak_secs} s soak with forged claims and replays",
             util::TAG
         );
-        let (section, data) = attack::run(&bin, Duration::from_secs(soak_secs), quick)?;
+        let (section, data) = or_failure(
+            "9. Attacks",
+            attack::run(&bin, Duration::from_secs(soak_secs), quick),
+        )?;
         md += &section;
         js["attack"] = data;
     }

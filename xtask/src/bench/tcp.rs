@@ -176,7 +176,30 @@ pub(super) fn run(bin: &std::path::Path, quick: bool) -> Result<(String, Value)>
             r.kick.label(),
             r.trials
         );
-        let out = measure(bin, r)?;
+        let out = match measure(bin, r) {
+            Ok(out) => out,
+            Err(e) => {
+                // One failed run (a lab that did not come up) must not
+                // throw away the others: reported in its row.
+                interrupt::check()?;
+                let why = super::one_line(&e);
+                eprintln!("{} TCP: this run failed: {e:#}", util::TAG);
+                writeln!(
+                    md,
+                    "| {} | {} | {} | failed: {why} |||||||||",
+                    r.fault.label(),
+                    r.conns,
+                    r.kick.label()
+                )?;
+                rows.push(json!({
+                    "fault": r.fault.label(),
+                    "connections": r.conns,
+                    "kick": r.kick.label(),
+                    "error": format!("{e:#}"),
+                }));
+                continue;
+            }
+        };
         let s = Summary::of(&out.samples);
         let (n, min, med, p99, max) = s.map_or((0, f64::NAN, f64::NAN, f64::NAN, f64::NAN), |s| {
             (s.n, s.min, s.median, s.p99, s.max)
