@@ -71,6 +71,13 @@ fn takeover_then_failback(tag: &str, fault: Fault, health: bool) -> Result<()> {
     );
     let st = s.wait_state("STANDBY", Duration::from_secs(5))?;
     assert_eq!(st["releases"], 1, "{st}");
+    // The release check found the master holding the VIP: nothing taken
+    // back, no second takeover (a check that missed the master's answer
+    // would take the VIP back and bounce it).
+    std::thread::sleep(Duration::from_millis(100));
+    let st = s.backup_stats()?;
+    assert_eq!(st["taken_back"], 0, "{st}\n{}", s.logs());
+    assert_eq!(st["takeovers"], 1, "{st}");
     Ok(())
 }
 

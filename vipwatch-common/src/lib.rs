@@ -447,6 +447,8 @@ pub struct ClaimCounters {
     pub last_wake_ns: u64,
     pub last_wake_mac: [u8; 6],
     pub last_wake_op: [u8; 2],
+    /// The last answer to our own RFC 5227 probe that woke the daemon.
+    pub last_answer_ns: u64,
 }
 
 /// A claim like the last one that woke the daemon (same sender MAC and
@@ -467,8 +469,13 @@ pub struct ClaimEvent {
     pub op: [u8; 2],
     /// The slot whose VIP was claimed.
     pub slot: u32,
-    pub _pad: u32,
+    /// [`CLAIM_ANSWER`].
+    pub flags: u32,
 }
+
+/// [`ClaimEvent::flags`]: an answer to our own RFC 5227 probe (an ARP
+/// reply for target IP 0.0.0.0 to our MAC): the claimant holds the VIP.
+pub const CLAIM_ANSWER: u32 = 1;
 
 /// Per-CPU counters of a master slot's probe gate.
 #[repr(C)]
@@ -706,7 +713,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
         assert_eq!(core::mem::size_of::<SlotConfig>(), 8 + 3 * 16 + 8 + 8 + 16);
         assert_eq!(core::mem::size_of::<PeerCounters>(), 48 + 8 * RTT_BUCKETS);
-        assert_eq!(core::mem::size_of::<ClaimCounters>(), 40);
+        assert_eq!(core::mem::size_of::<ClaimCounters>(), 48);
         assert_eq!(core::mem::size_of::<ClaimEvent>(), 24);
         assert_eq!(core::mem::size_of::<GateCounters>(), 16);
         assert_eq!(core::mem::size_of::<ConnKey>(), 24);

@@ -109,11 +109,14 @@ pub enum Seen {
         /// The frame's source MAC (the client's, or its router's).
         mac: [u8; 6],
     },
-    /// An ARP packet announcing `slot`'s VIP from a MAC that is not ours.
+    /// An ARP packet announcing `slot`'s VIP from a MAC that is not ours;
+    /// `answer`: a reply to an RFC 5227 probe of ours (target IP 0.0.0.0,
+    /// target MAC ours), what a holder's kernel sends when we ask.
     Claim {
         slot: u32,
         mac: [u8; 6],
         op: [u8; 2],
+        answer: bool,
     },
 }
 
@@ -362,10 +365,13 @@ fn classify_arp<F: Frame + ?Sized, S: Slots>(frame: &F, arp: usize, slots: &S) -
     if sha == iface.our_mac {
         return Seen::Other;
     }
+    let tha = [a[18], a[19], a[20], a[21], a[22], a[23]];
+    let tpa = [a[24], a[25], a[26], a[27]];
     Seen::Claim {
         slot,
         mac: sha,
         op: [a[6], a[7]],
+        answer: a[6..8] == [0, 2] && tpa == [0; 4] && tha == iface.our_mac,
     }
 }
 
@@ -674,7 +680,8 @@ mod tests {
             Seen::Claim {
                 slot: SLOT,
                 mac: MASTER_MAC,
-                op: [0, 1]
+                op: [0, 1],
+                answer: false,
             }
         );
         assert_eq!(
@@ -682,7 +689,22 @@ mod tests {
             Seen::Claim {
                 slot: MASTER_SLOT,
                 mac: MASTER_MAC,
-                op: [0, 2]
+                op: [0, 2],
+                answer: false,
+            }
+        );
+        // A holder's answer to our RFC 5227 probe: to us, for 0.0.0.0.
+        let mut answer = arp(MASTER_MAC, VIP, 2);
+        let tha = answer.len() - 10;
+        answer[tha..tha + 6].copy_from_slice(&OUR_MAC);
+        answer[tha + 6..].copy_from_slice(&[0; 4]);
+        assert_eq!(
+            classify(answer.as_slice(), &t),
+            Seen::Claim {
+                slot: SLOT,
+                mac: MASTER_MAC,
+                op: [0, 2],
+                answer: true,
             }
         );
         // Our own announcements, other addresses and RFC 5227 probes are not.

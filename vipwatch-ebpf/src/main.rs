@@ -40,14 +40,14 @@ mod program {
         programs::XdpContext,
     };
     use vipwatch_common::{
-        ACK_UPDATE_NS, Addr, CLAIM_WAKE_MIN_NS, CLAIM_WAKE_NS, CONN_ACKED, CONN_CLOSED,
-        CONN_EVENTS_RING_BYTES, CONN_NEW, CONN_TABLE_DEFAULT, ClaimCounters, ClaimEvent, ConnEvent,
-        ConnKey, ConnValue, EVENTS_RING_BYTES, GapTracker, GateCounters, IfaceConfig, Learned,
-        MAX_SLOTS, PEERS_PER_SLOT, PROBE_PAYLOAD_LEN, PROBE_TAG_AT, PeerCounters, ReplayWindow,
-        SLOT_ACK_UPDATES, SLOT_GATE_CLOSED, SlotConfig, XDP_ERR_CONN_EVENTS_FULL,
-        XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG, XDP_ERR_RINGBUF_FULL,
-        XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, addr_v4, peer_index, reply_fresh,
-        rtt_bucket,
+        ACK_UPDATE_NS, Addr, CLAIM_ANSWER, CLAIM_WAKE_MIN_NS, CLAIM_WAKE_NS, CONN_ACKED,
+        CONN_CLOSED, CONN_EVENTS_RING_BYTES, CONN_NEW, CONN_TABLE_DEFAULT, ClaimCounters,
+        ClaimEvent, ConnEvent, ConnKey, ConnValue, EVENTS_RING_BYTES, GapTracker, GateCounters,
+        IfaceConfig, Learned, MAX_SLOTS, PEERS_PER_SLOT, PROBE_PAYLOAD_LEN, PROBE_TAG_AT,
+        PeerCounters, ReplayWindow, SLOT_ACK_UPDATES, SLOT_GATE_CLOSED, SlotConfig,
+        XDP_ERR_CONN_EVENTS_FULL, XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG,
+        XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, addr_v4,
+        peer_index, reply_fresh, rtt_bucket,
     };
     use vipwatch_ebpf::{Answer, Frame, ICMP_HLEN, IPV4_HLEN, Seen, Slots, classify, rtt_us};
 
@@ -257,7 +257,12 @@ mod program {
                 connection(ctx, &key, ack, syn, end, mac)?;
                 Ok(XDP_PASS)
             }
-            Seen::Claim { slot, mac, op } => {
+            Seen::Claim {
+                slot,
+                mac,
+                op,
+                answer,
+            } => {
                 // SAFETY: bpf_ktime_get_ns has no preconditions.
                 let now = unsafe { bpf_ktime_get_ns() };
                 let c = CLAIMS.get_ptr_mut(slot).ok_or(XDP_ERR_MAP)?;
@@ -269,7 +274,7 @@ mod program {
                 // The counter above is the record; the event only wakes the
                 // daemon, so a full ring loses a wake-up, not a claim. A
                 // flood wakes it rarely (see claim_wakes).
-                if !claim_wakes(c, now, mac, op) {
+                if !claim_wakes(c, now, mac, op, answer) {
                     return Ok(XDP_PASS);
                 }
                 let event = ClaimEvent {
@@ -277,7 +282,7 @@ mod program {
                     mac,
                     op,
                     slot,
-                    _pad: 0,
+                    flags: if answer { CLAIM_ANSWER } else { 0 },
                 };
                 EVENTS
                     .output::<ClaimEvent>(&event, 0)
@@ -371,8 +376,25 @@ mod program {
     /// CLAIM_WAKE_NS, a different one at most every CLAIM_WAKE_MIN_NS (per
     /// CPU and slot). A flood then costs the daemon a few hundred wake-ups
     /// a second, and what it suppresses is what the daemon just heard.
+    /// Answers to our own RFC 5227 probes have a budget of their own (at
+    /// most every CLAIM_WAKE_MIN_NS): a release check waits for one, and a
+    /// flood of other claims must not hide it.
     #[inline(always)]
-    fn claim_wakes(c: &mut ClaimCounters, now: u64, mac: [u8; 6], op: [u8; 2]) -> bool {
+    fn claim_wakes(
+        c: &mut ClaimCounters,
+        now: u64,
+        mac: [u8; 6],
+        op: [u8; 2],
+        answer: bool,
+    ) -> bool {
+        if answer {
+            let wake =
+                c.last_answer_ns == 0 || now.wrapping_sub(c.last_answer_ns) >= CLAIM_WAKE_MIN_NS;
+            if wake {
+                c.last_answer_ns = now;
+            }
+            return wake;
+        }
         let since = now.wrapping_sub(c.last_wake_ns);
         let same = c.last_wake_mac == mac && c.last_wake_op == op;
         let wake =

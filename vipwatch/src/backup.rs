@@ -116,12 +116,13 @@ pub(crate) enum Event {
     /// The probe [`Action::Probe`] asked for left at `at_ns` (a probe the
     /// kernel refused is not reported: it is no evidence).
     ProbeSent { at_ns: u64, seq: u64 },
-    /// An ARP packet with sender IP = the VIP from a MAC not ours; `reply`:
-    /// an ARP reply (what a holder's kernel sends to our probe).
+    /// An ARP packet with sender IP = the VIP from a MAC not ours;
+    /// `answer`: the answer to one of our RFC 5227 probes (a holder's
+    /// kernel sends it when we ask).
     Claim {
         at_ns: u64,
         mac: [u8; 6],
-        reply: bool,
+        answer: bool,
     },
     /// The kernel's view of the VIP on our interface, as the shell found it
     /// after an address notification.
@@ -430,7 +431,7 @@ impl Machine {
                 self.stats.last_probe_ns = at_ns;
                 self.detect(detector::Event::ProbeSent { at_ns, seq }, &mut out);
             }
-            Event::Claim { at_ns, mac, reply } => self.claim(at_ns, mac, reply, &mut out),
+            Event::Claim { at_ns, mac, answer } => self.claim(at_ns, mac, answer, &mut out),
             Event::Address { at_ns, present } => self.address(at_ns, present, &mut out),
             Event::Bound {
                 bound_ns,
@@ -571,10 +572,10 @@ impl Machine {
     }
 
     /// Who a claim comes from, and what the detector makes of it.
-    fn claim(&mut self, at_ns: u64, mac: [u8; 6], reply: bool, out: &mut Vec<Action>) {
+    fn claim(&mut self, at_ns: u64, mac: [u8; 6], answer: bool, out: &mut Vec<Action>) {
         self.stats.last_claim_ns = at_ns;
         if let Some(v) = self.verify
-            && reply
+            && answer
             && mac == v.claimant
             && at_ns >= v.since_ns
         {
@@ -901,7 +902,7 @@ mod tests {
                             self.feed(Event::Claim {
                                 at_ns: at,
                                 mac,
-                                reply: true,
+                                answer: true,
                             });
                         }
                     }
@@ -1022,7 +1023,7 @@ mod tests {
         sim.feed(Event::Claim {
             at_ns: at,
             mac: MASTER_MAC,
-            reply: false,
+            answer: false,
         });
         let tail: Vec<Action> = sim
             .actions
@@ -1055,7 +1056,7 @@ mod tests {
             sim.feed(Event::Claim {
                 at_ns: at,
                 mac: OTHER_MAC,
-                reply: false,
+                answer: false,
             });
         }
         assert_eq!(sim.m.state(), State::Active);
@@ -1185,7 +1186,7 @@ mod tests {
         sim.feed(Event::Claim {
             at_ns: at,
             mac,
-            reply: false,
+            answer: false,
         });
     }
 

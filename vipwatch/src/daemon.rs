@@ -409,7 +409,7 @@ impl Dispatcher {
                                 inbox.send(Msg::Claim {
                                     at_ns: ev.ktime_ns,
                                     mac: ev.mac,
-                                    reply: u16::from_be_bytes(ev.op) == 2,
+                                    answer: ev.flags & vipwatch_common::CLAIM_ANSWER != 0,
                                 });
                             }
                         }

@@ -44,12 +44,12 @@ use crate::{
 
 /// What reaches an instance from outside its thread.
 pub(crate) enum Msg {
-    /// An ARP claim of the VIP, from the interface's ring buffer; `reply`:
-    /// an ARP reply.
+    /// An ARP claim of the VIP, from the interface's ring buffer;
+    /// `answer`: the answer to one of our RFC 5227 probes.
     Claim {
         at_ns: u64,
         mac: [u8; 6],
-        reply: bool,
+        answer: bool,
     },
     /// The kernel added or removed the VIP on our interface (rtnetlink):
     /// the instance re-reads what is there.
@@ -823,8 +823,8 @@ impl BackupLoop {
             for msg in shell.wait(self.machine.next_deadline())? {
                 let at_ns = clock::now_ns();
                 match msg {
-                    Msg::Claim { at_ns, mac, reply } => {
-                        self.feed(shell, backup::Event::Claim { at_ns, mac, reply })?;
+                    Msg::Claim { at_ns, mac, answer } => {
+                        self.feed(shell, backup::Event::Claim { at_ns, mac, answer })?;
                     }
                     Msg::Address => match shell.vip.presence() {
                         Ok(p) => self.feed(
