@@ -39,6 +39,16 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Show the counters of the backup instances running here.
     Stats(StatsArgs),
+    /// Show every instance running here, both roles: state, peers, health,
+    /// the last transitions.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output: one object per daemon, one per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -44,6 +44,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     /// The counters of every backup instance.
     Stats,
+    /// Every instance, both roles (`vipwatch status`, the metrics).
+    Status,
     /// Hand the VIP `vip` on `iface` back (`vipwatch release`).
     Release { iface: String, vip: String },
 }
@@ -60,6 +62,9 @@ pub struct Response {
     /// For [`Request::Release`]: what happened, or `None` if no instance
     /// of this daemon has that VIP.
     pub released: Option<String>,
+    /// For [`Request::Status`].
+    #[serde(default)]
+    pub status: Option<crate::status::DaemonStatus>,
 }
 
 /// Who is asking.

@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use vipwatch_common::{Addr, MAX_SLOTS, addr_v4};
+use vipwatch_common::{Addr, MAX_SLOTS, addr_as_v4, addr_v4};
 
 use crate::{
     clock,
@@ -34,8 +34,9 @@ use crate::{
     control::{self, IfaceLock, Peer, Request, Response},
     ebpf::{Claims, ConnEvents, Maps, Program},
     netlink::{AddrEntry, Change, Netlink, Watch},
-    stats,
+    stats, status,
     sys::{self, EventFd, SignalFd},
+    systemd::Systemd,
     worker::{self, Inbox, Msg, Resources, Worker},
 };
 
@@ -81,6 +82,7 @@ pub fn run(source: Source) -> anyhow::Result<()> {
         running: BTreeMap::new(),
         rt,
         netlink,
+        started_ns: clock::now_ns(),
     };
     for instance in instances {
         if let Err(e) = d.start(instance) {
@@ -192,6 +194,8 @@ struct Daemon {
     running: BTreeMap<String, Running>,
     rt: tokio::runtime::Runtime,
     netlink: Netlink,
+    /// CLOCK_MONOTONIC ns of the start, for the uptime.
+    started_ns: u64,
 }
 
 struct Running {
@@ -626,10 +630,41 @@ impl Daemon {
     }
 
     fn serve(mut self, signals: &SignalFd, control: &control::Server) -> anyhow::Result<()> {
+        let mut systemd = Systemd::from_env();
         loop {
+            let now_ns = clock::now_ns();
+            if !systemd.is_ready() {
+                let starting: Vec<&str> = self
+                    .running
+                    .values()
+                    .filter(|r| matches!(worker::lock(&r.worker.status).state, "" | "STARTING"))
+                    .map(|r| r.instance.name.as_str())
+                    .collect();
+                let late = now_ns.saturating_sub(self.started_ns)
+                    >= crate::systemd::READY_AT_THE_LATEST.as_nanos() as u64;
+                if starting.is_empty() || late {
+                    if !starting.is_empty() {
+                        log::warn!(
+                            "ready, though still starting after {:?}: {}",
+                            crate::systemd::READY_AT_THE_LATEST,
+                            starting.join(", ")
+                        );
+                    }
+                    systemd.ready(&self.summary());
+                }
+            }
+            systemd.watchdog(
+                now_ns,
+                self.running.values().map(|r| {
+                    (
+                        r.instance.name.as_str(),
+                        r.worker.alive_ns.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                }),
+            );
             let [sig, ctl, ex] = clock::wait_readable(
                 [signals.raw(), control.fd(), self.exited.raw()],
-                clock::now_ns() + 1_000_000_000,
+                clock::now_ns() + systemd.max_sleep_ns(),
             )
             .context("waiting in ppoll")?;
             if ex {
@@ -643,12 +678,17 @@ impl Daemon {
             if sig {
                 for s in signals.read() {
                     match s {
-                        libc::SIGHUP => self.reload(signals),
+                        libc::SIGHUP => {
+                            systemd.reloading();
+                            self.reload(signals);
+                            systemd.reloaded(&self.summary());
+                        }
                         libc::SIGUSR1 => log::info!(
                             "SIGUSR1 ignored: `vipwatch release` talks to the control socket now"
                         ),
                         _ => {
                             log::info!("signal {s}: stopping (a second one cuts handovers short)");
+                            systemd.stopping();
                             self.stop_all(signals);
                             return Ok(());
                         }
@@ -659,6 +699,19 @@ impl Daemon {
                 control.serve(|request, peer| self.handle(request, peer));
             }
         }
+    }
+
+    /// One line for `systemctl status`: how many instances in which state.
+    fn summary(&self) -> String {
+        let mut states: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for r in self.running.values() {
+            let state = worker::lock(&r.worker.status).state;
+            *states
+                .entry(if state.is_empty() { "STARTING" } else { state })
+                .or_default() += 1;
+        }
+        let parts: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        format!("{} instance(s): {}", self.running.len(), parts.join(", "))
     }
 
     fn reload(&mut self, signals: &SignalFd) {
@@ -741,6 +794,7 @@ impl Daemon {
                 Ok(reports) => response.stats = reports,
                 Err(e) => response.error = Some(format!("{e:#}")),
             },
+            Request::Status => response.status = Some(self.status()),
             Request::Release { iface, vip } => {
                 // SAFETY: geteuid has no preconditions.
                 let euid = unsafe { libc::geteuid() };
@@ -779,6 +833,102 @@ impl Daemon {
                 r.instance.name
             )
         })
+    }
+
+    fn status(&self) -> status::DaemonStatus {
+        let now_ns = clock::now_ns();
+        let age_s = |at_ns: u64| now_ns.saturating_sub(at_ns) as f64 / 1e9;
+        let age_ms = |at_ns: u64| now_ns.saturating_sub(at_ns) as f64 / 1e6;
+        let reports = self.stats().unwrap_or_else(|e| {
+            log::debug!("status: backup counters unavailable: {e:#}");
+            Vec::new()
+        });
+        let instances = self
+            .running
+            .values()
+            .map(|r| {
+                let s = worker::lock(&r.worker.status).clone();
+                let state = if s.state.is_empty() {
+                    "STARTING"
+                } else {
+                    s.state
+                };
+                let peers = match &r.instance.role {
+                    Role::Backup(_) => reports
+                        .iter()
+                        .filter(|rep| rep.instance == r.instance.name)
+                        .flat_map(|rep| {
+                            [
+                                Some(("master", &rep.master)),
+                                rep.witness.as_ref().map(|w| ("witness", w)),
+                            ]
+                        })
+                        .flatten()
+                        .map(|(role, p)| status::PeerStatus {
+                            role: role.into(),
+                            address: p.address.to_string(),
+                            last_seen_age_ms: p.last_reply_age_ms,
+                            loss_pct: Some(p.loss_pct),
+                        })
+                        .collect(),
+                    Role::Master(_) => self
+                        .ifaces
+                        .get(&r.instance.iface)
+                        .and_then(|i| i.maps.learned(r.slot).ok())
+                        .filter(|l| l.seen_ns != 0)
+                        .map(|l| status::PeerStatus {
+                            role: "backup".into(),
+                            address: addr_as_v4(&l.addr).map_or_else(
+                                || "?".into(),
+                                |a| std::net::Ipv4Addr::from(a).to_string(),
+                            ),
+                            last_seen_age_ms: Some(age_ms(l.seen_ns)),
+                            loss_pct: None,
+                        })
+                        .into_iter()
+                        .collect(),
+                };
+                status::InstanceStatus {
+                    name: r.instance.name.clone(),
+                    role: r.instance.role.name().into(),
+                    iface: r.instance.iface.clone(),
+                    vip: r.instance.vip.to_string(),
+                    state: state.into(),
+                    since_s: age_s(s.since_ns),
+                    holding: matches!(state, "ACTIVE" | "HOLDING"),
+                    peers,
+                    health: s.health.map(|h| status::HealthStatus {
+                        check: h.check,
+                        healthy: h.healthy,
+                        last_result: h.last.as_ref().map(|(_, r)| match r {
+                            Ok(()) => "ok".to_owned(),
+                            Err(why) => why.clone(),
+                        }),
+                        last_age_ms: h.last.as_ref().map(|(at, _)| age_ms(*at)),
+                        passed: h.passed,
+                        failed: h.failed,
+                    }),
+                    transitions: s
+                        .transitions
+                        .iter()
+                        .map(|t| status::TransitionStatus {
+                            age_s: age_s(t.at_ns),
+                            at_ns: t.at_ns,
+                            from: t.from.into(),
+                            to: t.to.into(),
+                            reason: t.reason.into(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        status::DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_s: age_s(self.started_ns),
+            config: self.file.as_ref().map(|f| f.display().to_string()),
+            instances,
+        }
     }
 
     fn stats(&self) -> anyhow::Result<Vec<stats::Report>> {

@@ -23,6 +23,8 @@ mod netlink;
 pub mod prober;
 pub mod release;
 pub mod stats;
+pub mod status;
 mod sys;
+mod systemd;
 mod vip;
 mod worker;

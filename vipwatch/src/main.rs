@@ -3,7 +3,7 @@
 use clap::Parser as _;
 use vipwatch::{
     cli::{Cli, Command},
-    config, daemon, release, stats,
+    config, daemon, release, stats, status,
 };
 
 fn main() {
@@ -50,6 +50,7 @@ fn main() {
             Some(Err(e)) => bad_arguments(format!("--iface: {e}")),
             _ => stats::run(a),
         },
+        Command::Status(a) => status::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

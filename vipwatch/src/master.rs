@@ -331,6 +331,15 @@ impl Machine {
         self.state
     }
 
+    /// The health verdict after fall/rise: `None` without a check or
+    /// before its first result.
+    pub(crate) fn verdict(&self) -> Option<bool> {
+        self.hysteresis
+            .as_ref()
+            .and_then(Hysteresis::verdict)
+            .map(|v| v == Verdict::Healthy)
+    }
+
     #[cfg(test)]
     pub(crate) fn gate_closed(&self) -> bool {
         self.gate_closed

@@ -11,17 +11,27 @@ use anyhow::{Context as _, bail};
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_NET_RAW: u32 = 13;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+/// The capabilities a non-root daemon needs, as systemd's
+/// `AmbientCapabilities=` spells them (the unit in `dist/` lists these).
+pub const CAPABILITIES: &str = "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_RAW";
+
 /// Refuses early, before anything is attached, when we lack the rights to
-/// load XDP (CAP_BPF or CAP_SYS_ADMIN), configure addresses (CAP_NET_ADMIN)
-/// and send raw packets (CAP_NET_RAW).
+/// load XDP (CAP_BPF or CAP_SYS_ADMIN), have it verified (CAP_PERFMON: the
+/// verifier refuses pointer arithmetic on packet data to a loader without
+/// it, "pointer arithmetic ... prohibited for !root"), configure addresses
+/// (CAP_NET_ADMIN) and send raw packets (CAP_NET_RAW).
 pub fn require_privileges(what: &str) -> anyhow::Result<()> {
     let eff = effective_caps()?;
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     let mut missing = Vec::new();
     if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
         missing.push("CAP_BPF");
+    }
+    if !(has(CAP_PERFMON) || has(CAP_SYS_ADMIN)) {
+        missing.push("CAP_PERFMON");
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
@@ -31,7 +41,8 @@ pub fn require_privileges(what: &str) -> anyhow::Result<()> {
     }
     if !missing.is_empty() {
         bail!(
-            "{what} needs root (missing {}); run it as root, e.g. `cargo xtask run -- {}`",
+            "{what} needs root or the capabilities {CAPABILITIES} (missing {}); run it as root, e.g. \
+             `cargo xtask run -- {}`, or from the systemd unit",
             missing.join(", "),
             what.trim_start_matches("vipwatch ")
         );

@@ -15,7 +15,11 @@
 use std::{
     collections::VecDeque,
     net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
-    sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
 };
 
@@ -108,6 +112,39 @@ pub(crate) struct Status {
     pub(crate) backup: Option<(backup::Stats, u64)>,
     pub(crate) gate_closed: bool,
     pub(crate) conn: ConnStatus,
+    pub(crate) health: Option<HealthView>,
+}
+
+/// A health check's results, as status and metrics show them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HealthView {
+    /// What is checked (the check's description).
+    pub(crate) check: String,
+    /// The verdict after fall/rise.
+    pub(crate) healthy: Option<bool>,
+    /// CLOCK_MONOTONIC ns of the last result, and the result.
+    pub(crate) last: Option<(u64, Result<(), String>)>,
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
+}
+
+impl HealthView {
+    fn new(check: &health::Check) -> Self {
+        Self {
+            check: check.to_string(),
+            ..Self::default()
+        }
+    }
+
+    fn record(&mut self, at_ns: u64, result: &Result<(), String>, healthy: Option<bool>) {
+        if result.is_ok() {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.last = Some((at_ns, result.clone()));
+        self.healthy = healthy;
+    }
 }
 
 /// The kick, as status shows it.
@@ -140,6 +177,11 @@ pub(crate) struct LastKick {
 
 const TRANSITIONS_KEPT: usize = 16;
 
+/// The longest an instance's loop sleeps without a deadline or a message:
+/// its turns are the systemd watchdog's sign of life (see
+/// [`Worker::alive_ns`]).
+pub(crate) const LOOP_TURN_MAX_NS: u64 = 100_000_000;
+
 pub(crate) type SharedStatus = Arc<Mutex<Status>>;
 
 pub(crate) fn lock(s: &SharedStatus) -> MutexGuard<'_, Status> {
@@ -151,6 +193,9 @@ pub(crate) fn lock(s: &SharedStatus) -> MutexGuard<'_, Status> {
 pub(crate) struct Worker {
     pub(crate) inbox: Inbox,
     pub(crate) status: SharedStatus,
+    /// CLOCK_MONOTONIC ns of the last turn of the instance's loop: the
+    /// systemd watchdog is fed only while every loop turns.
+    pub(crate) alive_ns: Arc<AtomicU64>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -206,6 +251,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
     } = res;
     let vip = VipHandle::open(&instance.iface, instance.vip)?;
     let status: SharedStatus = Arc::default();
+    let alive_ns = Arc::new(AtomicU64::new(clock::now_ns()));
     let done = {
         let inbox = inbox.clone();
         Box::new(move || {
@@ -236,6 +282,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
         rx,
         wake: Arc::clone(&inbox.wake),
         status: Arc::clone(&status),
+        alive_ns: Arc::clone(&alive_ns),
         conn: ConnState {
             settings: conn,
             local: conns::Local::new(capacity),
@@ -278,6 +325,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
     Ok(Worker {
         inbox,
         status,
+        alive_ns,
         thread: Some(thread),
     })
 }
@@ -322,6 +370,7 @@ struct Shell {
     rx: mpsc::Receiver<Msg>,
     wake: Arc<EventFd>,
     status: SharedStatus,
+    alive_ns: Arc<AtomicU64>,
     conn: ConnState,
 }
 
@@ -374,8 +423,12 @@ enum Partner {
 const LEARNED_FRESH_NS: u64 = 2_000_000_000;
 
 impl Shell {
-    /// Sleeps until `deadline` or a message; returns the messages.
+    /// Sleeps until `deadline` or a message; returns the messages. Never
+    /// longer than [`LOOP_TURN_MAX`], so a quiet loop still shows it turns.
     fn wait(&mut self, deadline: u64) -> anyhow::Result<Vec<Msg>> {
+        let now_ns = clock::now_ns();
+        self.alive_ns.store(now_ns, Ordering::Relaxed);
+        let deadline = deadline.min(now_ns + LOOP_TURN_MAX_NS);
         clock::wait_readable([self.wake.raw()], deadline).context("waiting in ppoll")?;
         self.wake.clear();
         Ok(self.rx.try_iter().collect())
@@ -1326,6 +1379,7 @@ impl MasterLoop {
         }
         let _runner = match self.health.take() {
             Some((check, interval)) => {
+                lock(&shell.status).health = Some(HealthView::new(&check));
                 let inbox = self.inbox.clone();
                 Some(health::Runner::start(
                     &shell.name,
@@ -1372,7 +1426,20 @@ impl MasterLoop {
                         );
                         master::Event::Carrier { at_ns, up }
                     }
-                    Msg::Health(result) => master::Event::Health { at_ns, result },
+                    Msg::Health(result) => {
+                        let event = master::Event::Health {
+                            at_ns,
+                            result: result.clone(),
+                        };
+                        if self.feed(shell, event)? {
+                            return Ok(());
+                        }
+                        let healthy = self.machine.verdict();
+                        if let Some(h) = lock(&shell.status).health.as_mut() {
+                            h.record(at_ns, &result, healthy);
+                        }
+                        continue;
+                    }
                     Msg::Conn(ev) => {
                         shell.conn.local.event(&ev);
                         continue;
