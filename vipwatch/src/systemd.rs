@@ -146,8 +146,8 @@ mod tests {
 
     #[test]
     fn a_loop_older_than_half_the_watchdog_period_is_stalled() {
-        let loops = [("a", 10 * S), ("b", 10 * S - S / 2)];
-        assert_eq!(stalled(10 * S + S / 10, 2 * S, loops), None);
+        let loops = [("a", 11 * S), ("b", 10 * S - S / 2)];
+        assert_eq!(stalled(11 * S - S / 2, 2 * S, loops), None);
         assert_eq!(
             stalled(11 * S + S / 10, 2 * S, loops),
             Some(("b", S + S / 2 + S / 10))
