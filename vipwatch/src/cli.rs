@@ -19,8 +19,28 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "vipwatch", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log lines as text (with journald priorities under systemd) or JSON.
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::Format::Text)]
+    pub log_format: crate::logging::Format,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A clap error as one line that names the argument: its first paragraph
+/// (clap puts the argument on the following lines of some errors, e.g. the
+/// list of missing required arguments), joined; usage and tips dropped.
+pub fn error_line(rendered: &str) -> String {
+    let line = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "error: bad arguments; see --help".to_owned()
+    } else {
+        line
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +406,41 @@ impl MasterArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_clap_error_is_one_line_that_names_the_argument() {
+        let cases: &[&[&str]] = &[
+            &["vipwatch", "backup", "--iface", "eth0"],
+            &["vipwatch", "master", "--vip", "192.0.2.100/24"],
+            &["vipwatch", "stats", "--iface"],
+            &["vipwatch", "backup", "--bogus"],
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "192.0.2.1",
+                "--vip",
+                "192.0.2.100/24",
+                "--interval",
+                "soon",
+            ],
+        ];
+        let names = ["--master", "--iface", "--iface", "--bogus", "--interval"];
+        for (argv, name) in cases.iter().zip(names) {
+            let Err(e) = Cli::try_parse_from(*argv) else {
+                panic!("{argv:?} parsed");
+            };
+            let line = error_line(&e.render().to_string());
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.starts_with("error: "), "{line}");
+            assert!(
+                line.contains(name),
+                "{argv:?}: {line:?} does not name {name}"
+            );
+        }
+    }
 
     fn backup(args: &[&str]) -> Result<Instance, String> {
         let mut argv = vec![

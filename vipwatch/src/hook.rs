@@ -31,6 +31,11 @@ use anyhow::Context as _;
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stopping waits for the hooks still queued or running.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How much of a hook's output (stdout and stderr) is logged.
+pub const OUTPUT_LIMIT: usize = 4096;
+/// After a hook exits, how long we wait for the end of its output (a
+/// background process it started may hold the pipe open).
+const OUTPUT_DRAIN: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug)]
 struct Limits {
@@ -85,11 +90,12 @@ struct Running {
 impl Hooks {
     /// `None` runs nothing. `done` is called after each hook ends (however
     /// it ends), on the hook thread.
-    pub fn new(cmd: Option<String>, done: Option<Done>) -> anyhow::Result<Self> {
-        Self::with_limits(cmd, LIMITS, done)
+    pub fn new(name: &str, cmd: Option<String>, done: Option<Done>) -> anyhow::Result<Self> {
+        Self::with_limits(name, cmd, LIMITS, done)
     }
 
     fn with_limits(
+        name: &str,
         cmd: Option<String>,
         limits: Limits,
         on_done: Option<Done>,
@@ -100,6 +106,7 @@ impl Hooks {
         let (tx, rx) = mpsc::channel::<[String; 4]>();
         let (done_tx, done) = mpsc::channel::<()>();
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let label = name.to_owned();
         let thread = thread::Builder::new()
             .name("on-change".into())
             .spawn({
@@ -107,7 +114,7 @@ impl Hooks {
                 move || {
                     let _done = done_tx;
                     for args in rx {
-                        run(&cmd, &args, limits.timeout, &shared);
+                        run(&label, &cmd, &args, limits.timeout, &shared);
                         {
                             let mut s = lock(&shared);
                             s.pending = s.pending.saturating_sub(1);
@@ -205,8 +212,19 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn run(cmd: &str, args: &[String; 4], timeout: Duration, shared: &Mutex<Shared>) {
+fn run(label: &str, cmd: &str, args: &[String; 4], timeout: Duration, shared: &Mutex<Shared>) {
     let state = &args[0];
+    // stdout and stderr into one pipe, logged under the instance's name
+    // once the hook ends, instead of mixed into the daemon's own output.
+    let (output, writer) = match std::io::pipe() {
+        Ok(pair) => pair,
+        Err(e) => {
+            log::warn!(
+                "{label}: --on-change command for {state} not run: no pipe for its output ({e})"
+            );
+            return;
+        }
+    };
     let mut c = Command::new("/bin/sh");
     // `sh -c 'CMD "$@"' vipwatch-hook STATE VIP IFACE REASON`: CMD may be a
     // command line with its own arguments; ours are appended.
@@ -215,6 +233,13 @@ fn run(cmd: &str, args: &[String; 4], timeout: Duration, shared: &Mutex<Shared>)
         .arg("vipwatch-hook")
         .args(args);
     c.stdin(Stdio::null());
+    match writer.try_clone() {
+        Ok(w) => {
+            c.stdout(w);
+        }
+        Err(e) => log::debug!("{label}: hook stdout not captured: {e}"),
+    }
+    c.stderr(writer);
     // Its own process group, so a timeout kills what the hook started too
     // (and a Ctrl-C meant for the daemon does not reach it).
     c.process_group(0);
@@ -227,7 +252,11 @@ fn run(cmd: &str, args: &[String; 4], timeout: Duration, shared: &Mutex<Shared>)
         if s.abandoned {
             return;
         }
-        match c.spawn() {
+        let spawned = c.spawn();
+        // Our copies of the pipe's writing end go with the Command, so the
+        // reader sees the end of the output when the hook's copies close.
+        drop(c);
+        match spawned {
             Ok(child) => {
                 let Ok(pgid) = libc::pid_t::try_from(child.id()) else {
                     unreachable!("Linux pids fit in pid_t")
@@ -245,6 +274,7 @@ fn run(cmd: &str, args: &[String; 4], timeout: Duration, shared: &Mutex<Shared>)
             }
         }
     };
+    let captured = read_output(output);
     let timed_out = match wait_exit(&child, timeout) {
         Ok(exited) => !exited,
         Err(e) => {
@@ -274,13 +304,63 @@ fn run(cmd: &str, args: &[String; 4], timeout: Duration, shared: &Mutex<Shared>)
         s.running = None;
         s.abandoned
     };
-    match child.wait() {
+    let status = child.wait();
+    match captured.recv_timeout(OUTPUT_DRAIN) {
+        Ok((text, cut)) => {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                log::info!("{label}: on_change hook for {state}: {line}");
+            }
+            if cut {
+                log::info!(
+                    "{label}: on_change hook for {state}: (output cut at {} bytes)",
+                    OUTPUT_LIMIT
+                );
+            }
+        }
+        Err(_) => log::debug!(
+            "{label}: on_change hook for {state}: output still open (a background process holds it)"
+        ),
+    }
+    match status {
         // Killed by us, and said so.
         Ok(s) if timed_out || abandoned => log::debug!("--on-change {state} killed ({s})"),
         Ok(s) if s.success() => log::debug!("--on-change {state} ok"),
         Ok(s) => log::warn!("--on-change command failed for {state} ({s}): {cmd}"),
         Err(e) => log::warn!("--on-change command for {state}: waiting for it failed ({e}): {cmd}"),
     }
+}
+
+/// Reads a hook's output to its end on a thread of its own, keeping the
+/// first [`OUTPUT_LIMIT`] bytes (the rest is read and dropped, so the hook
+/// never blocks on a full pipe): (text, whether it was cut).
+fn read_output(mut pipe: std::io::PipeReader) -> mpsc::Receiver<(String, bool)> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = thread::Builder::new()
+        .name("hook-output".into())
+        .spawn(move || {
+            use std::io::Read as _;
+            let mut kept = Vec::new();
+            let mut cut = false;
+            let mut chunk = [0u8; 1024];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+                        cut |= n > room;
+                        kept.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            // Err: the hook's runner stopped waiting; nobody to tell.
+            let _late = tx.send((String::from_utf8_lossy(&kept).into_owned(), cut));
+        });
+    if let Err(e) = spawned {
+        log::warn!("hook output not captured: {e}");
+    }
+    rx
 }
 
 /// Waits up to `timeout` for `child` to exit, without reaping it: true if
@@ -336,6 +416,29 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn hook_output_is_kept_up_to_the_limit_and_read_to_its_end() {
+        use std::io::Write as _;
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let rx = read_output(reader);
+        writer.write_all(b"promoted\n").unwrap();
+        writer.write_all(&vec![b'x'; 2 * OUTPUT_LIMIT]).unwrap();
+        drop(writer);
+        let (text, cut) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(text.starts_with("promoted\nxx"));
+        assert_eq!(text.len(), OUTPUT_LIMIT);
+        assert!(cut);
+
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let rx = read_output(reader);
+        writer.write_all(b"short").unwrap();
+        drop(writer);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            ("short".to_owned(), false)
+        );
+    }
+
     /// A fresh scratch directory for one test.
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vipwatch-hook-{}-{name}", std::process::id()));
@@ -380,7 +483,7 @@ mod tests {
     #[test]
     fn hooks_run_in_order_and_drop_waits_for_them() {
         let dir = scratch("order");
-        let h = Hooks::new(Some(script(&dir)), None).unwrap();
+        let h = Hooks::new("test", Some(script(&dir)), None).unwrap();
         for s in ["A", "B", "C"] {
             notify(&h, s);
         }
@@ -396,7 +499,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             grace: Duration::from_secs(5),
         };
-        let h = Hooks::with_limits(Some(script(&dir)), limits, None).unwrap();
+        let h = Hooks::with_limits("test", Some(script(&dir)), limits, None).unwrap();
         let t0 = Instant::now();
         notify(&h, "HANG");
         notify(&h, "AFTER");
@@ -423,7 +526,7 @@ mod tests {
             timeout: Duration::from_secs(100),
             grace: Duration::from_millis(300),
         };
-        let h = Hooks::with_limits(Some(script(&dir)), limits, None).unwrap();
+        let h = Hooks::with_limits("test", Some(script(&dir)), limits, None).unwrap();
         notify(&h, "HANG");
         notify(&h, "NEVER");
         eventually("the hanging hook started", Duration::from_secs(5), || {
@@ -448,7 +551,7 @@ mod tests {
 
     #[test]
     fn no_command_runs_nothing() {
-        let h = Hooks::new(None, None).unwrap();
+        let h = Hooks::new("test", None, None).unwrap();
         notify(&h, "A");
         drop(h);
     }

@@ -18,6 +18,7 @@ mod health;
 mod holder;
 mod hook;
 pub mod kick;
+pub mod logging;
 mod master;
 mod netlink;
 pub mod prober;

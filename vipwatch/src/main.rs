@@ -2,31 +2,21 @@
 
 use clap::Parser as _;
 use vipwatch::{
-    cli::{Cli, Command},
-    config, daemon, release, stats, status,
+    cli::{self, Cli, Command},
+    config, daemon, logging, release, stats, status,
 };
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_micros()
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One clear line, not clap's usage block: the first line of its
-            // rendering names the bad argument and the reason.
-            let rendered = e.render().to_string();
-            eprintln!(
-                "{}",
-                rendered
-                    .lines()
-                    .next()
-                    .unwrap_or("error: bad arguments; see --help")
-            );
+            // One clear line, not clap's usage block.
+            eprintln!("{}", cli::error_line(&e.render().to_string()));
             std::process::exit(2);
         }
         Err(e) => e.exit(),
     };
+    logging::init(cli.log_format);
     let bad_arguments = |message: String| -> ! {
         eprintln!("error: {message}");
         std::process::exit(2);

@@ -259,7 +259,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
             inbox.send(Msg::HookDone);
         })
     };
-    let hooks = Hooks::new(instance.on_change.clone(), Some(done))?;
+    let hooks = Hooks::new(&instance.name, instance.on_change.clone(), Some(done))?;
     let name = instance.name.clone();
     let conn = instance.conn;
     let capacity = usize::try_from(conn.table).unwrap_or(usize::MAX);
