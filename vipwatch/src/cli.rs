@@ -52,7 +52,7 @@ pub enum Command {
     /// service health gate (one instance).
     Master(MasterArgs),
     /// Run every instance of a configuration file; SIGHUP reloads it.
-    Run(ConfigArgs),
+    Run(RunArgs),
     /// Check a configuration file without touching the system.
     Check(ConfigArgs),
     /// Remove the VIP from an interface (the classic `ifconfig ... down`).
@@ -76,6 +76,24 @@ pub struct ConfigArgs {
     /// The TOML configuration file.
     #[arg(long)]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The TOML configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// What every daemon command (`run`, `backup`, `master`) takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DaemonArgs {
+    /// Serve Prometheus metrics on ADDRESS:PORT (`GET /metrics`), e.g.
+    /// 127.0.0.1:9477. Off by default.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +133,8 @@ pub struct BackupArgs {
     pub stray_vip: crate::backup::Stray,
     #[command(flatten)]
     pub garp: GarpArgs,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Command run on every state change with: STATE VIP IFACE REASON.
@@ -212,6 +232,8 @@ pub struct MasterArgs {
     #[command(flatten)]
     pub garp: GarpArgs,
     #[command(flatten)]
+    pub daemon: DaemonArgs,
+    #[command(flatten)]
     pub conn: ConnArgs,
     /// Wait until no other host answers for the VIP before claiming it
     /// (default: claim at once, which makes an on-claim backup release it).
@@ -304,6 +326,7 @@ impl BackupArgs {
     /// The instance these flags describe, validated.
     pub fn instance(&self) -> Result<Instance, String> {
         let Self {
+            daemon: _,
             iface,
             master,
             vip,
@@ -350,6 +373,7 @@ impl MasterArgs {
     /// The instance these flags describe, validated.
     pub fn instance(&self) -> Result<Instance, String> {
         let Self {
+            daemon: _,
             iface,
             vip,
             name,

@@ -54,7 +54,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a control request waits for an instance's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub fn run(source: Source) -> anyhow::Result<()> {
+pub fn run(source: Source, options: &crate::cli::DaemonArgs) -> anyhow::Result<()> {
     let what = match &source {
         Source::Flags(i) => format!("vipwatch {}", i.role.name()),
         Source::File(_) => "vipwatch run".to_owned(),
@@ -72,6 +72,9 @@ pub fn run(source: Source) -> anyhow::Result<()> {
         bail!("{problem}");
     }
     let control = control::Server::bind()?;
+    if let Some(listen) = options.metrics_listen {
+        crate::metrics::serve(listen)?;
+    }
     let mut d = Daemon {
         file: match &source {
             Source::File(path) => Some(path.clone()),
@@ -919,6 +922,20 @@ impl Daemon {
                             reason: t.reason.into(),
                         })
                         .collect(),
+                    entered: s
+                        .entered
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), *v))
+                        .collect(),
+                    conn: Some(stats::conn_of(r.instance.conn.kick, s.conn, now_ns)),
+                    detection: matches!(r.instance.role, Role::Backup(_)).then(|| {
+                        status::HistogramStatus {
+                            bounds_s: worker::DETECTION_BUCKETS_S.to_vec(),
+                            counts: s.detection.counts.to_vec(),
+                            sum_s: s.detection.sum_s,
+                            count: s.detection.count,
+                        }
+                    }),
                 }
             })
             .collect();

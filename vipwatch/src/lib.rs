@@ -20,6 +20,7 @@ mod hook;
 pub mod kick;
 pub mod logging;
 mod master;
+pub mod metrics;
 mod netlink;
 pub mod prober;
 pub mod release;

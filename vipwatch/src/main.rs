@@ -23,14 +23,14 @@ fn main() {
     };
     let result = match cli.command {
         Command::Backup(a) => match a.instance() {
-            Ok(i) => daemon::run(daemon::Source::Flags(Box::new(i))),
+            Ok(i) => daemon::run(daemon::Source::Flags(Box::new(i)), &a.daemon),
             Err(e) => bad_arguments(e),
         },
         Command::Master(a) => match a.instance() {
-            Ok(i) => daemon::run(daemon::Source::Flags(Box::new(i))),
+            Ok(i) => daemon::run(daemon::Source::Flags(Box::new(i)), &a.daemon),
             Err(e) => bad_arguments(e),
         },
-        Command::Run(a) => daemon::run(daemon::Source::File(a.config)),
+        Command::Run(a) => daemon::run(daemon::Source::File(a.config), &a.daemon),
         Command::Check(a) => daemon::check(a.config),
         Command::Release(a) => match config::check_iface(&a.iface) {
             Ok(()) => release::run(a),

@@ -145,6 +145,12 @@ pub struct ConnReport {
     pub syncs_sent: u64,
     pub sync_bytes_sent: u64,
     pub last_kick: Option<KickReport>,
+    /// Segments sent by every kick since the start.
+    #[serde(default)]
+    pub kicked_total: u64,
+    /// Connections every kick since the start left out (rate limit).
+    #[serde(default)]
+    pub rate_limited_total: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -311,6 +317,15 @@ pub(crate) fn report(v: &BackupView<'_>, maps: &Maps) -> anyhow::Result<Report> 
 }
 
 fn conn_report(v: &BackupView<'_>, now: u64) -> ConnReport {
+    conn_of(v.kick, v.conn, now)
+}
+
+/// The kick's report from an instance's published state (either role).
+pub(crate) fn conn_of(
+    kick: crate::kick::Mode,
+    conn: crate::worker::ConnStatus,
+    now: u64,
+) -> ConnReport {
     let crate::worker::ConnStatus {
         table,
         known_from_peer,
@@ -320,9 +335,13 @@ fn conn_report(v: &BackupView<'_>, now: u64) -> ConnReport {
         syncs_sent,
         sync_bytes_sent,
         last_kick,
-    } = v.conn;
+        kicked_total,
+        rate_limited_total,
+    } = conn;
     ConnReport {
-        kick: crate::config::kick_name(v.kick).into(),
+        kick: crate::config::kick_name(kick).into(),
+        kicked_total,
+        rate_limited_total,
         table: table as u64,
         known_from_peer: known_from_peer as u64,
         last_sync_age_ms: (last_sync_ns != 0)

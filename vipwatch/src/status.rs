@@ -7,7 +7,7 @@
 //! is the operator's first look, like `keepalived --dump-conf` plus the
 //! state file, and what the Prometheus endpoint is built from.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cli::StatusArgs,
     control::{self, Request},
+    stats::ConnReport,
 };
 
 /// One daemon.
@@ -46,6 +47,25 @@ pub struct InstanceStatus {
     pub health: Option<HealthStatus>,
     /// The latest state changes, newest last.
     pub transitions: Vec<TransitionStatus>,
+    /// State changes since the start, by the state entered.
+    #[serde(default)]
+    pub entered: BTreeMap<String, u64>,
+    /// The TCP connection kick (either role).
+    #[serde(default)]
+    pub conn: Option<ConnReport>,
+    /// Backups: master's last reply → first GARP of every takeover.
+    #[serde(default)]
+    pub detection: Option<HistogramStatus>,
+}
+
+/// A histogram with fixed bounds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistogramStatus {
+    /// Upper bounds, seconds; `counts` has one more entry (above the last).
+    pub bounds_s: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_s: f64,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -269,6 +289,7 @@ mod tests {
                     to: "HOLDING".into(),
                     reason: "healthy".into(),
                 }],
+                ..InstanceStatus::default()
             }],
         };
         let text = render(&d);

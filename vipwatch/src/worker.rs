@@ -13,7 +13,7 @@
 //! detection (hooks and health checks have threads of their own too).
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -113,6 +113,37 @@ pub(crate) struct Status {
     pub(crate) gate_closed: bool,
     pub(crate) conn: ConnStatus,
     pub(crate) health: Option<HealthView>,
+    /// State changes so far, by the state entered.
+    pub(crate) entered: BTreeMap<&'static str, u64>,
+    /// Master's last reply → first GARP, for every takeover.
+    pub(crate) detection: DurationHistogram,
+}
+
+/// Fixed-bucket histogram of durations (Prometheus buckets: stable bounds,
+/// per-bucket counts, exact sum).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DurationHistogram {
+    /// Per bucket of [`DETECTION_BUCKETS_S`], then the overflow.
+    pub(crate) counts: [u64; DETECTION_BUCKETS_S.len() + 1],
+    pub(crate) sum_s: f64,
+    pub(crate) count: u64,
+}
+
+/// Upper bounds, seconds: around the default 10 ms, up to the slow cases.
+pub(crate) const DETECTION_BUCKETS_S: [f64; 12] = [
+    0.002, 0.004, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020, 0.050, 0.1, 0.5, 1.0,
+];
+
+impl DurationHistogram {
+    pub(crate) fn observe(&mut self, seconds: f64) {
+        let k = DETECTION_BUCKETS_S
+            .iter()
+            .position(|upper| seconds <= *upper)
+            .unwrap_or(DETECTION_BUCKETS_S.len());
+        self.counts[k] += 1;
+        self.sum_s += seconds;
+        self.count += 1;
+    }
 }
 
 /// A health check's results, as status and metrics show them.
@@ -160,6 +191,10 @@ pub(crate) struct ConnStatus {
     pub(crate) syncs_sent: u64,
     pub(crate) sync_bytes_sent: u64,
     pub(crate) last_kick: Option<LastKick>,
+    /// Segments sent by every kick so far.
+    pub(crate) kicked_total: u64,
+    /// Connections every kick so far left out (rate limit).
+    pub(crate) rate_limited_total: u64,
 }
 
 /// What the last kick did.
@@ -438,6 +473,7 @@ impl Shell {
         let mut s = lock(&self.status);
         s.state = to;
         s.since_ns = at_ns;
+        *s.entered.entry(to).or_default() += 1;
         if s.transitions.len() == TRANSITIONS_KEPT {
             s.transitions.pop_front();
         }
@@ -684,6 +720,8 @@ impl Shell {
                     took_ns: took,
                     at_ns: started,
                 });
+                self.conn.status.kicked_total += sent as u64;
+                self.conn.status.rate_limited_total += rate_limited as u64;
             }
             Err(e) => log::warn!("{}: kick failed: {e}", self.name),
         }
@@ -1163,6 +1201,11 @@ impl BackupLoop {
                     delta_ms(decision_ns, first_garp_ns),
                     delta_ms(decision_ns, first_garp_ns),
                 );
+                if last_reply_ns != 0 && first_garp_ns > last_reply_ns {
+                    lock(&shell.status)
+                        .detection
+                        .observe((first_garp_ns - last_reply_ns) as f64 / 1e9);
+                }
                 backup::Event::Bound {
                     bound_ns,
                     first_garp_ns,
