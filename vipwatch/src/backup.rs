@@ -32,6 +32,7 @@ use crate::{
     arp::GarpSchedule,
     config::{self, Garp},
     detector::{self, Detector, PeerSample},
+    health::{Hysteresis, Verdict},
     holder::Holder,
 };
 
@@ -75,6 +76,8 @@ pub(crate) struct Settings {
     pub(crate) probe_limit: Option<u64>,
     pub(crate) conn: config::Conn,
     pub(crate) stray: Stray,
+    /// Our own service's health check: (fall, rise), if there is one.
+    pub(crate) health: Option<(u32, u32)>,
 }
 
 /// Counters of one peer as the XDP program keeps them, merged across CPUs.
@@ -138,6 +141,8 @@ pub(crate) enum Event {
     UnbindFailed { at_ns: u64 },
     /// `vipwatch release` for this instance.
     OperatorRelease { at_ns: u64 },
+    /// A result of our own service's health check.
+    Health { at_ns: u64, healthy: bool },
     /// The instance is stopping (signal, reload).
     Shutdown { at_ns: u64 },
     /// The `on_change` hook of a state change finished (they run one at a
@@ -212,6 +217,13 @@ pub(crate) enum Note {
     AdoptedHandBack { mac: [u8; 6] },
     /// Nobody answered for the VIP after we gave it up to `mac`.
     ClaimantSilent { mac: [u8; 6] },
+    /// Our own service's health verdict changed.
+    Health { healthy: bool },
+    /// The master is dead but our own service is unhealthy: no takeover.
+    TakeoverRefused { silence_ns: u64 },
+    /// Our own service failed while we hold the VIP and the master is
+    /// silent: we keep it (nobody better can answer).
+    UnhealthyHolding,
 }
 
 /// Waiting for the host we gave the VIP up to to answer for it.
@@ -262,6 +274,8 @@ pub(crate) struct Machine {
     /// See `detect`.
     master_was_back: bool,
     stats: Stats,
+    /// Our own service's health (fall/rise), if checked.
+    hysteresis: Option<Hysteresis>,
 }
 
 /// What `vipwatch stats` shows of the machine.
@@ -285,6 +299,8 @@ pub(crate) struct Stats {
     pub(crate) stray_vips: u64,
     /// Releases taken back because nobody answered for the VIP after.
     pub(crate) taken_back: u64,
+    /// Takeovers not done because our own service was unhealthy.
+    pub(crate) takeovers_refused: u64,
 }
 
 impl Machine {
@@ -314,6 +330,53 @@ impl Machine {
             rebinding: false,
             master_was_back: false,
             stats: Stats::default(),
+            hysteresis: settings
+                .health
+                .map(|(fall, rise)| Hysteresis::new(fall, rise)),
+        }
+        .with_health_gate()
+    }
+
+    /// With a health check, no takeover before its first verdict.
+    fn with_health_gate(mut self) -> Self {
+        if self.hysteresis.is_some() {
+            self.detector.set_healthy(false);
+        }
+        self
+    }
+
+    /// Our own service's verdict: `None` without a check or before its
+    /// first result.
+    pub(crate) fn health_verdict(&self) -> Option<bool> {
+        self.hysteresis
+            .as_ref()
+            .and_then(Hysteresis::verdict)
+            .map(|v| v == Verdict::Healthy)
+    }
+
+    /// Consecutive results against the verdict, and how many flip it.
+    pub(crate) fn health_progress(&self) -> Option<(u32, u32)> {
+        self.hysteresis.as_ref().map(Hysteresis::progress)
+    }
+
+    fn health(&mut self, at_ns: u64, healthy: bool, out: &mut Vec<Action>) {
+        let Some(h) = self.hysteresis.as_mut() else {
+            return;
+        };
+        let Some(verdict) = h.record(healthy) else {
+            return;
+        };
+        let healthy = verdict == Verdict::Healthy;
+        self.detector.set_healthy(healthy);
+        out.push(Action::Note(Note::Health { healthy }));
+        if !healthy && self.state() == State::Active && !self.detector.master_back() {
+            out.push(Action::Note(Note::UnhealthyHolding));
+        }
+        // Healthy again while the master is dead: decide now, not at the
+        // next probe.
+        if healthy {
+            let (master, witness) = (self.master, None);
+            self.tick(at_ns, master, witness, out);
         }
     }
 
@@ -432,6 +495,7 @@ impl Machine {
                 self.detect(detector::Event::ProbeSent { at_ns, seq }, &mut out);
             }
             Event::Claim { at_ns, mac, answer } => self.claim(at_ns, mac, answer, &mut out),
+            Event::Health { at_ns, healthy } => self.health(at_ns, healthy, &mut out),
             Event::Address { at_ns, present } => self.address(at_ns, present, &mut out),
             Event::Bound {
                 bound_ns,
@@ -720,6 +784,14 @@ impl Machine {
                     self.retry_at = None;
                     out.push(Action::Release);
                 }
+                detector::Action::Refused(reason) => {
+                    self.stats.takeovers_refused += 1;
+                    let silence_ns = match reason {
+                        detector::Reason::MasterSilent { silence_ns, .. } => silence_ns,
+                        _ => 0,
+                    };
+                    out.push(Action::Note(Note::TakeoverRefused { silence_ns }));
+                }
                 detector::Action::Notify(t) => {
                     self.notified(t, out);
                     self.holder.notified();
@@ -804,6 +876,7 @@ mod tests {
             probe_limit: None,
             conn: config::Conn::default(),
             stray: Stray::Remove,
+            health: None,
         }
     }
 
@@ -954,6 +1027,101 @@ mod tests {
         let late: Vec<u64> = times[11..].to_vec();
         assert_eq!(late.len(), 3, "no burst after a stall: {late:?}");
         assert!(late.windows(2).all(|w| w[1] - w[0] == INTERVAL));
+    }
+
+    /// A backup with a health check of fall 2 / rise 1.
+    fn checked() -> Settings {
+        let mut s = settings(Failback::OnClaim);
+        s.health = Some((2, 1));
+        s
+    }
+
+    #[test]
+    fn no_takeover_before_the_first_health_verdict() {
+        let mut sim = Sim::new(checked());
+        sim.run_for(20 * MS);
+        sim.master_up = false;
+        sim.run_for(40 * MS);
+        assert_eq!(sim.m.state(), State::Standby);
+        assert_eq!(sim.count(|a| matches!(a, Action::TakeOver { .. })), 0);
+        assert_eq!(
+            sim.count(|a| matches!(a, Action::Note(Note::TakeoverRefused { .. }))),
+            1,
+            "said once, not at every probe"
+        );
+        assert_eq!(sim.m.stats().takeovers_refused, 1);
+        // Healthy now: the takeover comes at once, not at the next probe.
+        let at = sim.now;
+        sim.feed(Event::Health {
+            at_ns: at,
+            healthy: true,
+        });
+        assert_eq!(sim.m.state(), State::Active);
+        assert_eq!(sim.times(|a| matches!(a, Action::TakeOver { .. })), [at]);
+    }
+
+    #[test]
+    fn an_unhealthy_backup_does_not_take_over_until_it_recovers() {
+        let mut sim = Sim::new(checked());
+        sim.feed(Event::Health {
+            at_ns: T0,
+            healthy: true,
+        });
+        sim.run_for(20 * MS);
+        // fall 2: one failure is not enough...
+        sim.feed(Event::Health {
+            at_ns: sim.now,
+            healthy: false,
+        });
+        assert_eq!(sim.m.health_verdict(), Some(true));
+        sim.feed(Event::Health {
+            at_ns: sim.now,
+            healthy: false,
+        });
+        assert_eq!(sim.m.health_verdict(), Some(false));
+        sim.master_up = false;
+        sim.run_for(100 * MS);
+        assert_eq!(sim.m.state(), State::Standby);
+        assert!(sim.m.detector.refusing());
+        // The master answering again ends the episode; dying again while
+        // still unhealthy is a new refusal.
+        sim.master_up = true;
+        sim.run_for(20 * MS);
+        assert!(!sim.m.detector.refusing());
+        sim.master_up = false;
+        sim.run_for(40 * MS);
+        assert_eq!(sim.m.stats().takeovers_refused, 2);
+        assert_eq!(sim.count(|a| matches!(a, Action::TakeOver { .. })), 0);
+        sim.feed(Event::Health {
+            at_ns: sim.now,
+            healthy: true,
+        });
+        assert_eq!(sim.m.state(), State::Active);
+    }
+
+    #[test]
+    fn an_active_backup_that_turns_unhealthy_keeps_the_vip_while_the_master_is_silent() {
+        let mut s = checked();
+        s.health = Some((1, 1));
+        let mut sim = Sim::new(s);
+        sim.feed(Event::Health {
+            at_ns: T0,
+            healthy: true,
+        });
+        sim.run_for(20 * MS);
+        sim.master_up = false;
+        sim.run_for(20 * MS);
+        assert_eq!(sim.m.state(), State::Active);
+        sim.feed(Event::Health {
+            at_ns: sim.now,
+            healthy: false,
+        });
+        assert_eq!(sim.m.state(), State::Active);
+        assert_eq!(
+            sim.count(|a| matches!(a, Action::Note(Note::UnhealthyHolding))),
+            1
+        );
+        assert_eq!(sim.count(|a| matches!(a, Action::Release)), 0);
     }
 
     #[test]

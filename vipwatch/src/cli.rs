@@ -7,10 +7,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    config::{
-        self, Backup, CheckSpec, Conn, Garp, Health, Instance, Master, Problem, Role, Vip,
-        parse_duration,
-    },
+    config::{self, Backup, Conn, Garp, Health, Instance, Master, Role, Vip, parse_duration},
     detector::Failback,
     ebpf::ModeArg,
 };
@@ -132,6 +129,8 @@ pub struct BackupArgs {
     #[arg(long, default_value = "remove", value_parser = config::parse_stray)]
     pub stray_vip: crate::backup::Stray,
     #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
     pub garp: GarpArgs,
     #[command(flatten)]
     pub daemon: DaemonArgs,
@@ -239,24 +238,8 @@ pub struct MasterArgs {
     /// (default: claim at once, which makes an on-claim backup release it).
     #[arg(long)]
     pub no_preempt: bool,
-    /// Health check command: healthy while it exits 0.
-    #[arg(long, conflicts_with = "health_http")]
-    pub health_cmd: Option<String>,
-    /// Health check URL (http:// only): healthy on a 2xx answer.
-    #[arg(long)]
-    pub health_http: Option<String>,
-    /// Text the --health-http body must contain (the classic wget | grep).
-    #[arg(long)]
-    pub health_expect: Option<String>,
-    /// Time between health checks.
-    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-    pub health_interval: Duration,
-    /// Consecutive failed checks before the master steps down.
-    #[arg(long, default_value_t = config::DEFAULT_HEALTH_FALL)]
-    pub health_fall: u32,
-    /// Consecutive good checks before it claims the VIP again.
-    #[arg(long, default_value_t = config::DEFAULT_HEALTH_RISE)]
-    pub health_rise: u32,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Command run on every state change with: STATE VIP IFACE REASON.
     #[arg(long)]
     pub on_change: Option<String>,
@@ -337,6 +320,7 @@ impl BackupArgs {
             witness,
             failback,
             stray_vip,
+            health,
             garp,
             conn,
             on_change,
@@ -354,6 +338,7 @@ impl BackupArgs {
             xdp_mode: *xdp_mode,
             conn: conn.conn(),
             auth_key_file: auth_key_file.clone(),
+            health: health.health()?,
             role: Role::Backup(Backup {
                 master: *master,
                 interval: *interval,
@@ -369,6 +354,73 @@ impl BackupArgs {
     }
 }
 
+/// The service's health check, for either role: an unhealthy master steps
+/// down, an unhealthy backup does not take over.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Health check command: healthy while it exits 0.
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Health check URL (http:// or https://): healthy on a 2xx answer;
+    /// redirects are not followed.
+    #[arg(long, value_name = "URL")]
+    pub health_http: Option<String>,
+    /// Health check by TCP connect: healthy while a connection to
+    /// HOST:PORT opens.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub health_tcp: Option<String>,
+    /// Text the --health-http body must contain (the classic wget | grep).
+    #[arg(long)]
+    pub health_expect: Option<String>,
+    /// PEM file of the certificate authorities --health-http trusts
+    /// (default: the Mozilla roots built in).
+    #[arg(long, value_name = "FILE")]
+    pub health_tls_ca: Option<PathBuf>,
+    /// Accept any certificate for --health-http (self-signed, expired).
+    #[arg(long)]
+    pub health_insecure: bool,
+    /// Time between health checks.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub health_interval: Duration,
+    /// Consecutive failed checks before the verdict is unhealthy.
+    #[arg(long, default_value_t = config::DEFAULT_HEALTH_FALL)]
+    pub health_fall: u32,
+    /// Consecutive good checks before it is healthy again.
+    #[arg(long, default_value_t = config::DEFAULT_HEALTH_RISE)]
+    pub health_rise: u32,
+}
+
+impl HealthArgs {
+    fn health(&self) -> Result<Option<Health>, String> {
+        let Self {
+            health_cmd,
+            health_http,
+            health_tcp,
+            health_expect,
+            health_tls_ca,
+            health_insecure,
+            health_interval,
+            health_fall,
+            health_rise,
+        } = self;
+        let check = config::check_spec(
+            health_cmd.clone(),
+            health_http.clone(),
+            health_tcp.clone(),
+            health_expect.clone(),
+            health_tls_ca.clone(),
+            *health_insecure,
+        )
+        .map_err(|p| p.as_flag())?;
+        Ok(check.map(|check| Health {
+            check,
+            interval: *health_interval,
+            fall: *health_fall,
+            rise: *health_rise,
+        }))
+    }
+}
+
 impl MasterArgs {
     /// The instance these flags describe, validated.
     pub fn instance(&self) -> Result<Instance, String> {
@@ -380,31 +432,11 @@ impl MasterArgs {
             garp,
             conn,
             no_preempt,
-            health_cmd,
-            health_http,
-            health_expect,
-            health_interval,
-            health_fall,
-            health_rise,
+            health,
             on_change,
             xdp_mode,
             auth_key_file,
         } = self;
-        let check = match (health_cmd, health_http, health_expect) {
-            (_, None, Some(_)) => {
-                return Err(Problem {
-                    key: "health_expect",
-                    message: "needs --health-http: it is text the HTTP body must contain".into(),
-                }
-                .as_flag());
-            }
-            (Some(cmd), _, _) => Some(CheckSpec::Command(cmd.clone())),
-            (None, Some(url), expect) => Some(CheckSpec::Http {
-                url: url.clone(),
-                expect: expect.clone(),
-            }),
-            (None, None, None) => None,
-        };
         checked(Instance {
             name: named(name, vip),
             iface: iface.clone(),
@@ -414,14 +446,9 @@ impl MasterArgs {
             xdp_mode: *xdp_mode,
             conn: conn.conn(),
             auth_key_file: auth_key_file.clone(),
+            health: health.health()?,
             role: Role::Master(Master {
                 preempt: !no_preempt,
-                health: check.map(|check| Health {
-                    check,
-                    interval: *health_interval,
-                    fall: *health_fall,
-                    rise: *health_rise,
-                }),
             }),
         })
     }

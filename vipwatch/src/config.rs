@@ -42,6 +42,9 @@ pub struct Instance {
     /// The pair's shared key (see [`read_key`]): probes and replies are
     /// authenticated.
     pub auth_key_file: Option<std::path::PathBuf>,
+    /// The service's health check (either role): an unhealthy master steps
+    /// down, an unhealthy backup does not take over.
+    pub health: Option<Health>,
     pub role: Role,
 }
 
@@ -142,7 +145,6 @@ pub struct Backup {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Master {
     pub preempt: bool,
-    pub health: Option<Health>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,7 +158,64 @@ pub struct Health {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckSpec {
     Command(String),
-    Http { url: String, expect: Option<String> },
+    Http {
+        url: String,
+        expect: Option<String>,
+        /// PEM file of the certificate authorities to trust for https
+        /// (default: the Mozilla roots built in).
+        tls_ca: Option<PathBuf>,
+        /// Accept any certificate (self-signed, expired, other name).
+        insecure: bool,
+    },
+    /// `HOST:PORT`: healthy while a TCP connection opens.
+    Tcp(String),
+}
+
+/// Which of health_cmd / health_http / health_tcp and their companions
+/// make a check: the same rules for flags and file keys.
+pub fn check_spec(
+    cmd: Option<String>,
+    http: Option<String>,
+    tcp: Option<String>,
+    expect: Option<String>,
+    tls_ca: Option<PathBuf>,
+    insecure: bool,
+) -> Result<Option<CheckSpec>, Problem> {
+    let kinds = [cmd.is_some(), http.is_some(), tcp.is_some()]
+        .iter()
+        .filter(|k| **k)
+        .count();
+    if kinds > 1 {
+        return Err(Problem::new(
+            "health_http",
+            "set one of health_cmd, health_http and health_tcp",
+        ));
+    }
+    if http.is_none() {
+        for (set, key) in [
+            (expect.is_some(), "health_expect"),
+            (tls_ca.is_some(), "health_tls_ca"),
+            (insecure, "health_insecure"),
+        ] {
+            if set {
+                return Err(Problem::new(
+                    key,
+                    "needs health_http (it is about the HTTP check)",
+                ));
+            }
+        }
+    }
+    Ok(match (cmd, http, tcp) {
+        (Some(cmd), _, _) => Some(CheckSpec::Command(cmd)),
+        (_, Some(url), _) => Some(CheckSpec::Http {
+            url,
+            expect,
+            tls_ca,
+            insecure,
+        }),
+        (_, _, Some(addr)) => Some(CheckSpec::Tcp(addr)),
+        (None, None, None) => None,
+    })
 }
 
 /// The gratuitous ARP schedule: a burst of `count` spaced `interval_ns`,
@@ -360,8 +419,23 @@ impl Problem {
     }
 
     /// As the command line shows it: `--dead-after: ...`.
+    /// The problem as the command line says it: keys named as flags.
     pub fn as_flag(&self) -> String {
-        format!("--{}: {}", self.key.replace('_', "-"), self.message)
+        let flag = |key: &str| format!("--{}", key.replace('_', "-"));
+        let mut message = self.message.clone();
+        // Longest first: `health_http` is not rewritten inside another key.
+        let mut keys: Vec<&str> = KEYS
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| k.contains('_'))
+            .collect();
+        keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+        for key in keys {
+            if message.contains(key) {
+                message = message.replace(key, &flag(key));
+            }
+        }
+        format!("{}: {message}", flag(self.key))
     }
 }
 
@@ -405,9 +479,11 @@ impl Instance {
             xdp_mode: _,
             conn,
             auth_key_file,
+            health,
             role,
         } = self;
         let mut out = Vec::new();
+        health_problems(health.as_ref(), &mut out);
         if let Some(path) = auth_key_file
             && let Err(e) = read_key(path)
         {
@@ -578,7 +654,7 @@ fn backup_problems(b: &Backup, vip: &Vip, out: &mut Vec<Problem>) {
 }
 
 fn master_problems(m: &Master, vip: &Vip, out: &mut Vec<Problem>) {
-    let Master { preempt, health } = m;
+    let Master { preempt } = m;
     if !preempt && vip.v4().is_none() {
         out.push(Problem::new(
             "no_preempt",
@@ -586,6 +662,9 @@ fn master_problems(m: &Master, vip: &Vip, out: &mut Vec<Problem>) {
              probing is not implemented; drop no_preempt or use an IPv4 VIP",
         ));
     }
+}
+
+fn health_problems(health: Option<&Health>, out: &mut Vec<Problem>) {
     let Some(Health {
         check,
         interval,
@@ -607,10 +686,23 @@ fn master_problems(m: &Master, vip: &Vip, out: &mut Vec<Problem>) {
     if *rise == 0 {
         out.push(Problem::new("health_rise", "must be at least 1"));
     }
-    if let CheckSpec::Http { url, .. } = check
-        && let Err(why) = crate::health::HttpUrl::parse(url)
-    {
-        out.push(Problem::new("health_http", format!("{url:?}: {why}")));
+    match check {
+        CheckSpec::Http { url, tls_ca, .. } => {
+            if let Err(why) = crate::health::check_url(url) {
+                out.push(Problem::new("health_http", format!("{url:?}: {why}")));
+            }
+            if let Some(ca) = tls_ca
+                && let Err(why) = crate::health::read_ca(ca)
+            {
+                out.push(Problem::new("health_tls_ca", why));
+            }
+        }
+        CheckSpec::Tcp(addr) => {
+            if let Err(why) = crate::health::check_tcp_target(addr) {
+                out.push(Problem::new("health_tcp", format!("{addr:?}: {why}")));
+            }
+        }
+        CheckSpec::Command(_) => {}
     }
 }
 
@@ -646,12 +738,15 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("count", Some("backup")),
     ("rt_priority", Some("backup")),
     ("no_preempt", Some("master")),
-    ("health_cmd", Some("master")),
-    ("health_http", Some("master")),
-    ("health_expect", Some("master")),
-    ("health_interval", Some("master")),
-    ("health_fall", Some("master")),
-    ("health_rise", Some("master")),
+    ("health_cmd", None),
+    ("health_http", None),
+    ("health_expect", None),
+    ("health_interval", None),
+    ("health_fall", None),
+    ("health_rise", None),
+    ("health_tcp", None),
+    ("health_tls_ca", None),
+    ("health_insecure", None),
 ];
 
 /// A configuration file, validated.
@@ -991,6 +1086,27 @@ fn instance_from<'a, 'i>(
             .optional("kick_hook_timeout", parse_duration)
             .unwrap_or(defaults.hook_timeout),
     };
+    let health = match check_spec(
+        get.optional("health_cmd", |s| Ok(s.to_owned())),
+        get.optional("health_http", |s| Ok(s.to_owned())),
+        get.optional("health_tcp", |s| Ok(s.to_owned())),
+        get.optional("health_expect", |s| Ok(s.to_owned())),
+        get.optional("health_tls_ca", |s| Ok(PathBuf::from(s))),
+        get.boolean("health_insecure").unwrap_or(false),
+    ) {
+        Ok(check) => check.map(|check| Health {
+            check,
+            interval: get
+                .optional("health_interval", parse_duration)
+                .unwrap_or(DEFAULT_HEALTH_INTERVAL),
+            fall: get.integer("health_fall").unwrap_or(DEFAULT_HEALTH_FALL),
+            rise: get.integer("health_rise").unwrap_or(DEFAULT_HEALTH_RISE),
+        }),
+        Err(Problem { key, message }) => {
+            get.error(key, message);
+            None
+        }
+    };
     let role = if role == "backup" {
         let master = get.required("master", |s| {
             s.parse::<Ipv4Addr>()
@@ -1020,38 +1136,8 @@ fn instance_from<'a, 'i>(
         };
         master.map(|_| Role::Backup(backup))
     } else {
-        let cmd = get.optional("health_cmd", |s| Ok(s.to_owned()));
-        let http = get.optional("health_http", |s| Ok(s.to_owned()));
-        let expect = get.optional("health_expect", |s| Ok(s.to_owned()));
-        let check = match (cmd, http, expect) {
-            (Some(_), Some(_), _) => {
-                get.error(
-                    "health_http",
-                    "set health_cmd or health_http, not both".into(),
-                );
-                None
-            }
-            (_, None, Some(_)) => {
-                get.error(
-                    "health_expect",
-                    "needs health_http: it is text the HTTP body must contain".into(),
-                );
-                None
-            }
-            (Some(cmd), None, None) => Some(CheckSpec::Command(cmd)),
-            (None, Some(url), expect) => Some(CheckSpec::Http { url, expect }),
-            (None, None, None) => None,
-        };
-        let health = check.map(|check| Health {
-            check,
-            interval: get
-                .optional("health_interval", parse_duration)
-                .unwrap_or(DEFAULT_HEALTH_INTERVAL),
-            fall: get.integer("health_fall").unwrap_or(DEFAULT_HEALTH_FALL),
-            rise: get.integer("health_rise").unwrap_or(DEFAULT_HEALTH_RISE),
-        });
         let preempt = !get.boolean("no_preempt").unwrap_or(false);
-        Some(Role::Master(Master { preempt, health }))
+        Some(Role::Master(Master { preempt }))
     };
     match (name, iface, vip, role) {
         (Some(name), Some(iface), Some(vip), Some(role)) if errors.is_empty() => Ok((
@@ -1064,6 +1150,7 @@ fn instance_from<'a, 'i>(
                 xdp_mode,
                 conn,
                 auth_key_file,
+                health,
                 role,
             },
             at,
@@ -1411,7 +1498,7 @@ no_preempt = true
             panic!("master")
         };
         assert!(!m.preempt);
-        let h = m.health.as_ref().expect("health");
+        let h = mongo.health.as_ref().expect("health");
         assert_eq!(h.interval, Duration::from_millis(100));
         assert_eq!(h.check, CheckSpec::Command("true".into()));
         assert_eq!(f.lines["mongo"].of("no_preempt"), 21);
@@ -1457,7 +1544,7 @@ no_preempt = true
             (format!("{backup}{}", backup.replace("\"eth0\"", "\"eth0\"\nname = \"b\"")), "vw.toml:10: vip: 192.0.2.100 is already the VIP of instance \"192.0.2.100\""),
             ("[defaults]\nname = \"x\"\n[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\n".into(), "vw.toml:2: name: an instance's name cannot have a default"),
             ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nhealth_expect = \"ok\"\n".into(), "vw.toml:5: health_expect: needs health_http"),
-            ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nhealth_http = \"https://x/\"\n".into(), "vw.toml:5: health_http: \"https://x/\""),
+            ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nhealth_http = \"ftp://x/\"\n".into(), "vw.toml:5: health_http: \"ftp://x/\": only http:// and https://"),
             ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"2001:db8::1/64\"\nno_preempt = true\n".into(), "vw.toml:5: no_preempt: needs an IPv4 VIP"),
             ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nno_preempt = \"yes\"\n".into(), "vw.toml:5: no_preempt: must be true or false, not a string"),
             ("[[instance]\nrole = 1\n".into(), "vw.toml:1: not valid TOML"),

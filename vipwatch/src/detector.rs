@@ -177,6 +177,9 @@ pub enum Action {
     Release,
     /// Report a transition: log line, stats, `--on-change` hook.
     Notify(Transition),
+    /// The master is dead, but our own service is unhealthy: no takeover
+    /// (once per episode; we take over as soon as we are healthy again).
+    Refused(Reason),
 }
 
 /// One state change, as reported by [`Action::Notify`].
@@ -242,6 +245,13 @@ pub struct Detector {
     /// When the master claimed the VIP while not back yet (see
     /// `active_claim`).
     pending_claim: Option<u64>,
+    /// Our own service passes its health check (always, without one). An
+    /// unhealthy backup does not take over: it would take the clients to a
+    /// service that cannot answer them (keepalived's `track_script`).
+    healthy: bool,
+    /// A takeover is being refused for ill health ([`Action::Refused`] was
+    /// returned): until the master is alive again or we are healthy.
+    refusing: bool,
 }
 
 /// The master counters just before the first reply of a run of consecutive
@@ -335,7 +345,24 @@ impl Detector {
             run: None,
             last_decision: None,
             pending_claim: None,
+            healthy: true,
+            refusing: false,
         }
+    }
+
+    /// Our own service's health verdict changed. Healthy again while the
+    /// master is dead: the next sample takes over.
+    pub fn set_healthy(&mut self, healthy: bool) {
+        self.healthy = healthy;
+        if healthy {
+            self.refusing = false;
+        }
+    }
+
+    /// Whether a takeover is being refused for ill health right now.
+    #[cfg(test)]
+    pub fn refusing(&self) -> bool {
+        self.refusing
     }
 
     /// The current state.
@@ -417,6 +444,9 @@ impl Detector {
             .last_sample_ns
             .saturating_add(self.settings.interval_ns);
         match self.state {
+            // The deadline has passed; look again every interval (health
+            // may return, the master may answer).
+            State::Starting | State::Standby if self.refusing => recheck,
             State::Starting | State::Standby if !self.waiting => self.master_deadline(),
             // Waiting for the last needed probe's grace: look again the
             // moment it is over, not a whole interval later.
@@ -487,6 +517,7 @@ impl Detector {
     fn standby_sample(&mut self, now_ns: u64, prev: PeerSample, witnessed: bool) -> Vec<Action> {
         match self.verdict(self.master_reference(), now_ns) {
             Verdict::Alive => {
+                self.refusing = false;
                 if self.state == State::Starting && self.master.replies > prev.replies {
                     self.transition(State::Standby, Reason::MasterReplied, now_ns, Vec::new())
                 } else {
@@ -621,6 +652,13 @@ impl Detector {
     // --- Effects ----------------------------------------------------------
 
     fn take_over(&mut self, now_ns: u64, reason: Reason) -> Vec<Action> {
+        if !self.healthy {
+            if self.refusing {
+                return Vec::new();
+            }
+            self.refusing = true;
+            return vec![Action::Refused(reason)];
+        }
         let reference = self.master_reference();
         self.last_decision = Some((reference, self.master_deadline(), now_ns));
         self.run = None;

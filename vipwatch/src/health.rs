@@ -10,26 +10,25 @@
 
 use std::{
     fmt,
-    net::Ipv6Addr,
     os::unix::process::ExitStatusExt as _,
+    path::Path,
     process::{ExitStatus, Stdio},
     time::Duration,
 };
 
-use crate::config::CheckSpec;
-
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _},
     net::TcpStream,
     time::{Instant, timeout_at},
 };
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, parse_pem};
+
+use crate::config::CheckSpec;
 
 /// How much of an HTTP body `--health-expect` searches (the classic
 /// `wget -O- | grep` reads it all; a health page is small, and a cap keeps a
 /// misbehaving server from making us buffer without end).
 pub const BODY_LIMIT: usize = 64 * 1024;
-/// Status line and headers larger than this are refused.
-pub const HEADER_LIMIT: usize = 8 * 1024;
 /// How much of a health command's stderr is kept for the log.
 const STDERR_LIMIT: usize = 2048;
 /// After a health command exits, how long we keep reading what it wrote to
@@ -41,11 +40,15 @@ const STDERR_DRAIN: Duration = Duration::from_millis(5);
 pub enum Check {
     /// `--health-cmd`: `sh -c CMD`, healthy iff it exits 0 in time.
     Command(String),
-    /// `--health-http [--health-expect TEXT]`.
+    /// `--health-http [--health-expect TEXT]`: a 2xx answer (whose body
+    /// contains TEXT).
     Http {
-        url: HttpUrl,
+        url: String,
         expect: Option<String>,
+        agent: ureq::Agent,
     },
+    /// `--health-tcp HOST:PORT`: a TCP connection opens.
+    Tcp(String),
 }
 
 impl Check {
@@ -53,14 +56,21 @@ impl Check {
     pub fn from_spec(spec: &CheckSpec) -> anyhow::Result<Self> {
         match spec {
             CheckSpec::Command(cmd) => Ok(Self::Command(cmd.clone())),
-            CheckSpec::Http { url, expect } => {
-                let parsed = HttpUrl::parse(url)
-                    .map_err(|why| anyhow::anyhow!("health_http {url:?}: {why}"))?;
+            CheckSpec::Http {
+                url,
+                expect,
+                tls_ca,
+                insecure,
+            } => {
+                check_url(url).map_err(|why| anyhow::anyhow!("health_http {url:?}: {why}"))?;
                 Ok(Self::Http {
-                    url: parsed,
+                    url: url.clone(),
                     expect: expect.clone(),
+                    agent: agent(tls_ca.as_deref(), *insecure)
+                        .map_err(|why| anyhow::anyhow!("health_tls_ca: {why}"))?,
                 })
             }
+            CheckSpec::Tcp(addr) => Ok(Self::Tcp(addr.clone())),
         }
     }
 
@@ -71,9 +81,12 @@ impl Check {
         let deadline = Instant::now() + limit;
         match self {
             Self::Command(cmd) => run_command(cmd, deadline, limit).await,
-            Self::Http { url, expect } => run_http(url, expect.as_deref(), deadline, limit)
+            Self::Http { url, expect, agent } => run_http(agent, url, expect.as_deref(), limit)
                 .await
                 .map_err(|why| format!("GET {url}: {why}")),
+            Self::Tcp(addr) => run_tcp(addr, deadline, limit)
+                .await
+                .map_err(|why| format!("TCP {addr}: {why}")),
         }
     }
 }
@@ -82,11 +95,15 @@ impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Command(cmd) => write!(f, "command `{cmd}`"),
-            Self::Http { url, expect: None } => write!(f, "GET {url} (2xx)"),
+            Self::Http {
+                url, expect: None, ..
+            } => write!(f, "GET {url} (2xx)"),
             Self::Http {
                 url,
                 expect: Some(text),
+                ..
             } => write!(f, "GET {url} (2xx, body contains {text:?})"),
+            Self::Tcp(addr) => write!(f, "TCP connect {addr}"),
         }
     }
 }
@@ -392,535 +409,149 @@ async fn read_some<R: AsyncRead + Unpin>(pipe: &mut Option<R>, keep: &mut Vec<u8
 }
 
 // ---------------------------------------------------------------------------
-// --health-http.
+// --health-http (ureq: http and https through rustls) and --health-tcp.
 
-/// An `http://` URL, split into what a minimal HTTP/1.0 client needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    /// Path and query, starting with `/`.
-    pub path: String,
+const URL_EXAMPLE: &str = "e.g. https://127.0.0.1:8443/health";
+
+/// Checks a health URL: http:// or https://, with a host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); {URL_EXAMPLE}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("only http:// and https:// URLs ({URL_EXAMPLE})")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("no host ({URL_EXAMPLE})"));
+    }
+    Ok(())
 }
 
-impl HttpUrl {
-    /// Parses `http://HOST[:PORT][/PATH][?QUERY][#FRAGMENT]`; IPv6 hosts in
-    /// brackets. The fragment is dropped (never sent, RFC 9110 §4.2.1).
-    pub fn parse(url: &str) -> Result<Self, String> {
-        const EXAMPLE: &str = "e.g. http://127.0.0.1:8080/health";
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("only http:// URLs are supported ({EXAMPLE})"))?;
-        if rest.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(
-                "the URL contains spaces or control characters; percent-encode them (%20)".into(),
-            );
-        }
-        let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let path = match path {
-            "" => "/".to_owned(),
-            p if p.starts_with('?') => format!("/{p}"),
-            p => p.to_owned(),
-        };
-        if authority.contains('@') {
-            return Err("user:password@ in the URL is not supported; point it at an unauthenticated health page".into());
-        }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or_else(|| {
-                format!("unterminated [IPv6] host ({EXAMPLE}, or http://[2001:db8::1]:8080/)")
-            })?;
-            host.parse::<Ipv6Addr>()
-                .map_err(|_| format!("[{host}] is not an IPv6 address"))?;
-            match after {
-                "" => (host, None),
-                p => (
-                    host,
-                    Some(
-                        p.strip_prefix(':')
-                            .ok_or_else(|| format!("unexpected {p:?} after [{host}]"))?,
-                    ),
-                ),
-            }
-        } else {
-            match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("the URL has no host ({EXAMPLE})"));
-        }
-        let port = match port {
-            None | Some("") => 80,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("port {p:?} must be a number from 1 to 65535"))?,
-        };
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-            path,
+/// The certificates of a PEM file (`health_tls_ca`).
+pub fn read_ca(path: &Path) -> Result<Vec<Certificate<'static>>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+    let certs = parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
         })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown}: no certificate in it (PEM: -----BEGIN CERTIFICATE-----)"
+        ));
     }
+    Ok(certs)
+}
 
-    /// `host[:port]` as the `Host` header wants it (RFC 9110 §7.2).
-    fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        match self.port {
-            80 => host,
-            port => format!("{host}:{port}"),
-        }
+/// Checks a `--health-tcp` target: HOST:PORT ([v6]:PORT).
+pub fn check_tcp_target(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or("HOST:PORT expected, e.g. 127.0.0.1:6379")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("no host, e.g. 127.0.0.1:6379".into());
     }
-
-    /// The request: HTTP/1.0, so the server closes the connection after the
-    /// answer and never uses chunked encoding; `Host` anyway, for name-based
-    /// virtual hosts.
-    pub fn request(&self) -> String {
-        format!(
-            "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: vipwatch/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            self.path,
-            self.authority(),
-            env!("CARGO_PKG_VERSION"),
-        )
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port")),
     }
 }
 
-impl fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority(), self.path)
-    }
+/// The HTTP client of one check: no redirects (a health URL that
+/// redirects is a misconfiguration to see, not to follow), no proxy from
+/// the environment, the certificate policy of the configuration.
+fn agent(tls_ca: Option<&Path>, insecure: bool) -> Result<ureq::Agent, String> {
+    let tls = if insecure {
+        TlsConfig::builder().disable_verification(true).build()
+    } else if let Some(ca) = tls_ca {
+        TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&read_ca(ca)?))
+            .build()
+    } else {
+        TlsConfig::default()
+    };
+    Ok(ureq::Agent::config_builder()
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .http_status_as_error(false)
+        .proxy(None)
+        .user_agent(concat!("vipwatch/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .build()
+        .into())
 }
 
-/// What the bytes of an HTTP response received so far tell.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// Not decided yet: read more.
-    NeedMore,
-    Healthy,
-    Unhealthy(String),
-}
-
-/// Judges a response: healthy iff the status is 2xx and, with `expect`, the
-/// first [`BODY_LIMIT`] bytes of the body contain it. `eof` says no more
-/// bytes will come (the server closed, or we stop reading); with it the
-/// answer is never [`Progress::NeedMore`].
-///
-/// Decides as early as it can: a non-2xx status line is enough, and so are
-/// the complete headers when nothing is expected of the body.
-pub fn assess(response: &[u8], expect: Option<&str>, eof: bool) -> Progress {
-    let incomplete = |what: &str| {
-        if eof {
-            Progress::Unhealthy(format!("the connection closed {what}"))
-        } else if response.len() >= HEADER_LIMIT {
-            Progress::Unhealthy(format!(
-                "no end of the headers in the first {} KiB",
-                HEADER_LIMIT / 1024
-            ))
+/// The verdict on an answer: a 2xx status, and `expect` in the body.
+pub fn judge(status: u16, body: &[u8], expect: Option<&str>) -> Result<(), String> {
+    if !(200..300).contains(&status) {
+        return Err(if (300..400).contains(&status) {
+            format!("status {status} (redirects are not followed)")
         } else {
-            Progress::NeedMore
-        }
-    };
-    let Some(line_end) = find(response, b"\n") else {
-        return if response.is_empty() && eof {
-            Progress::Unhealthy("empty answer (the connection closed without a response)".into())
-        } else {
-            incomplete("inside the status line")
-        };
-    };
-    let line = String::from_utf8_lossy(&response[..line_end]);
-    let line = line.trim_end_matches('\r');
-    let Some((code, reason)) = parse_status_line(line) else {
-        let shown: String = line.chars().take(60).collect();
-        return Progress::Unhealthy(format!("not an HTTP response (status line {shown:?})"));
-    };
-    if !(200..300).contains(&code) {
-        return Progress::Unhealthy(match reason {
-            "" => format!("HTTP status {code}"),
-            reason => format!("HTTP status {code} {reason}"),
+            format!("status {status}")
         });
     }
-    let Some(body_start) = header_end(response) else {
-        return incomplete("inside the headers");
-    };
-    if body_start > HEADER_LIMIT {
-        return Progress::Unhealthy(format!("headers longer than {} KiB", HEADER_LIMIT / 1024));
+    match expect {
+        Some(text) if !String::from_utf8_lossy(body).contains(text) => Err(format!(
+            "status {status}, but the body (first {} KiB) does not contain {text:?}",
+            BODY_LIMIT / 1024
+        )),
+        _ => Ok(()),
     }
-    let Some(text) = expect else {
-        return Progress::Healthy;
-    };
-    let body = &response[body_start..];
-    let capped = body.len() >= BODY_LIMIT;
-    let body = &body[..body.len().min(BODY_LIMIT)];
-    if find(body, text.as_bytes()).is_some() {
-        return Progress::Healthy;
-    }
-    let complete = content_length(&response[..body_start]).is_some_and(|len| body.len() >= len);
-    if eof || capped || complete {
-        let scope = if capped {
-            format!(" in its first {} KiB", BODY_LIMIT / 1024)
-        } else {
-            String::new()
-        };
-        Progress::Unhealthy(format!(
-            "HTTP status {code} but the body does not contain {text:?}{scope}"
-        ))
-    } else {
-        Progress::NeedMore
-    }
-}
-
-/// `HTTP/1.x SP 3DIGIT [SP reason]` → (code, reason).
-fn parse_status_line(line: &str) -> Option<(u16, &str)> {
-    let rest = line.strip_prefix("HTTP/")?;
-    let (version, rest) = rest.split_once(' ')?;
-    if !version.starts_with('1') {
-        return None;
-    }
-    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((code.parse().ok()?, reason.trim()))
-}
-
-/// Offset of the body: after the first empty line (CRLF CRLF, or a bare
-/// LF LF from a sloppy server).
-fn header_end(response: &[u8]) -> Option<usize> {
-    let crlf = find(response, b"\r\n\r\n").map(|i| i + 4);
-    let lf = find(response, b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The `Content-Length` of a response's header block, if it has a valid one.
-fn content_length(headers: &[u8]) -> Option<usize> {
-    String::from_utf8_lossy(headers)
-        .lines()
-        .skip(1)
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())
-                .flatten()
-        })
-}
-
-/// First index of `needle` in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return Some(0);
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 async fn run_http(
-    url: &HttpUrl,
+    agent: &ureq::Agent,
+    url: &str,
     expect: Option<&str>,
-    deadline: Instant,
     limit: Duration,
 ) -> Result<(), String> {
-    let late = || format!("no complete answer within {} ms", limit.as_millis());
-    let addrs: Vec<_> = timeout_at(
-        deadline,
-        tokio::net::lookup_host((url.host.as_str(), url.port)),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "resolving {} took longer than {} ms",
-            url.host,
-            limit.as_millis()
-        )
-    })?
-    .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
-    .collect();
-    let mut stream = None;
-    let mut refused = Vec::new();
-    for addr in &addrs {
-        match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                stream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => refused.push(format!("{addr}: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "connecting to {addr} took longer than {} ms",
-                    limit.as_millis()
-                ));
-            }
+    let (agent, url, expect) = (agent.clone(), url.to_owned(), expect.map(str::to_owned));
+    let call = tokio::task::spawn_blocking(move || {
+        let mut response = agent
+            .get(&url)
+            .config()
+            .timeout_global(Some(limit))
+            .build()
+            .call()
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        if expect.is_some() {
+            use std::io::Read as _;
+            response
+                .body_mut()
+                .as_reader()
+                .take(BODY_LIMIT as u64)
+                .read_to_end(&mut body)
+                .map_err(|e| format!("status {status}, reading the body: {e}"))?;
         }
+        judge(status, &body, expect.as_deref())
+    });
+    // The request has its own timeout; this one only guards the thread.
+    match tokio::time::timeout(limit + Duration::from_millis(100), call).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(format!("the check's thread failed: {e}")),
+        Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
     }
-    let Some(mut stream) = stream else {
-        return Err(if refused.is_empty() {
-            format!("{} resolved to no address", url.host)
-        } else {
-            format!("cannot connect ({})", refused.join("; "))
-        });
-    };
-    timeout_at(deadline, stream.write_all(url.request().as_bytes()))
-        .await
-        .map_err(|_| late())?
-        .map_err(|e| format!("sending the request: {e}"))?;
+}
 
-    let cap = HEADER_LIMIT + BODY_LIMIT;
-    let mut response = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        let n = timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .map_err(|_| late())?
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        let room = cap - response.len();
-        response.extend_from_slice(&chunk[..n.min(room)]);
-        match assess(&response, expect, n == 0 || response.len() >= cap) {
-            Progress::NeedMore => {}
-            Progress::Healthy => return Ok(()),
-            Progress::Unhealthy(why) => return Err(why),
-        }
+async fn run_tcp(addr: &str, deadline: Instant, limit: Duration) -> Result<(), String> {
+    match timeout_at(deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Err(_) => Err(format!("no connection within {} ms", limit.as_millis())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn url(host: &str, port: u16, path: &str) -> HttpUrl {
-        HttpUrl {
-            host: host.into(),
-            port,
-            path: path.into(),
-        }
-    }
-
-    #[test]
-    fn urls_are_split_into_host_port_and_path() {
-        let table = [
-            (
-                "http://127.0.0.1:8080/health",
-                url("127.0.0.1", 8080, "/health"),
-            ),
-            ("http://example.org", url("example.org", 80, "/")),
-            ("http://example.org:", url("example.org", 80, "/")),
-            ("http://example.org/", url("example.org", 80, "/")),
-            ("http://example.org?x=1", url("example.org", 80, "/?x=1")),
-            ("http://h/a/b?c=d&e#frag", url("h", 80, "/a/b?c=d&e")),
-            ("http://[2001:db8::1]:81/x", url("2001:db8::1", 81, "/x")),
-            ("http://[2001:db8::1]", url("2001:db8::1", 80, "/")),
-        ];
-        for (text, expected) in table {
-            assert_eq!(HttpUrl::parse(text), Ok(expected), "{text}");
-        }
-    }
-
-    #[test]
-    fn bad_urls_say_what_is_wrong() {
-        let table = [
-            ("https://h/", "only http://"),
-            ("ftp://h/", "only http://"),
-            ("http://", "no host"),
-            ("http:///path", "no host"),
-            ("http://:8080/", "no host"),
-            ("http://h:0/", "port"),
-            ("http://h:65536/", "port"),
-            ("http://h:http/", "port"),
-            ("http://user:pw@h/", "user:password"),
-            ("http://h/a b", "percent-encode"),
-            ("http://h/a\r\nX-Injected: 1", "percent-encode"),
-            ("http://[2001:db8::1/", "unterminated"),
-            ("http://[nope]/", "not an IPv6"),
-            ("http://[2001:db8::1]x/", "unexpected"),
-        ];
-        for (text, needle) in table {
-            let err = HttpUrl::parse(text).expect_err(text);
-            assert!(err.contains(needle), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn request_is_http10_with_host_header() {
-        let version = env!("CARGO_PKG_VERSION");
-        assert_eq!(
-            url("127.0.0.1", 8080, "/health?full=1").request(),
-            format!(
-                "GET /health?full=1 HTTP/1.0\r\nHost: 127.0.0.1:8080\r\nUser-Agent: vipwatch/{version}\r\n\
-                 Accept: */*\r\nConnection: close\r\n\r\n"
-            )
-        );
-        assert!(
-            url("example.org", 80, "/")
-                .request()
-                .contains("\r\nHost: example.org\r\n")
-        );
-        assert!(
-            url("2001:db8::1", 81, "/")
-                .request()
-                .contains("\r\nHost: [2001:db8::1]:81\r\n")
-        );
-        assert_eq!(
-            url("2001:db8::1", 81, "/x").to_string(),
-            "http://[2001:db8::1]:81/x"
-        );
-    }
-
-    fn unhealthy(p: Progress) -> String {
-        match p {
-            Progress::Unhealthy(why) => why,
-            other => panic!("expected unhealthy, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn status_decides_without_expect() {
-        let ok = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello";
-        assert_eq!(assess(ok, None, false), Progress::Healthy);
-        assert_eq!(assess(ok, None, true), Progress::Healthy);
-        assert_eq!(
-            assess(b"HTTP/1.1 204 No Content\r\n\r\n", None, true),
-            Progress::Healthy
-        );
-        assert_eq!(assess(b"HTTP/1.1 299\n\n", None, true), Progress::Healthy);
-        // Headers not complete yet: wait for them.
-        assert_eq!(
-            assess(b"HTTP/1.0 200 OK\r\nServer: x\r\n", None, false),
-            Progress::NeedMore
-        );
-        assert_eq!(assess(b"HTTP/1.0 20", None, false), Progress::NeedMore);
-        assert_eq!(assess(b"", None, false), Progress::NeedMore);
-    }
-
-    #[test]
-    fn non_2xx_and_garbage_are_unhealthy() {
-        let table: [(&[u8], bool, &str); 9] = [
-            (
-                b"HTTP/1.0 503 Service Unavailable\r\n",
-                false,
-                "HTTP status 503 Service Unavailable",
-            ),
-            (
-                b"HTTP/1.1 301 Moved Permanently\r\nLocation: /\r\n\r\n",
-                true,
-                "HTTP status 301",
-            ),
-            (b"HTTP/1.1 199\r\n\r\n", true, "HTTP status 199"),
-            (b"HTTP/1.0 404\r\n", false, "HTTP status 404"),
-            (b"SSH-2.0-OpenSSH_9.6\r\n", false, "not an HTTP response"),
-            (b"HTTP/2 200\r\n", false, "not an HTTP response"),
-            (b"", true, "empty answer"),
-            (
-                b"HTTP/1.0 200 OK\r\nServer: x\r\n",
-                true,
-                "closed inside the headers",
-            ),
-            (b"HTTP/1.0 2", true, "closed inside the status line"),
-        ];
-        for (response, eof, needle) in table {
-            let why = unhealthy(assess(response, None, eof));
-            assert!(
-                why.contains(needle),
-                "{:?}: {why}",
-                String::from_utf8_lossy(response)
-            );
-        }
-    }
-
-    #[test]
-    fn expect_searches_the_body_only() {
-        let response = b"HTTP/1.0 200 OK\r\nX-Status: READY\r\n\r\nstatus: READY\n";
-        assert_eq!(
-            assess(response, Some("status: READY"), true),
-            Progress::Healthy
-        );
-        // Found before the end: no need to wait for the close.
-        assert_eq!(assess(response, Some("READY"), false), Progress::Healthy);
-        // Only in a header: not in the body.
-        let header_only = b"HTTP/1.0 200 OK\r\nX-Status: READY\r\n\r\nstarting\n";
-        assert_eq!(
-            assess(header_only, Some("READY"), false),
-            Progress::NeedMore
-        );
-        let why = unhealthy(assess(header_only, Some("READY"), true));
-        assert!(why.contains("does not contain \"READY\""), "{why}");
-        // A 5xx body that contains the text is still unhealthy.
-        let why = unhealthy(assess(
-            b"HTTP/1.0 500 Oops\r\n\r\nREADY",
-            Some("READY"),
-            true,
-        ));
-        assert!(why.contains("500"), "{why}");
-    }
-
-    #[test]
-    fn content_length_ends_the_wait_for_expect() {
-        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nstarting";
-        let why = unhealthy(assess(response, Some("READY"), false));
-        assert!(why.contains("does not contain"), "{why}");
-        let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstarting";
-        assert_eq!(assess(partial, Some("READY"), false), Progress::NeedMore);
-        assert_eq!(
-            content_length(b"HTTP/1.1 200 OK\r\nContent-Length:  42 \r\n\r\n"),
-            Some(42)
-        );
-        assert_eq!(
-            content_length(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
-            None
-        );
-        assert_eq!(
-            content_length(b"Content-Length: 5\r\n\r\n"),
-            None,
-            "the status line is no header"
-        );
-    }
-
-    #[test]
-    fn body_search_is_capped() {
-        let mut response = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
-        response.resize(response.len() + BODY_LIMIT, b'x');
-        response.extend_from_slice(b"READY");
-        let why = unhealthy(assess(&response, Some("READY"), false));
-        assert!(why.contains("first 64 KiB"), "{why}");
-        // Right at the end of the window still counts.
-        let mut edge = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
-        edge.resize(edge.len() + BODY_LIMIT - 5, b'x');
-        edge.extend_from_slice(b"READY");
-        assert_eq!(assess(&edge, Some("READY"), true), Progress::Healthy);
-    }
-
-    #[test]
-    fn endless_headers_are_refused() {
-        let mut response = b"HTTP/1.0 200 OK\r\n".to_vec();
-        while response.len() < HEADER_LIMIT {
-            response.extend_from_slice(b"X-Padding: aaaaaaaaaaaaaaaa\r\n");
-        }
-        let why = unhealthy(assess(&response, None, false));
-        assert!(why.contains("8 KiB"), "{why}");
-        response.extend_from_slice(b"\r\n");
-        let why = unhealthy(assess(&response, None, true));
-        assert!(why.contains("headers longer"), "{why}");
-    }
-
-    #[test]
-    fn sloppy_lf_only_responses_are_accepted() {
-        assert_eq!(
-            assess(b"HTTP/1.0 200 OK\nServer: x\n\nREADY", Some("READY"), true),
-            Progress::Healthy
-        );
-        assert_eq!(header_end(b"HTTP/1.0 200 OK\r\n\r\nbody\n\n"), Some(19));
-    }
 
     #[test]
     fn exits_are_described_with_the_last_stderr_line() {
@@ -1020,34 +651,61 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn http_checks_talk_to_a_server() {
-        use tokio::net::TcpListener;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let server = tokio::spawn(async move {
-            for answer in [
-                &b"HTTP/1.0 200 OK\r\n\r\nREADY"[..],
-                b"HTTP/1.0 503 Busy\r\n\r\n",
-            ] {
-                let (mut conn, _) = listener.accept().await.expect("accept");
-                let mut request = vec![0u8; 1024];
-                let n = conn.read(&mut request).await.expect("read");
-                assert!(request[..n].starts_with(b"GET /h HTTP/1.0\r\n"));
-                conn.write_all(answer).await.expect("write");
-            }
-        });
-        let check = Check::Http {
-            url: HttpUrl::parse(&format!("http://127.0.0.1:{port}/h")).expect("url"),
-            expect: Some("READY".into()),
-        };
-        let limit = Duration::from_secs(2);
-        assert_eq!(check.run(limit).await, Ok(()));
-        let why = check.run(limit).await.expect_err("503");
-        assert!(why.ends_with("HTTP status 503 Busy"), "{why}");
-        server.await.expect("server");
-        // Nobody listens any more.
-        let why = check.run(limit).await.expect_err("refused");
-        assert!(why.contains("cannot connect"), "{why}");
+    #[test]
+    fn answers_are_judged_by_status_then_body() {
+        assert_eq!(judge(200, b"", None), Ok(()));
+        assert_eq!(judge(204, b"", None), Ok(()));
+        assert_eq!(
+            judge(503, b"READY", Some("READY")),
+            Err("status 503".into())
+        );
+        assert_eq!(
+            judge(301, b"", None),
+            Err("status 301 (redirects are not followed)".into())
+        );
+        assert_eq!(judge(200, b"role:master READY", Some("READY")), Ok(()));
+        let why = judge(200, b"LOADING", Some("READY")).expect_err("no READY");
+        assert!(why.contains("does not contain \"READY\""), "{why}");
+    }
+
+    #[test]
+    fn urls_must_be_http_or_https_with_a_host() {
+        for good in [
+            "http://127.0.0.1:8080/health",
+            "https://db.example/health?deep=1",
+            "https://[2001:db8::1]:8443/",
+        ] {
+            assert_eq!(check_url(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("ftp://x/", "only http:// and https://"),
+            ("127.0.0.1:8080/health", "URL"),
+            ("http://", "not a URL"),
+            ("http://a b/", "not a URL"),
+        ] {
+            let got = check_url(bad).expect_err(bad);
+            assert!(got.contains(why), "{bad}: {got}");
+        }
+    }
+
+    #[test]
+    fn tcp_targets_are_host_and_port() {
+        assert_eq!(check_tcp_target("127.0.0.1:6379"), Ok(()));
+        assert_eq!(check_tcp_target("[2001:db8::1]:6379"), Ok(()));
+        assert_eq!(check_tcp_target("redis.internal:6379"), Ok(()));
+        assert!(check_tcp_target("127.0.0.1").is_err());
+        assert!(check_tcp_target("127.0.0.1:0").is_err());
+        assert!(check_tcp_target(":6379").is_err());
+        assert!(check_tcp_target("127.0.0.1:http").is_err());
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let path = std::env::temp_dir().join(format!("vipwatch-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let why = read_ca(&path).expect_err("no certificate");
+        assert!(why.contains("no certificate"), "{why}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_ca(&path).is_err());
     }
 }

@@ -437,7 +437,7 @@ impl Snapshot {
             MetricType::Histogram,
             peers().map(|(l, p)| (l, rtt_histogram(&p.rtt_histogram))),
         )?;
-        let counters: [BackupCounter; 7] = [
+        let counters: [BackupCounter; 8] = [
             (
                 "vipwatch_takeovers",
                 "Takeovers of the VIP by this backup.",
@@ -447,6 +447,11 @@ impl Snapshot {
                 "vipwatch_releases",
                 "Releases of the VIP by this backup.",
                 |r| r.releases,
+            ),
+            (
+                "vipwatch_takeovers_refused",
+                "Takeovers not done because this backup's own service was unhealthy.",
+                |r| r.takeovers_refused,
             ),
             (
                 "vipwatch_claims",

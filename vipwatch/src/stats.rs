@@ -118,6 +118,9 @@ pub struct Report {
     /// forged claim).
     #[serde(default)]
     pub taken_back: u64,
+    /// Takeovers not done because our own service was unhealthy.
+    #[serde(default)]
+    pub takeovers_refused: u64,
     /// Longest gap between two probes we sent (since the master first
     /// answered), ms: our own starvation, next to the master's `max_gap_ms`.
     pub max_probe_gap_ms: f64,
@@ -276,6 +279,7 @@ pub(crate) fn report(v: &BackupView<'_>, maps: &Maps) -> anyhow::Result<Report> 
         vip_restored,
         stray_vips,
         taken_back,
+        takeovers_refused,
         ..
     } = v.stats;
     let witness = match v.witness {
@@ -307,6 +311,7 @@ pub(crate) fn report(v: &BackupView<'_>, maps: &Maps) -> anyhow::Result<Report> 
         vip_restored,
         stray_vips,
         taken_back,
+        takeovers_refused,
         max_probe_gap_ms: max_probe_gap_ns as f64 / 1e6,
         last_takeover: last_takeover.map(|(d, bound, garp)| {
             timeline_report(d.last_reply_ns, d.deadline_ns, d.decision_ns, bound, garp)

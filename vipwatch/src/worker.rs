@@ -334,7 +334,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
         Role::Backup(b) => {
             let b = *b;
             let mut shell = shell;
-            let run = BackupLoop::prepare(&instance, b, &mut shell)?;
+            let run = BackupLoop::prepare(&instance, b, &mut shell, &inbox)?;
             spawn(&name, exited, move || run.run(shell))?
         }
         Role::Master(m) => {
@@ -760,10 +760,22 @@ struct BackupLoop {
     stray_at_start: bool,
     /// `rise`, for messages.
     rise: u32,
+    /// Our own service's check, until its runner starts.
+    health: Option<(health::Check, std::time::Duration)>,
+    inbox: Inbox,
 }
 
 impl BackupLoop {
-    fn prepare(instance: &Instance, b: config::Backup, shell: &mut Shell) -> anyhow::Result<Self> {
+    fn prepare(
+        instance: &Instance,
+        b: config::Backup,
+        shell: &mut Shell,
+        inbox: &Inbox,
+    ) -> anyhow::Result<Self> {
+        let check = match &instance.health {
+            Some(h) => Some((health::Check::from_spec(&h.check)?, h.interval)),
+            None => None,
+        };
         let config::Backup {
             master,
             interval,
@@ -832,6 +844,7 @@ impl BackupLoop {
             },
             garp: instance.garp,
             probe_limit: count,
+            health: instance.health.as_ref().map(|h| (h.fall, h.rise)),
             conn: instance.conn,
             stray: stray_vip,
         };
@@ -865,6 +878,8 @@ impl BackupLoop {
             witness: witness.is_some(),
             rt_priority,
             final_table: Vec::new(),
+            health: check,
+            inbox: inbox.clone(),
         })
     }
 
@@ -897,6 +912,28 @@ impl BackupLoop {
                 shell.name
             );
         }
+        let _runner = match self.health.take() {
+            Some((check, interval)) => {
+                log::info!(
+                    "{}: health check: {check} every {} ms; no takeover while it fails",
+                    shell.name,
+                    interval.as_millis()
+                );
+                lock(&shell.status).health = Some(HealthView::new(&check));
+                let inbox = self.inbox.clone();
+                Some(health::Runner::start(
+                    &shell.name,
+                    check,
+                    interval,
+                    move |result| {
+                        if !inbox.send(Msg::Health(result)) {
+                            log::debug!("a health result for a stopped instance");
+                        }
+                    },
+                )?)
+            }
+            None => None,
+        };
         for action in self.machine.start() {
             self.execute(shell, action);
         }
@@ -928,7 +965,35 @@ impl BackupLoop {
                         Err(e) => log::warn!("{}: {e:#}", shell.name),
                     },
                     Msg::Carrier(_) => {}
-                    Msg::Health(_) => {}
+                    Msg::Health(result) => {
+                        if let Err(why) = &result {
+                            if self.machine.health_verdict() == Some(false) {
+                                log::debug!(
+                                    "{}: health check failed (still unhealthy): {why}",
+                                    shell.name
+                                );
+                            } else {
+                                let (against, needed) =
+                                    self.machine.health_progress().unwrap_or((0, 1));
+                                log::info!(
+                                    "{}: health check failed ({}/{needed} towards unhealthy): {why}",
+                                    shell.name,
+                                    against + 1
+                                );
+                            }
+                        }
+                        self.feed(
+                            shell,
+                            backup::Event::Health {
+                                at_ns,
+                                healthy: result.is_ok(),
+                            },
+                        )?;
+                        let healthy = self.machine.health_verdict();
+                        if let Some(h) = lock(&shell.status).health.as_mut() {
+                            h.record(at_ns, &result, healthy);
+                        }
+                    }
                     Msg::Conn(ev) => shell.conn.local.event(&ev),
                     Msg::Sync { from, datagram } => {
                         // The master never hands the VIP to its backup this way.
@@ -1139,6 +1204,33 @@ impl BackupLoop {
                         shell.vip_text,
                         shell.iface
                     ),
+                    BackupNote::Health { healthy: true } => log::info!(
+                        "{}: our own service is healthy{}",
+                        shell.name,
+                        if self.machine.state() == backup::State::Active {
+                            ""
+                        } else {
+                            ": a takeover is allowed"
+                        }
+                    ),
+                    BackupNote::Health { healthy: false } => log::warn!(
+                        "{}: our own service is UNHEALTHY: no takeover of {} until it passes its check again",
+                        shell.name,
+                        shell.vip_text
+                    ),
+                    BackupNote::TakeoverRefused { silence_ns } => log::warn!(
+                        "{}: TAKEOVER REFUSED: the master has been silent for {}, but our own service is \
+                         unhealthy; taking {} over as soon as it passes its check",
+                        shell.name,
+                        ms(silence_ns),
+                        shell.vip_text
+                    ),
+                    BackupNote::UnhealthyHolding => log::warn!(
+                        "{}: our own service is unhealthy while we hold {} and the master is silent: \
+                         keeping it (nobody else can answer)",
+                        shell.name,
+                        shell.vip_text
+                    ),
                     BackupNote::Stray { policy } => log::warn!(
                         "{}: {} appeared on {} while we do not hold it (added by hand, or by another \
                          program): {}",
@@ -1339,7 +1431,8 @@ struct Effects {
 
 impl MasterLoop {
     fn prepare(instance: &Instance, m: &config::Master, inbox: &Inbox) -> anyhow::Result<Self> {
-        let config::Master { preempt, health } = m;
+        let config::Master { preempt } = m;
+        let health = &instance.health;
         let check = match health {
             Some(h) => Some((health::Check::from_spec(&h.check)?, h.interval)),
             None => None,
