@@ -59,6 +59,19 @@ pub enum Command {
     /// Show every instance running here, both roles: state, peers, health,
     /// the last transitions.
     Status(StatusArgs),
+    /// Write the manual pages (vipwatch.1, vipwatch-backup.1, ...) into DIR
+    /// (used by `cargo xtask dist`).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}
+
+/// The manual pages, one per command, generated from these definitions.
+pub fn write_manpages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing manual pages into {}", dir.display()))
 }
 
 #[derive(Debug, Args)]

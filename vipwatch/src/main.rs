@@ -41,6 +41,7 @@ fn main() {
             _ => stats::run(a),
         },
         Command::Status(a) => status::run(a),
+        Command::Manpages { dir } => cli::write_manpages(&dir),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

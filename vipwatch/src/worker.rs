@@ -1837,7 +1837,8 @@ impl MasterLoop {
                 let (what, at) = effects
                     .released
                     .map_or_else(|| (format!("{vip} not bound"), *at_ns), released);
-                log::info!(
+                // A failed service is what `journalctl -p warning` is for.
+                log::warn!(
                     "{name}: state -> UNHEALTHY: {what}{gate} (from {}, {why}) mono_ns={at}",
                     from.name()
                 );

@@ -9,6 +9,7 @@ mod bench;
 mod build;
 mod clippy;
 mod demo;
+mod dist;
 mod interrupt;
 mod prerequisites;
 mod run;
@@ -46,6 +47,9 @@ enum Command {
     Demo,
     /// Build (release), then measure failover and print a Markdown report.
     Bench(bench::Options),
+    /// Build (release), then the .deb package and the tarball, with the
+    /// systemd unit, an example configuration and the manual pages.
+    Dist(dist::Options),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Clippy => clippy::clippy(),
         Command::Demo => demo::demo(),
         Command::Bench(options) => bench::bench(options),
+        Command::Dist(options) => dist::dist(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

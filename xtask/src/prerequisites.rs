@@ -95,8 +95,32 @@ const TEST_TOOL_PACKAGES: &[Package] = &[
     Package {
         deb: "util-linux",
         rpm: "util-linux",
-        why: "`nsenter`/`unshare`, used by the end-to-end tests",
+        why: "`nsenter`/`unshare`/`setpriv`, used by the end-to-end tests",
         probe: "nsenter",
+    },
+    Package {
+        deb: "prometheus",
+        rpm: "golang-github-prometheus",
+        why: "`promtool`, which validates the metrics endpoint's output",
+        probe: "promtool",
+    },
+    Package {
+        deb: "openssl",
+        rpm: "openssl",
+        why: "`openssl`: the TLS server of the https health-check test",
+        probe: "openssl",
+    },
+    Package {
+        deb: "strace",
+        rpm: "strace",
+        why: "`strace`: the daemon's system calls checked against the unit's filter",
+        probe: "strace",
+    },
+    Package {
+        deb: "systemd",
+        rpm: "systemd",
+        why: "`systemd-analyze`, which checks the systemd unit",
+        probe: "systemd-analyze",
     },
 ];
 
@@ -324,6 +348,46 @@ fn ensure_rust_src() -> anyhow::Result<()> {
     util::run_quiet(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
         .context("could not add rust-src to the nightly toolchain; run `rustup component add rust-src --toolchain nightly` by hand")?;
     Ok(())
+}
+
+/// cargo-deb, for `cargo xtask dist` (pinned: its output is what we test).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// `cargo-deb` at [`CARGO_DEB_VERSION`], installed with `cargo install` if
+/// missing; returns its path.
+pub fn ensure_cargo_deb() -> anyhow::Result<PathBuf> {
+    let found = || {
+        let installed = cargo_home().map(|home| home.join("bin").join("cargo-deb"));
+        util::which("cargo-deb")
+            .into_iter()
+            .chain(installed)
+            .find(|bin| {
+                Command::new(bin).arg("--version").output().is_ok_and(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout)
+                            .split_whitespace()
+                            .any(|word| word == CARGO_DEB_VERSION)
+                })
+            })
+    };
+    if let Some(bin) = found() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "{TAG} installing cargo-deb {CARGO_DEB_VERSION} with `cargo install` (about a minute)"
+    );
+    util::run_quiet(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+        "--quiet",
+    ]))
+    .context("could not install cargo-deb; try `cargo install cargo-deb --locked` by hand")?;
+    found().with_context(|| {
+        format!("`cargo install cargo-deb` succeeded, but no cargo-deb {CARGO_DEB_VERSION} is on PATH or in $CARGO_HOME/bin")
+    })
 }
 
 /// The first `bpf-linker` that reports the version we need: the one on
@@ -638,7 +702,29 @@ mod tests {
         let names = |os: &OsRelease| -> Vec<&str> {
             TEST_TOOL_PACKAGES.iter().map(|p| p.name(os)).collect()
         };
-        assert_eq!(names(&debian), ["nftables", "iproute2", "util-linux"]);
-        assert_eq!(names(&fedora), ["nftables", "iproute", "util-linux"]);
+        assert_eq!(
+            names(&debian),
+            [
+                "nftables",
+                "iproute2",
+                "util-linux",
+                "prometheus",
+                "openssl",
+                "strace",
+                "systemd"
+            ]
+        );
+        assert_eq!(
+            names(&fedora),
+            [
+                "nftables",
+                "iproute",
+                "util-linux",
+                "golang-github-prometheus",
+                "openssl",
+                "strace",
+                "systemd"
+            ]
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::ffi::OsString;
 
 use anyhow::{Context as _, bail};
 
-use crate::{build, prerequisites, util};
+use crate::{build, dist, prerequisites, util};
 
 /// The package of the end-to-end tests (directory `tests/`).
 const E2E_PACKAGE: &str = "vipwatch-tests";
@@ -42,6 +42,12 @@ pub fn test(options: Options) -> anyhow::Result<()> {
     }
     let toolchain = prerequisites::ensure()?;
     let vipwatch = build::build_with(&toolchain, build::Options { release: false })?;
+    // The package the end-to-end tests install into a scratch root.
+    let dist_dir = util::workspace_root().join("target").join("dist");
+    dist::dist(dist::Options {
+        out: Some(dist_dir.clone()),
+    })
+    .context("building the package for the end-to-end tests")?;
 
     util::run_status(
         toolchain
@@ -69,7 +75,8 @@ pub fn test(options: Options) -> anyhow::Result<()> {
         "--test-threads=1",
     ])
     .args(&args)
-    .env("VIPWATCH_BIN", &vipwatch);
+    .env("VIPWATCH_BIN", &vipwatch)
+    .env("VIPWATCH_DIST", &dist_dir);
     // What a fresh host looks like, on every run: its own mount namespace
     // without bpffs. What the tests mount there dies with it.
     vipwatch_tests::on_fresh_host(&mut e2e);
