@@ -1505,6 +1505,57 @@ no_preempt = true
     }
 
     #[test]
+    fn health_checks_belong_to_both_roles() {
+        let f = file(
+            "[defaults]\nhealth_tcp = \"127.0.0.1:6379\"\n\
+             [[instance]]\nrole = \"backup\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nmaster = \"192.0.2.1\"\n\
+             [[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.101/24\"\n\
+             health_http = \"https://127.0.0.1:8443/health\"\nhealth_tls_ca = \"/etc/vipwatch/ca.pem\"\n\
+             health_tcp = \"127.0.0.1:1\"\n",
+        );
+        // The master sets two checks (its own http, the default's tcp is
+        // overridden only key by key): refused with the line.
+        let errors = f.expect_err("two checks");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("one of health_cmd, health_http and health_tcp")),
+            "{errors:?}"
+        );
+        let f = file(
+            "[[instance]]\nrole = \"backup\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nmaster = \"192.0.2.1\"\n\
+             health_tcp = \"127.0.0.1:6379\"\nhealth_fall = 1\n",
+        )
+        .expect("a backup with a check");
+        let h = f.instances[0].health.as_ref().expect("health");
+        assert_eq!(h.check, CheckSpec::Tcp("127.0.0.1:6379".into()));
+        assert_eq!(h.fall, 1);
+        for (text, want) in [
+            (
+                "health_tcp = \"127.0.0.1\"\n",
+                "health_tcp: \"127.0.0.1\": HOST:PORT expected",
+            ),
+            (
+                "health_insecure = true\n",
+                "health_insecure: needs health_http",
+            ),
+            (
+                "health_http = \"http://x/\"\nhealth_tls_ca = \"/nonexistent.pem\"\n",
+                "health_tls_ca: /nonexistent.pem",
+            ),
+        ] {
+            let errors = file(&format!(
+                "[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\n{text}"
+            ))
+            .expect_err(text);
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "{text}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_name_defaults_to_the_vip_address() {
         let f =
             file("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\n")
