@@ -485,6 +485,26 @@ impl Shell {
         });
     }
 
+    /// Starts the instance's health check, if it has one: results arrive
+    /// as [`Msg::Health`]; status shows them. Dropping the runner stops it.
+    fn start_health(
+        &self,
+        check: Option<(health::Check, std::time::Duration)>,
+        inbox: &Inbox,
+    ) -> anyhow::Result<Option<health::Runner>> {
+        let Some((check, interval)) = check else {
+            return Ok(None);
+        };
+        lock(&self.status).health = Some(HealthView::new(&check));
+        let inbox = inbox.clone();
+        let runner = health::Runner::start(&self.name, check, interval, move |result| {
+            if !inbox.send(Msg::Health(result)) {
+                log::debug!("a health result for a stopped instance");
+            }
+        })?;
+        Ok(Some(runner))
+    }
+
     /// Bind, then announce at once: (newly added, bound at, first GARP at).
     /// Then start recording the VIP's TCP connections.
     fn take_over(&mut self) -> anyhow::Result<(bool, u64, u64)> {
@@ -912,28 +932,14 @@ impl BackupLoop {
                 shell.name
             );
         }
-        let _runner = match self.health.take() {
-            Some((check, interval)) => {
-                log::info!(
-                    "{}: health check: {check} every {} ms; no takeover while it fails",
-                    shell.name,
-                    interval.as_millis()
-                );
-                lock(&shell.status).health = Some(HealthView::new(&check));
-                let inbox = self.inbox.clone();
-                Some(health::Runner::start(
-                    &shell.name,
-                    check,
-                    interval,
-                    move |result| {
-                        if !inbox.send(Msg::Health(result)) {
-                            log::debug!("a health result for a stopped instance");
-                        }
-                    },
-                )?)
-            }
-            None => None,
-        };
+        if let Some((check, interval)) = &self.health {
+            log::info!(
+                "{}: health check: {check} every {} ms; no takeover while it fails",
+                shell.name,
+                interval.as_millis()
+            );
+        }
+        let _runner = shell.start_health(self.health.take(), &self.inbox)?;
         for action in self.machine.start() {
             self.execute(shell, action);
         }
@@ -1513,23 +1519,7 @@ impl MasterLoop {
             s.state = master::State::Starting.name();
             s.since_ns = clock::now_ns();
         }
-        let _runner = match self.health.take() {
-            Some((check, interval)) => {
-                lock(&shell.status).health = Some(HealthView::new(&check));
-                let inbox = self.inbox.clone();
-                Some(health::Runner::start(
-                    &shell.name,
-                    check,
-                    interval,
-                    move |result| {
-                        if !inbox.send(Msg::Health(result)) {
-                            log::debug!("a health result for a stopped instance");
-                        }
-                    },
-                )?)
-            }
-            None => None,
-        };
+        let _runner = shell.start_health(self.health.take(), &self.inbox)?;
         let first = self.machine.start(clock::now_ns());
         if self.carry_out(shell, first)? {
             return Ok(());
