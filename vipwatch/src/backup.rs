@@ -359,7 +359,7 @@ impl Machine {
         self.hysteresis.as_ref().map(Hysteresis::progress)
     }
 
-    fn health(&mut self, at_ns: u64, healthy: bool, out: &mut Vec<Action>) {
+    fn health(&mut self, _at_ns: u64, healthy: bool, out: &mut Vec<Action>) {
         let Some(h) = self.hysteresis.as_mut() else {
             return;
         };
@@ -372,12 +372,9 @@ impl Machine {
         if !healthy && self.state() == State::Active && !self.detector.master_back() {
             out.push(Action::Note(Note::UnhealthyHolding));
         }
-        // Healthy again while the master is dead: decide now, not at the
-        // next probe.
-        if healthy {
-            let (master, witness) = (self.master, None);
-            self.tick(at_ns, master, witness, out);
-        }
+        // Healthy again while the master is dead: the next sample (at most
+        // one interval away while a takeover is refused) decides, with the
+        // witness's counters read with it.
     }
 
     /// The master's MAC (from its last reply).
@@ -1050,14 +1047,27 @@ mod tests {
             "said once, not at every probe"
         );
         assert_eq!(sim.m.stats().takeovers_refused, 1);
-        // Healthy now: the takeover comes at once, not at the next probe.
+        // Healthy now: the takeover comes with the next sample, within one
+        // interval.
         let at = sim.now;
         sim.feed(Event::Health {
             at_ns: at,
             healthy: true,
         });
+        assert_eq!(
+            sim.count(|a| matches!(a, Action::TakeOver { .. })),
+            0,
+            "a verdict alone never takes over: the next sample decides, with the witness's counters"
+        );
+        sim.run_for(INTERVAL);
         assert_eq!(sim.m.state(), State::Active);
-        assert_eq!(sim.times(|a| matches!(a, Action::TakeOver { .. })), [at]);
+        let took = sim.times(|a| matches!(a, Action::TakeOver { .. }));
+        assert_eq!(took.len(), 1);
+        assert!(
+            took[0] - at <= INTERVAL,
+            "{} ns after the verdict",
+            took[0] - at
+        );
     }
 
     #[test]
@@ -1096,6 +1106,7 @@ mod tests {
             at_ns: sim.now,
             healthy: true,
         });
+        sim.run_for(INTERVAL);
         assert_eq!(sim.m.state(), State::Active);
     }
 
