@@ -341,6 +341,30 @@ fn expand_syscalls(item: &str) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
+/// The processes `pid` started (its direct children).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// What an `strace` (pid) traces is killed when the test ends, however it
+/// ends: the lab stops strace, and strace's death does not end its tracee.
+struct Tracee(u32);
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        for pid in children_of(self.0) {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) takes no pointers; a pid already gone is ESRCH.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// The system calls in an `strace -f` log.
 fn traced_syscalls(log: &Path) -> Result<BTreeSet<String>> {
     let text = std::fs::read_to_string(log)?;
@@ -365,18 +389,20 @@ fn the_daemon_makes_no_system_call_the_units_filter_forbids() -> Result<()> {
     let lab = standard_lab("scf")?;
     let scratch = Scratch::new("scf")?;
     let allowed = unit_syscalls()?;
-    let traced = |host: &str, log: &Path, args: &[&str]| -> Result<Proc> {
+    let traced = |host: &str, log: &Path, args: &[&str]| -> Result<(Proc, Tracee)> {
         let mut cmd = lab.command(host, "strace")?;
         cmd.args(["-f", "-qq", "-o"])
             .arg(log)
             .arg(vipwatch_bin()?)
             .args(args);
-        lab.spawn_command(format!("strace {host}"), cmd)
+        let p = lab.spawn_command(format!("strace {host}"), cmd)?;
+        let tracee = Tracee(p.pid());
+        Ok((p, tracee))
     };
     // Both roles, with everything that makes system calls: hooks, health
     // checks, metrics, the kick, a takeover and a failback.
     let master_log = scratch.path("master.strace");
-    let master = traced(
+    let (master, _master_tracee) = traced(
         "master",
         &master_log,
         &[
@@ -397,7 +423,7 @@ fn the_daemon_makes_no_system_call_the_units_filter_forbids() -> Result<()> {
     )?;
     master.wait_for_line("state -> HOLDING", WAIT)?;
     let backup_log = scratch.path("backup.strace");
-    let backup = traced(
+    let (backup, _backup_tracee) = traced(
         "backup",
         &backup_log,
         &[
@@ -429,12 +455,11 @@ fn the_daemon_makes_no_system_call_the_units_filter_forbids() -> Result<()> {
     backup.wait_for_line("ACTIVE -> STANDBY", WAIT)?;
     // Signals go to vipwatch, strace's child (strace itself would kill it).
     let signal = |p: &Proc, sig: &str| -> Result<()> {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", p.pid()))?;
-        let pid = children
-            .split_whitespace()
+        let pid = children_of(p.pid())
+            .into_iter()
             .next()
             .context("strace has no child")?;
-        run_ok(Command::new("kill").args([sig, pid]))?;
+        run_ok(Command::new("kill").arg(sig).arg(pid.to_string()))?;
         Ok(())
     };
     signal(&backup, "-HUP")?;
