@@ -996,6 +996,24 @@ fn instance_from<'a, 'i>(
             keys.values.insert(known, (value, line));
         }
     }
+    // An instance that sets its own kind of health check replaces the
+    // default one, rather than adding a second check to it.
+    const CHECK_KINDS: [&str; 3] = ["health_cmd", "health_http", "health_tcp"];
+    if own.iter().any(|k| CHECK_KINDS.contains(k)) {
+        for kind in CHECK_KINDS {
+            if !own.contains(&kind) {
+                keys.values.remove(kind);
+            }
+        }
+        // The default HTTP check's companions go with it.
+        if !own.contains(&"health_http") {
+            for companion in ["health_expect", "health_tls_ca", "health_insecure"] {
+                if !own.contains(&companion) {
+                    keys.values.remove(companion);
+                }
+            }
+        }
+    }
     let mut at = InstanceLines {
         table: table_line,
         keys: keys
@@ -1506,16 +1524,37 @@ no_preempt = true
 
     #[test]
     fn health_checks_belong_to_both_roles() {
+        // An instance's own kind of check replaces the default kind.
+        let f = file(
+            "[defaults]\nhealth_http = \"http://127.0.0.1/h\"\nhealth_expect = \"OK\"\n\
+             [[instance]]\nrole = \"backup\"\niface = \"eth0\"\nvip = \"192.0.2.102/24\"\nmaster = \"192.0.2.1\"\n\
+             health_tcp = \"127.0.0.1:6379\"\n",
+        )
+        .expect("the default http check and its companion give way to the instance's tcp check");
+        assert_eq!(
+            f.instances[0].health.as_ref().map(|h| &h.check),
+            Some(&CheckSpec::Tcp("127.0.0.1:6379".into()))
+        );
         let f = file(
             "[defaults]\nhealth_tcp = \"127.0.0.1:6379\"\n\
              [[instance]]\nrole = \"backup\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nmaster = \"192.0.2.1\"\n\
              [[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.101/24\"\n\
-             health_http = \"https://127.0.0.1:8443/health\"\nhealth_tls_ca = \"/etc/vipwatch/ca.pem\"\n\
-             health_tcp = \"127.0.0.1:1\"\n",
-        );
-        // The master sets two checks (its own http, the default's tcp is
-        // overridden only key by key): refused with the line.
-        let errors = f.expect_err("two checks");
+             health_http = \"https://127.0.0.1:8443/health\"\n",
+        )
+        .expect("valid");
+        let checks: Vec<&CheckSpec> = f
+            .instances
+            .iter()
+            .map(|i| &i.health.as_ref().expect("health").check)
+            .collect();
+        assert_eq!(checks[0], &CheckSpec::Tcp("127.0.0.1:6379".into()));
+        assert!(matches!(checks[1], CheckSpec::Http { url, .. } if url.starts_with("https://")));
+        // Two kinds in one instance are an error.
+        let errors = file(
+            "[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.101/24\"\n\
+             health_http = \"https://127.0.0.1:8443/health\"\nhealth_tcp = \"127.0.0.1:1\"\n",
+        )
+        .expect_err("two checks");
         assert!(
             errors
                 .iter()
