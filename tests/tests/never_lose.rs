@@ -60,6 +60,16 @@ fn wait_state(lab: &Lab, state: &str) -> Result<serde_json::Value> {
     })
 }
 
+/// A backup standing by, then the master's cable pulled: the backup holds
+/// the VIP.
+fn active_backup(lab: &Lab) -> Result<Proc> {
+    let backup = start_backup(lab, &[])?;
+    wait_state(lab, "STANDBY")?;
+    lab.link_down("master")?;
+    wait_state(lab, "ACTIVE")?;
+    Ok(backup)
+}
+
 /// The master's host answers the backup's probes again (`rise` in a row).
 fn wait_master_answers(lab: &Lab) -> Result<serde_json::Value> {
     wait_stats(lab, "the master answers", WAIT, |s| {
@@ -116,10 +126,7 @@ fn a_forged_arp_while_the_master_is_away_is_forgotten() -> Result<()> {
     // Row 2: the forgery comes while the master is dead; its link comes
     // back 2 s later without the VIP (the classic master.sh is not run).
     let lab = standard_lab("nlstale")?;
-    let _backup = start_backup(&lab, &[])?;
-    wait_state(&lab, "STANDBY")?;
-    lab.link_down("master")?;
-    wait_state(&lab, "ACTIVE")?;
+    let _backup = active_backup(&lab)?;
     forged_claim(&lab, mac_of(&lab, "master")?)?;
     std::thread::sleep(Duration::from_secs(2));
     lab.link_up("master")?;
@@ -137,10 +144,7 @@ fn a_vip_removed_under_the_active_backup_is_bound_again() -> Result<()> {
     // Row 3: `ip addr del` of the VIP, then the backup's primary address
     // removed (the kernel removes the VIP, its secondary, with it).
     let lab = standard_lab("nldeleted")?;
-    let _backup = start_backup(&lab, &[])?;
-    wait_state(&lab, "STANDBY")?;
-    lab.link_down("master")?;
-    wait_state(&lab, "ACTIVE")?;
+    let _backup = active_backup(&lab)?;
     lab.del_address("backup", VIP_CIDR)?;
     let st = wait_stats(&lab, "the VIP is bound again", WAIT, |s| {
         s["vip_restored"] == 1
@@ -192,10 +196,7 @@ fn a_killed_active_backup_restarts_adopts_the_vip_and_hands_it_back() -> Result<
     // as systemd would: it must start, and leave exactly one holder.
     let lab = standard_lab("nlrestart")?;
     let _master = spawn_master(&lab)?;
-    let backup = start_backup(&lab, &[])?;
-    wait_state(&lab, "STANDBY")?;
-    lab.link_down("master")?;
-    wait_state(&lab, "ACTIVE")?;
+    let backup = active_backup(&lab)?;
     backup.signal(Signal::Kill)?;
     backup.wait(WAIT)?;
     assert!(lab.has_address("backup", vip())?, "kill -9 leaves it bound");
@@ -224,10 +225,7 @@ fn a_killed_active_backup_restarts_adopts_the_vip_and_hands_it_back() -> Result<
 #[test]
 fn a_killed_active_backup_restarted_while_the_master_is_dead_keeps_the_vip() -> Result<()> {
     let lab = standard_lab("nlkeep")?;
-    let backup = start_backup(&lab, &[])?;
-    wait_state(&lab, "STANDBY")?;
-    lab.link_down("master")?;
-    wait_state(&lab, "ACTIVE")?;
+    let backup = active_backup(&lab)?;
     backup.signal(Signal::Kill)?;
     backup.wait(WAIT)?;
     let _restarted = start_backup(&lab, &[])?;

@@ -471,25 +471,27 @@ impl MasterArgs {
 mod tests {
     use super::*;
 
+    /// A complete `vipwatch backup` command line.
+    const BACKUP_ARGV: [&str; 8] = [
+        "vipwatch",
+        "backup",
+        "--iface",
+        "eth0",
+        "--master",
+        "192.0.2.1",
+        "--vip",
+        "192.0.2.100/24",
+    ];
+
     #[test]
     fn every_clap_error_is_one_line_that_names_the_argument() {
+        let bad_interval = [&BACKUP_ARGV[..], &["--interval", "soon"]].concat();
         let cases: &[&[&str]] = &[
             &["vipwatch", "backup", "--iface", "eth0"],
             &["vipwatch", "master", "--vip", "192.0.2.100/24"],
             &["vipwatch", "stats", "--iface"],
             &["vipwatch", "backup", "--bogus"],
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "192.0.2.1",
-                "--vip",
-                "192.0.2.100/24",
-                "--interval",
-                "soon",
-            ],
+            &bad_interval,
         ];
         let names = ["--master", "--iface", "--iface", "--bogus", "--interval"];
         for (argv, name) in cases.iter().zip(names) {
@@ -507,16 +509,7 @@ mod tests {
     }
 
     fn backup(args: &[&str]) -> Result<Instance, String> {
-        let mut argv = vec![
-            "vipwatch",
-            "backup",
-            "--iface",
-            "eth0",
-            "--master",
-            "192.0.2.1",
-            "--vip",
-            "192.0.2.100/24",
-        ];
+        let mut argv = BACKUP_ARGV.to_vec();
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         let Command::Backup(a) = cli.command else {

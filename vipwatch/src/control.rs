@@ -56,7 +56,7 @@ pub struct Response {
     pub pid: u32,
     /// Set when the request failed.
     pub error: Option<String>,
-    /// For [`Request::Stats`].
+    /// For [`Request::Stats`] and [`Request::Status`].
     #[serde(default)]
     pub stats: Vec<Report>,
     /// For [`Request::Release`]: what happened, or `None` if no instance

@@ -797,7 +797,16 @@ impl Daemon {
                 Ok(reports) => response.stats = reports,
                 Err(e) => response.error = Some(format!("{e:#}")),
             },
-            Request::Status => response.status = Some(self.status()),
+            Request::Status => {
+                // The backup counters once, for status's peers and for the
+                // caller (the metrics endpoint wants both).
+                let reports = self.stats().unwrap_or_else(|e| {
+                    log::debug!("status: backup counters unavailable: {e:#}");
+                    Vec::new()
+                });
+                response.status = Some(self.status(&reports));
+                response.stats = reports;
+            }
             Request::Release { iface, vip } => {
                 // SAFETY: geteuid has no preconditions.
                 let euid = unsafe { libc::geteuid() };
@@ -838,14 +847,11 @@ impl Daemon {
         })
     }
 
-    fn status(&self) -> status::DaemonStatus {
+    /// Every instance; `reports`: the backups' counters (for their peers).
+    fn status(&self, reports: &[stats::Report]) -> status::DaemonStatus {
         let now_ns = clock::now_ns();
         let age_s = |at_ns: u64| now_ns.saturating_sub(at_ns) as f64 / 1e9;
         let age_ms = |at_ns: u64| now_ns.saturating_sub(at_ns) as f64 / 1e6;
-        let reports = self.stats().unwrap_or_else(|e| {
-            log::debug!("status: backup counters unavailable: {e:#}");
-            Vec::new()
-        });
         let instances = self
             .running
             .values()

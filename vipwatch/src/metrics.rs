@@ -3,7 +3,8 @@
 //! `tiny_http` on a thread of its own).
 //!
 //! Every scrape asks the daemon over its own control socket for `status`
-//! and `stats`, exactly what the CLI shows, and turns them into metrics: one
+//! (whose answer carries the `stats` reports too), exactly what the CLI
+//! shows, and turns them into metrics: one
 //! source of truth, and a scrape can never block an instance (the main
 //! thread answers between signals; instances publish their state without
 //! waiting for anyone).
@@ -88,12 +89,10 @@ fn respond(request: tiny_http::Request) {
 
 /// The metrics of this daemon, asked through its own control socket.
 fn scrape() -> anyhow::Result<String> {
-    let me = std::process::id();
-    let status = control::ask(me, &Request::Status)?
-        .status
-        .context("the daemon sent no status")?;
-    let stats = control::ask(me, &Request::Stats)?.stats;
-    encode(status, stats)
+    // One request: a status answer carries the backups' counters too.
+    let response = control::ask(std::process::id(), &Request::Status)?;
+    let status = response.status.context("the daemon sent no status")?;
+    encode(status, response.stats)
 }
 
 /// The text exposition of one daemon's status and backup counters.
