@@ -1,6 +1,6 @@
 //! Announcing and probing the VIP on the link: gratuitous ARP (RFC 5227,
-//! RFC 5944), ARP probes (RFC 5227 §2.1.1) and unsolicited IPv6 Neighbor
-//! Advertisements (RFC 4861 §7.2.6).
+//! RFC 5944), ARP probes (RFC 5227 §2.1.1), unsolicited IPv6 Neighbor
+//! Advertisements (RFC 4861 §7.2.6) and Neighbor Solicitations (§7.2.2).
 //!
 //! The frame builders are pure and return fixed-size arrays, so building one
 //! never touches the heap. [`Announcer`] keeps one `AF_PACKET` socket open
@@ -22,8 +22,8 @@ use pnet_packet::{
     icmpv6::{
         Icmpv6Code, Icmpv6Packet, Icmpv6Types,
         ndp::{
-            MutableNdpOptionPacket, MutableNeighborAdvertPacket, NdpOptionTypes,
-            NeighborAdvertFlags,
+            MutableNdpOptionPacket, MutableNeighborAdvertPacket, MutableNeighborSolicitPacket,
+            NdpOptionTypes, NeighborAdvertFlags,
         },
     },
     ip::IpNextHeaderProtocols,
@@ -37,6 +37,9 @@ pub const ARP_FRAME_LEN: usize = 14 + 28;
 /// Ethernet header (14) + IPv6 header (40) + Neighbor Advertisement (24) +
 /// Target Link-Layer Address option (8).
 pub const NA_FRAME_LEN: usize = 14 + 40 + 24 + 8;
+/// Ethernet header (14) + IPv6 header (40) + Neighbor Solicitation (24) +
+/// Source Link-Layer Address option (8).
+pub const NS_FRAME_LEN: usize = 14 + 40 + 24 + 8;
 
 /// ARP opcode of a request (RFC 826).
 pub const ARP_REQUEST: u16 = 1;
@@ -185,13 +188,20 @@ pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
 /// link-layer address, Solicited and Router clear, with a Target Link-Layer
 /// Address option carrying `mac`.
 pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> [u8; NA_FRAME_LEN] {
+    na_naming(mac, mac, addr)
+}
+
+/// [`unsolicited_na`] sent by `eth_src` naming `owner` as the link-layer
+/// address of `addr` (the hand-back to the master).
+fn na_naming(eth_src: [u8; 6], owner: [u8; 6], addr: Ipv6Addr) -> [u8; NA_FRAME_LEN] {
     const ICMP_LEN: usize = 24 + 8;
+    let mac = owner;
     let mut frame = [0u8; NA_FRAME_LEN];
     {
         let mut eth =
             MutableEthernetPacket::new(&mut frame).expect("86 bytes hold an Ethernet header");
         eth.set_destination(MacAddr::from(ALL_NODES_MAC));
-        eth.set_source(MacAddr::from(mac));
+        eth.set_source(MacAddr::from(eth_src));
         eth.set_ethertype(EtherTypes::Ipv6);
     }
     {
@@ -229,6 +239,72 @@ pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> [u8; NA_FRAME_LEN] {
     frame
 }
 
+/// The solicited-node multicast address of `target` (RFC 4291 §2.7.1)
+/// and its Ethernet mapping (RFC 2464 §7).
+fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
+    let t = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    (group, [0x33, 0x33, 0xff, t[13], t[14], t[15]])
+}
+
+/// Neighbor Solicitation (RFC 4861 §4.3) for `target` from `src` (one of
+/// our link-local addresses) to target's solicited-node group, hop limit
+/// 255, with a Source Link-Layer Address option carrying `mac`. A host that
+/// has `target` answers with a solicited NA to us: the IPv6 form of the
+/// RFC 5227 ARP probe, and what the XDP program counts as its answer.
+pub fn neighbor_solicit(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> [u8; NS_FRAME_LEN] {
+    const ICMP_LEN: usize = 24 + 8;
+    let (group, group_mac) = solicited_node(target);
+    let mut frame = [0u8; NS_FRAME_LEN];
+    {
+        let mut eth =
+            MutableEthernetPacket::new(&mut frame).expect("86 bytes hold an Ethernet header");
+        eth.set_destination(MacAddr::from(group_mac));
+        eth.set_source(MacAddr::from(mac));
+        eth.set_ethertype(EtherTypes::Ipv6);
+    }
+    {
+        let mut ip =
+            MutableIpv6Packet::new(&mut frame[14..]).expect("72 bytes hold an IPv6 header");
+        ip.set_version(6);
+        ip.set_payload_length(ICMP_LEN as u16);
+        ip.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        ip.set_hop_limit(255);
+        ip.set_source(src);
+        ip.set_destination(group);
+    }
+    let icmp = &mut frame[14 + 40..];
+    {
+        let mut ns = MutableNeighborSolicitPacket::new(icmp)
+            .expect("32 bytes hold a Neighbor Solicitation");
+        ns.set_icmpv6_type(Icmpv6Types::NeighborSolicit);
+        ns.set_icmpv6_code(Icmpv6Code::new(0));
+        ns.set_target_addr(target);
+    }
+    {
+        let mut option =
+            MutableNdpOptionPacket::new(&mut icmp[24..]).expect("8 bytes hold the option");
+        option.set_option_type(NdpOptionTypes::SourceLLAddr);
+        option.set_length(1);
+        option.set_data(&mac);
+    }
+    let checksum = {
+        let packet = Icmpv6Packet::new(icmp).expect("32 bytes hold an ICMPv6 header");
+        pnet_packet::icmpv6::checksum(&packet, &src, &group)
+    };
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
 /// The frames announcing one VIP, built once.
 #[derive(Clone, Copy, Debug)]
 enum Frames {
@@ -256,6 +332,8 @@ pub struct Announcer {
     /// Prebuilt frames per VIP. vipwatch has a handful of VIPs, so a linear
     /// scan beats hashing.
     frames: Vec<(IpAddr, Frames)>,
+    /// See [`Self::link_local`].
+    link_local: Option<Ipv6Addr>,
 }
 
 impl Announcer {
@@ -269,6 +347,7 @@ impl Announcer {
             mac,
             tx,
             frames: Vec::new(),
+            link_local: None,
         })
     }
 
@@ -297,28 +376,65 @@ impl Announcer {
     }
 
     /// Hands `vip` back to `owner` (the master whose claim made us release
-    /// it): the same GARP pair, but naming the owner's MAC as the sender
-    /// hardware address, so that clients whose caches still point at us
-    /// move to the owner now rather than after their entry goes stale. The
-    /// Ethernet source stays ours, so switches keep learning correctly.
-    pub fn hand_over(&mut self, vip: Ipv4Addr, owner: [u8; 6]) -> anyhow::Result<()> {
-        let mut request = garp_request(owner, vip);
-        let mut reply = garp_reply(owner, vip);
-        for frame in [&mut request, &mut reply] {
-            frame[6..12].copy_from_slice(&self.mac);
+    /// it): the same GARP pair or NA, but naming the owner's MAC as the
+    /// sender (target) hardware address, so that clients whose caches still
+    /// point at us move to the owner now rather than after their entry goes
+    /// stale. The Ethernet source stays ours, so switches keep learning
+    /// correctly.
+    pub fn hand_over(&mut self, vip: IpAddr, owner: [u8; 6]) -> anyhow::Result<()> {
+        match vip {
+            IpAddr::V4(v4) => {
+                let mut request = garp_request(owner, v4);
+                let mut reply = garp_reply(owner, v4);
+                for frame in [&mut request, &mut reply] {
+                    frame[6..12].copy_from_slice(&self.mac);
+                }
+                self.send(&request, vip)?;
+                self.send(&reply, vip)
+            }
+            IpAddr::V6(v6) => self.send(&na_naming(self.mac, owner, v6), vip),
         }
-        self.send(&request, IpAddr::V4(vip))?;
-        self.send(&reply, IpAddr::V4(vip))
     }
 
-    /// Asks who holds `vip` with an RFC 5227 ARP probe (sender IP 0). A host
-    /// that has the address bound answers from its kernel, and the backup's
-    /// XDP program sees that answer as a claim: how a master that returns
-    /// with the VIP still bound (it was frozen, not restarted) is noticed
-    /// without anything running on it.
-    pub fn solicit(&mut self, vip: Ipv4Addr) -> anyhow::Result<()> {
-        let probe = arp_probe(self.mac, vip);
-        self.send(&probe, IpAddr::V4(vip))
+    /// Asks who holds `vip`: an RFC 5227 ARP probe (sender IP 0), or a
+    /// Neighbor Solicitation from our link-local address. A host that has
+    /// the address bound answers from its kernel, and the XDP program sees
+    /// that answer as a claim: how a master that returns with the VIP still
+    /// bound (it was frozen, not restarted) is noticed without anything
+    /// running on it.
+    pub fn solicit(&mut self, vip: IpAddr) -> anyhow::Result<()> {
+        match vip {
+            IpAddr::V4(v4) => {
+                let probe = arp_probe(self.mac, v4);
+                self.send(&probe, vip)
+            }
+            IpAddr::V6(v6) => {
+                let src = self.link_local()?;
+                self.send(&neighbor_solicit(self.mac, src, v6), vip)
+            }
+        }
+    }
+
+    /// Our IPv6 link-local address on the interface (the source of our
+    /// solicitations: the holder answers it by unicast, which tells its
+    /// answer from an unsolicited advertisement). Looked up once found.
+    fn link_local(&mut self) -> anyhow::Result<Ipv6Addr> {
+        if let Some(a) = self.link_local {
+            return Ok(a);
+        }
+        let found = find_interface(&self.iface)?.ips.iter().find_map(|n| match n.ip() {
+            IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
+            _ => None,
+        });
+        let a = found.with_context(|| {
+            format!(
+                "{} has no IPv6 link-local address to send a neighbor solicitation from \
+                 (is IPv6 disabled on it?)",
+                self.iface
+            )
+        })?;
+        self.link_local = Some(a);
+        Ok(a)
     }
 
     /// The cached frames for `vip`, built and cached on first use.
@@ -694,6 +810,45 @@ mod tests {
             "Target Link-Layer Address option, 8 bytes"
         );
         assert_eq!(icmp[26..32], MAC);
+    }
+
+    #[test]
+    fn neighbor_solicit_layout_and_checksum() {
+        let src: Ipv6Addr = "fe80::2".parse().expect("literal");
+        let target: Ipv6Addr = "2001:db8::12:3456".parse().expect("literal");
+        let frame = neighbor_solicit(MAC, src, target);
+        assert_eq!(
+            frame[0..6],
+            [0x33, 0x33, 0xff, 0x12, 0x34, 0x56],
+            "solicited-node group's MAC"
+        );
+        assert_eq!(frame[6..12], MAC);
+        assert_eq!(frame[12..14], [0x86, 0xdd]);
+        let ip = &frame[14..54];
+        assert_eq!(ip[4..6], [0, 32], "payload length");
+        assert_eq!((ip[6], ip[7]), (58, 255), "ICMPv6, hop limit 255");
+        assert_eq!(ip[8..24], src.octets());
+        let group: Ipv6Addr = "ff02::1:ff12:3456".parse().expect("literal");
+        assert_eq!(ip[24..40], group.octets(), "solicited-node group");
+        let icmp = &frame[54..];
+        assert_eq!((icmp[0], icmp[1]), (135, 0), "Neighbor Solicitation");
+        assert_eq!(icmp[4..8], [0; 4], "reserved");
+        assert_eq!(icmp[8..24], target.octets());
+        assert_eq!(icmp[24..26], [1, 1], "Source Link-Layer Address option");
+        assert_eq!(icmp[26..32], MAC);
+        assert_eq!(icmpv6_sum(src, group, icmp), 0xffff, "checksum");
+    }
+
+    #[test]
+    fn the_hand_over_na_names_the_owner_from_our_mac() {
+        let addr: Ipv6Addr = "2001:db8::100".parse().expect("literal");
+        let owner = [2, 0, 0, 0, 0, 1];
+        let frame = na_naming(MAC, owner, addr);
+        assert_eq!(frame[6..12], MAC, "Ethernet source stays ours");
+        assert_eq!(frame[54 + 26..], owner, "target link-layer address");
+        assert_eq!(frame[54 + 4], 0x20, "Override");
+        assert_eq!(icmpv6_sum(addr, ALL_NODES, &frame[54..]), 0xffff);
+        assert_eq!(unsolicited_na(MAC, addr), na_naming(MAC, MAC, addr));
     }
 
     #[test]

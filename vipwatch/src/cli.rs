@@ -2,7 +2,7 @@
 //! (`vipwatch backup`, `vipwatch master`) into the same [`Instance`] a
 //! configuration file describes, checked by the same rules.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -111,9 +111,10 @@ pub struct BackupArgs {
     /// Interface facing the master (the XDP program is attached here).
     #[arg(long)]
     pub iface: String,
-    /// The master's IPv4 address; its kernel answers our probes.
+    /// The master's address (IPv4 or IPv6; an IPv6 link-local address is
+    /// reached on --iface); its kernel answers our probes.
     #[arg(long)]
-    pub master: Ipv4Addr,
+    pub master: IpAddr,
     /// The virtual IP to take over, as ADDRESS/PREFIX (e.g. 192.0.2.100/24).
     #[arg(long)]
     pub vip: Vip,
@@ -131,8 +132,9 @@ pub struct BackupArgs {
     pub rise: u32,
     /// A third host (e.g. the gateway) that must still answer for a
     /// takeover: if it is silent too, we are the one cut off.
+    /// Of the master's address family.
     #[arg(long)]
-    pub witness: Option<Ipv4Addr>,
+    pub witness: Option<IpAddr>,
     /// When to hand the VIP back once the master returns.
     #[arg(long, value_enum, default_value_t = FailbackArg::OnClaim)]
     pub failback: FailbackArg,
@@ -586,6 +588,8 @@ mod tests {
                 "eth0",
                 "--master",
                 "2001:db8::1",
+                "--witness",
+                "192.0.2.254",
                 "--vip",
                 "192.0.2.100/24",
             ],
@@ -615,7 +619,7 @@ mod tests {
                 "--iface",
                 "eth0",
                 "--master",
-                "192.0.2.1",
+                "2001:db8::1",
                 "--vip",
                 "2001:db8::1/64",
             ],
@@ -659,6 +663,52 @@ mod tests {
         ])
         .expect("valid");
         backup(&["--rt-priority", "10"]).expect("valid");
+    }
+
+    #[test]
+    fn ipv6_instances_pass() {
+        for argv in [
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "2001:db8::1",
+                "--witness",
+                "2001:db8::fe",
+                "--vip",
+                "2001:db8::100/64",
+            ][..],
+            // A link-local master, reached on --iface.
+            &[
+                "vipwatch",
+                "backup",
+                "--iface",
+                "eth0",
+                "--master",
+                "fe80::1",
+                "--vip",
+                "2001:db8::100/64",
+            ],
+            &[
+                "vipwatch",
+                "master",
+                "--iface",
+                "eth0",
+                "--vip",
+                "2001:db8::100/64",
+                "--no-preempt",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            let instance = match cli.command {
+                Command::Backup(a) => a.instance(),
+                Command::Master(a) => a.instance(),
+                _ => panic!("{argv:?}"),
+            };
+            instance.unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
     }
 
     #[test]

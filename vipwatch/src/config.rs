@@ -128,11 +128,14 @@ impl Role {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backup {
-    pub master: Ipv4Addr,
+    /// The master's address (IPv4 or IPv6; an IPv6 link-local address is
+    /// reached on the instance's interface).
+    pub master: IpAddr,
     pub interval: Duration,
     pub dead_after: Duration,
     pub rise: u32,
-    pub witness: Option<Ipv4Addr>,
+    /// Of the master's family: an instance's probes go out of one socket.
+    pub witness: Option<IpAddr>,
     pub failback: Failback,
     /// A VIP that appears while we do not hold it.
     pub stray_vip: crate::backup::Stray,
@@ -235,7 +238,7 @@ pub struct Vip {
 }
 
 impl Vip {
-    /// The IPv4 address, for what only IPv4 supports (ARP claim watching).
+    /// The IPv4 address, if the VIP is one.
     pub fn v4(&self) -> Option<Ipv4Addr> {
         match self.addr {
             IpAddr::V4(a) => Some(a),
@@ -561,9 +564,8 @@ impl Instance {
                 format!("{:?} must be from 100ms to 1h", Duration::from_nanos(r)),
             ));
         }
-        match role {
-            Role::Backup(b) => backup_problems(b, vip, &mut out),
-            Role::Master(m) => master_problems(m, vip, &mut out),
+        if let Role::Backup(b) = role {
+            backup_problems(b, vip, &mut out);
         }
         out
     }
@@ -581,17 +583,26 @@ fn backup_problems(b: &Backup, vip: &Vip, out: &mut Vec<Problem>) {
         count,
         rt_priority,
     } = *b;
-    if !is_unicast(IpAddr::V4(master)) {
+    if !is_unicast(master) {
         out.push(Problem::new(
             "master",
-            format!("{master} must be an IPv4 unicast address"),
+            format!("{master} must be a unicast address"),
         ));
     }
     if let Some(w) = witness {
-        if !is_unicast(IpAddr::V4(w)) {
+        if !is_unicast(w) {
             out.push(Problem::new(
                 "witness",
-                format!("{w} must be an IPv4 unicast address"),
+                format!("{w} must be a unicast address"),
+            ));
+        }
+        if w.is_ipv4() != master.is_ipv4() {
+            out.push(Problem::new(
+                "witness",
+                format!(
+                    "{w} must be of the master's address family ({master}): an instance probes \
+                     both from one socket; watch the other family with a second instance"
+                ),
             ));
         }
         if w == master {
@@ -601,16 +612,10 @@ fn backup_problems(b: &Backup, vip: &Vip, out: &mut Vec<Problem>) {
             ));
         }
     }
-    if vip.addr == IpAddr::V4(master) {
+    if vip.addr == master {
         out.push(Problem::new(
             "vip",
             format!("{vip} is the master's own address; the VIP must float"),
-        ));
-    }
-    if vip.v4().is_none() {
-        out.push(Problem::new(
-            "vip",
-            format!("{vip}: the backup watches ARP claims of the VIP, so the VIP must be IPv4"),
         ));
     }
     if interval < MIN_INTERVAL || interval > MAX_INTERVAL {
@@ -649,17 +654,6 @@ fn backup_problems(b: &Backup, vip: &Vip, out: &mut Vec<Problem>) {
         out.push(Problem::new(
             "rt_priority",
             format!("{p} must be from 1 to 99 (SCHED_FIFO priorities)"),
-        ));
-    }
-}
-
-fn master_problems(m: &Master, vip: &Vip, out: &mut Vec<Problem>) {
-    let Master { preempt } = m;
-    if !preempt && vip.v4().is_none() {
-        out.push(Problem::new(
-            "no_preempt",
-            "needs an IPv4 VIP: it asks who answers for the VIP with an ARP probe, and IPv6 (NDP) \
-             probing is not implemented; drop no_preempt or use an IPv4 VIP",
         ));
     }
 }
@@ -1127,11 +1121,11 @@ fn instance_from<'a, 'i>(
     };
     let role = if role == "backup" {
         let master = get.required("master", |s| {
-            s.parse::<Ipv4Addr>()
-                .map_err(|_| format!("{s:?} is not an IPv4 address"))
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("{s:?} is not an IP address"))
         });
         let backup = Backup {
-            master: master.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            master: master.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             interval: get
                 .optional("interval", parse_duration)
                 .unwrap_or(DEFAULT_INTERVAL),
@@ -1140,8 +1134,8 @@ fn instance_from<'a, 'i>(
                 .unwrap_or(DEFAULT_DEAD_AFTER),
             rise: get.integer("rise").unwrap_or(DEFAULT_RISE),
             witness: get.optional("witness", |s| {
-                s.parse::<Ipv4Addr>()
-                    .map_err(|_| format!("{s:?} is not an IPv4 address"))
+                s.parse::<IpAddr>()
+                    .map_err(|_| format!("{s:?} is not an IP address"))
             }),
             failback: get
                 .optional("failback", parse_failback)
@@ -1432,13 +1426,16 @@ pub fn host_problems(i: &Instance, host: &dyn Host) -> Vec<Problem> {
     let mut peers = vec![("master", b.master)];
     peers.extend(b.witness.map(|w| ("witness", w)));
     for (key, peer) in peers {
-        if let Some((iface, _, _)) = addresses.iter().find(|(_, a, _)| *a == IpAddr::V4(peer)) {
+        if let Some((iface, _, _)) = addresses.iter().find(|(_, a, _)| *a == peer) {
             out.push(Problem::new(
                 key,
                 format!("{peer} is an address of this host ({iface}); {key} must be another host"),
             ));
             continue;
         }
+        // IPv6 has no broadcast address (RFC 4291 §2); the subnet-router
+        // anycast address is a router's, refused by nobody here.
+        let IpAddr::V4(peer) = peer else { continue };
         for (iface, addr, prefix) in &addresses {
             let IpAddr::V4(a) = addr else { continue };
             if *prefix >= 31 {
@@ -1509,7 +1506,7 @@ no_preempt = true
         assert_eq!(b.interval, Duration::from_millis(1), "from [defaults]");
         assert_eq!(b.dead_after, Duration::from_millis(5));
         assert_eq!(b.rise, DEFAULT_RISE, "built-in default");
-        assert_eq!(b.witness, Some(Ipv4Addr::new(192, 0, 2, 254)));
+        assert_eq!(b.witness, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254))));
         assert_eq!(redis.garp.count, DEFAULT_GARP_COUNT);
         let mongo = &f.instances[1];
         let Role::Master(m) = &mongo.role else {
@@ -1624,7 +1621,7 @@ no_preempt = true
             (format!("{backup}conn_table = 10\n"), "vw.toml:6: conn_table: 10 must be from 1024"),
             (format!("{backup}kick_after_hook = true\n"), "vw.toml:6: kick_after_hook: needs on_change"),
             (format!("{backup}on_change = \"true\"\nkick_hook_timeout = \"3600s\"\n"), "vw.toml:7: kick_hook_timeout: 3600s must be from 1ms to 10s"),
-            (backup.replace("192.0.2.1\"", "224.0.0.1\""), "vw.toml:5: master: 224.0.0.1 must be an IPv4 unicast address"),
+            (backup.replace("192.0.2.1\"", "224.0.0.1\""), "vw.toml:5: master: 224.0.0.1 must be a unicast address"),
             (backup.replace("192.0.2.100/24", "192.0.2.100"), "vw.toml:4: vip: \"192.0.2.100\" is not ADDRESS/PREFIX"),
             (backup.replace("master = \"192.0.2.1\"\n", ""), "vw.toml:1: master: missing"),
             (backup.replace("role = \"backup\"\n", ""), "vw.toml:1: role: missing"),
@@ -1635,7 +1632,7 @@ no_preempt = true
             ("[defaults]\nname = \"x\"\n[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\n".into(), "vw.toml:2: name: an instance's name cannot have a default"),
             ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nhealth_expect = \"ok\"\n".into(), "vw.toml:5: health_expect: needs health_http"),
             ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nhealth_http = \"ftp://x/\"\n".into(), "vw.toml:5: health_http: \"ftp://x/\": only http:// and https://"),
-            ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"2001:db8::1/64\"\nno_preempt = true\n".into(), "vw.toml:5: no_preempt: needs an IPv4 VIP"),
+            (backup.replace("192.0.2.1\"", "2001:db8::1\"\nwitness = \"192.0.2.254\""), "vw.toml:6: witness: 192.0.2.254 must be of the master's address family"),
             ("[[instance]]\nrole = \"master\"\niface = \"eth0\"\nvip = \"192.0.2.100/24\"\nno_preempt = \"yes\"\n".into(), "vw.toml:5: no_preempt: must be true or false, not a string"),
             ("[[instance]\nrole = 1\n".into(), "vw.toml:1: not valid TOML"),
             ("instances = 1\n".into(), "vw.toml:1: instances: unknown top-level key"),
@@ -1705,25 +1702,25 @@ no_preempt = true
         type Change<'a> = &'a dyn Fn(&mut Backup);
         let cases: [(Change, &str, &str, &str); 5] = [
             (
-                &|b| b.master = Ipv4Addr::new(192, 0, 2, 2),
+                &|b| b.master = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
                 "eth0",
                 "master",
                 "is an address of this host (eth0)",
             ),
             (
-                &|b| b.witness = Some(Ipv4Addr::new(192, 0, 2, 2)),
+                &|b| b.witness = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))),
                 "eth0",
                 "witness",
                 "is an address of this host",
             ),
             (
-                &|b| b.master = Ipv4Addr::new(192, 0, 2, 255),
+                &|b| b.master = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 255)),
                 "eth0",
                 "master",
                 "broadcast address of 192.0.2.2/24",
             ),
             (
-                &|b| b.master = Ipv4Addr::new(192, 0, 2, 0),
+                &|b| b.master = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)),
                 "eth0",
                 "master",
                 "network address",

@@ -16,10 +16,10 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use vipwatch_common::{Addr, CONN_CLOSED, CONN_NEW, ConnEvent, addr_as_v4, addr_v4};
+use vipwatch_common::{Addr, CONN_CLOSED, CONN_NEW, ConnEvent, addr_of, ip_of};
 
 /// How often a holder sends its whole table (a lost delta is repaired at
 /// most this late).
@@ -44,7 +44,7 @@ pub(crate) const ENTRIES_PER_DATAGRAM: usize = (1400 - HEADER_LEN) / ENTRY_LEN;
 /// the VIP in the datagram header stands for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Conn {
-    pub(crate) client: Ipv4Addr,
+    pub(crate) client: IpAddr,
     pub(crate) client_port: u16,
     pub(crate) vip_port: u16,
 }
@@ -116,7 +116,7 @@ impl Datagram {
         let mut entry = |op: u8, c: &Conn, info: Info| {
             out.extend_from_slice(&[op, 0]);
             out.extend_from_slice(&info.mac);
-            out.extend_from_slice(&addr_v4(c.client.octets()));
+            out.extend_from_slice(&addr_of(c.client));
             out.extend_from_slice(&c.client_port.to_be_bytes());
             out.extend_from_slice(&c.vip_port.to_be_bytes());
             out.extend_from_slice(&info.ack.to_be_bytes());
@@ -159,7 +159,7 @@ impl Datagram {
         for e in body.chunks_exact(ENTRY_LEN) {
             let client: Addr = e[8..24].try_into().ok()?;
             let conn = Conn {
-                client: Ipv4Addr::from(addr_as_v4(&client)?),
+                client: ip_of(&client),
                 client_port: u16::from_be_bytes([e[24], e[25]]),
                 vip_port: u16::from_be_bytes([e[26], e[27]]),
             };
@@ -209,11 +209,8 @@ impl Local {
 
     /// Applies an event of the XDP program (for this instance's slot).
     pub(crate) fn event(&mut self, ev: &ConnEvent) {
-        let Some(client) = addr_as_v4(&ev.key.client) else {
-            return;
-        };
         let conn = Conn {
-            client: Ipv4Addr::from(client),
+            client: ip_of(&ev.key.client),
             client_port: u16::from_be_bytes(ev.key.client_port),
             vip_port: u16::from_be_bytes(ev.key.vip_port),
         };
@@ -388,8 +385,8 @@ impl Peer {
     pub(crate) fn receive(
         &mut self,
         now_ns: u64,
-        from: Ipv4Addr,
-        expected_from: Option<Ipv4Addr>,
+        from: IpAddr,
+        expected_from: Option<IpAddr>,
         nonce: Option<u64>,
         d: &Datagram,
     ) -> Received {
@@ -469,18 +466,20 @@ impl Peer {
 
 #[cfg(test)]
 mod tests {
-    use vipwatch_common::ConnKey;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use vipwatch_common::{ConnKey, addr_v4};
 
     use super::*;
 
     const VIP: Addr = addr_v4([192, 0, 2, 100]);
-    const MASTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const MASTER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     const NONCE: u64 = 0x1122_3344_5566_7788;
     const MS: u64 = 1_000_000;
 
     fn conn(port: u16) -> Conn {
         Conn {
-            client: Ipv4Addr::new(192, 0, 2, 10),
+            client: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
             client_port: port,
             vip_port: 6379,
         }
@@ -540,6 +539,20 @@ mod tests {
             };
             assert_eq!(Datagram::decode(&d.encode()), Some(d));
         }
+        // IPv6 clients of an IPv6 VIP travel the same way.
+        let v6 = Conn {
+            client: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
+            ..conn(1)
+        };
+        let d = Datagram {
+            kind: Kind::Delta,
+            nonce: 1,
+            vip: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100).octets(),
+            epoch: 1,
+            added: vec![(v6, info(2))],
+            removed: vec![v6],
+        };
+        assert_eq!(Datagram::decode(&d.encode()), Some(d));
     }
 
     #[test]
@@ -565,12 +578,9 @@ mod tests {
         let mut bad_op = good.clone();
         bad_op[HEADER_LEN] = 7;
         assert_eq!(Datagram::decode(&bad_op), None);
-        let mut extra = good.clone();
+        let mut extra = good;
         extra.push(0);
         assert_eq!(Datagram::decode(&extra), None);
-        let mut v6_client = good;
-        v6_client[HEADER_LEN + 8] = 0x20;
-        assert_eq!(Datagram::decode(&v6_client), None, "IPv4 clients only");
     }
 
     #[test]
@@ -643,7 +653,7 @@ mod tests {
         l.event(&event(CONN_NEW, 1, 10));
         let d = l.delta(NONCE, VIP, 1).remove(0);
         let mut p = Peer::new(100);
-        let other = Ipv4Addr::new(192, 0, 2, 66);
+        let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 66));
         assert_eq!(
             p.receive(MS, other, Some(MASTER), Some(NONCE), &d),
             Received::Forged

@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use vipwatch_common::{Addr, MAX_SLOTS, addr_as_v4, addr_v4};
+use vipwatch_common::{Addr, MAX_SLOTS, addr_of, ip_of};
 
 use crate::{
     clock,
@@ -339,7 +339,7 @@ impl Watched {
             match change {
                 Change::Address { index, addr } if index == self.ifindex => {
                     if let Some(inbox) =
-                        r.by_vip.get(&vip_addr(addr)).and_then(|s| r.by_slot.get(s))
+                        r.by_vip.get(&addr_of(addr)).and_then(|s| r.by_slot.get(s))
                     {
                         inbox.send(Msg::Address);
                     }
@@ -458,15 +458,14 @@ fn receive_syncs(socket: &UdpSocket, buf: &mut [u8], table: &Routes) {
                 return;
             }
         };
-        let (Some(datagram), std::net::SocketAddr::V4(from)) = (Datagram::decode(&buf[..n]), from)
-        else {
+        let Some(datagram) = Datagram::decode(&buf[..n]) else {
             log::debug!("ignoring a datagram from {from} that is not a vipwatch sync");
             continue;
         };
         let r = lock_routes(table);
         if let Some(inbox) = r.by_vip.get(&datagram.vip).and_then(|s| r.by_slot.get(s)) {
             inbox.send(Msg::Sync {
-                from: *from.ip(),
+                from: from.ip().to_canonical(),
                 datagram,
             });
         }
@@ -523,7 +522,7 @@ impl Daemon {
         {
             let mut r = lock_routes(&iface.routes);
             r.by_slot.insert(slot, inbox.clone());
-            r.by_vip.insert(vip_addr(instance.vip.addr), slot);
+            r.by_vip.insert(addr_of(instance.vip.addr), slot);
         }
         let resources = Resources {
             instance: instance.clone(),
@@ -887,10 +886,7 @@ impl Daemon {
                         .filter(|l| l.seen_ns != 0)
                         .map(|l| status::PeerStatus {
                             role: "backup".into(),
-                            address: addr_as_v4(&l.addr).map_or_else(
-                                || "?".into(),
-                                |a| std::net::Ipv4Addr::from(a).to_string(),
-                            ),
+                            address: ip_of(&l.addr).to_string(),
                             last_seen_age_ms: Some(age_ms(l.seen_ns)),
                             loss_pct: None,
                         })
@@ -992,12 +988,6 @@ impl Daemon {
     }
 }
 
-fn vip_addr(addr: IpAddr) -> Addr {
-    match addr {
-        IpAddr::V4(v4) => addr_v4(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
 
 /// `vipwatch check --config FILE`: validates without touching the system
 /// (it reads the interfaces and addresses, changes nothing).

@@ -32,7 +32,7 @@
 
 use std::{
     io, mem,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -40,6 +40,7 @@ use anyhow::Context as _;
 use pnet_packet::{
     ip::IpNextHeaderProtocols,
     ipv4::{self, MutableIpv4Packet},
+    ipv6::MutableIpv6Packet,
     tcp::{self, MutableTcpPacket, TcpFlags},
 };
 
@@ -54,30 +55,50 @@ pub enum Mode {
 }
 
 /// IPv4 header (20) + TCP header (20).
-pub(crate) const SEGMENT_LEN: usize = 40;
+pub(crate) const SEGMENT_V4_LEN: usize = 40;
+/// IPv6 header (40) + TCP header (20).
+pub(crate) const SEGMENT_V6_LEN: usize = 60;
+/// TCP header without options.
+const TCP_LEN: usize = 20;
 /// Segments per sendmmsg(2).
 const BATCH: usize = 256;
 /// Half the sequence space: outside any window (windows are < 2^30).
 const FAR: u32 = 0x8000_0000;
 
-/// The kick segment for `conn` of `vip`; `ack` is the client's last
-/// acknowledgement number the holder saw.
-pub(crate) fn segment(mode: Mode, vip: Ipv4Addr, conn: Conn, ack: u32) -> [u8; SEGMENT_LEN] {
-    let mut buf = [0u8; SEGMENT_LEN];
-    {
-        let mut ip = MutableIpv4Packet::new(&mut buf).expect("40 bytes hold an IPv4 header");
-        ip.set_version(4);
-        ip.set_header_length(5);
-        ip.set_total_length(SEGMENT_LEN as u16);
-        ip.set_ttl(64);
-        ip.set_flags(ipv4::Ipv4Flags::DontFragment);
-        ip.set_next_level_protocol(IpNextHeaderProtocols::Tcp);
-        ip.set_source(vip);
-        ip.set_destination(conn.client);
-        let sum = ipv4::checksum(&ip.to_immutable());
-        ip.set_checksum(sum);
-    }
-    let mut t = MutableTcpPacket::new(&mut buf[20..]).expect("20 bytes hold a TCP header");
+/// The kick segment (IP header + TCP header) for `conn` of `vip`; `ack` is
+/// the client's last acknowledgement number the holder saw. `None` if the
+/// client is not of the VIP's family (no such connection exists).
+pub(crate) fn segment(mode: Mode, vip: IpAddr, conn: Conn, ack: u32) -> Option<Vec<u8>> {
+    let (mut buf, l4) = match (vip, conn.client) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut buf = vec![0u8; SEGMENT_V4_LEN];
+            let mut ip = MutableIpv4Packet::new(&mut buf).expect("40 bytes hold an IPv4 header");
+            ip.set_version(4);
+            ip.set_header_length(5);
+            ip.set_total_length(SEGMENT_V4_LEN as u16);
+            ip.set_ttl(64);
+            ip.set_flags(ipv4::Ipv4Flags::DontFragment);
+            ip.set_next_level_protocol(IpNextHeaderProtocols::Tcp);
+            ip.set_source(src);
+            ip.set_destination(dst);
+            let sum = ipv4::checksum(&ip.to_immutable());
+            ip.set_checksum(sum);
+            (buf, 20)
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let mut buf = vec![0u8; SEGMENT_V6_LEN];
+            let mut ip = MutableIpv6Packet::new(&mut buf).expect("60 bytes hold an IPv6 header");
+            ip.set_version(6);
+            ip.set_payload_length(TCP_LEN as u16);
+            ip.set_next_header(IpNextHeaderProtocols::Tcp);
+            ip.set_hop_limit(64);
+            ip.set_source(src);
+            ip.set_destination(dst);
+            (buf, 40)
+        }
+        _ => return None,
+    };
+    let mut t = MutableTcpPacket::new(&mut buf[l4..]).expect("20 bytes hold a TCP header");
     t.set_source(conn.vip_port);
     t.set_destination(conn.client_port);
     t.set_data_offset(5);
@@ -93,33 +114,37 @@ pub(crate) fn segment(mode: Mode, vip: Ipv4Addr, conn: Conn, ack: u32) -> [u8; S
         }
     }
     t.set_window(0);
-    let sum = tcp::ipv4_checksum(&t.to_immutable(), &vip, &conn.client);
+    let sum = match (vip, conn.client) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => tcp::ipv4_checksum(&t.to_immutable(), &src, &dst),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => tcp::ipv6_checksum(&t.to_immutable(), &src, &dst),
+        _ => return None,
+    };
     t.set_checksum(sum);
-    buf
+    Some(buf)
 }
-
-/// Ethernet header + [`SEGMENT_LEN`].
-pub(crate) const FRAME_LEN: usize = 14 + SEGMENT_LEN;
 
 /// The kick as an Ethernet frame from `src_mac` to `dst_mac`: the next
 /// hop the previous holder saw the client's frames come from. Sent as is,
-/// it needs no route and no ARP: a new holder that never talked to the
-/// client cannot afford either for 10 000 connections (the kernel queues
-/// only a few packets per unresolved neighbour and drops the rest).
+/// it needs no route and no neighbour resolution: a new holder that never
+/// talked to the client cannot afford either for 10 000 connections (the
+/// kernel queues only a few packets per unresolved neighbour and drops the
+/// rest).
 pub(crate) fn frame(
     mode: Mode,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
-    vip: Ipv4Addr,
+    vip: IpAddr,
     conn: Conn,
     ack: u32,
-) -> [u8; FRAME_LEN] {
-    let mut f = [0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14..].copy_from_slice(&segment(mode, vip, conn, ack));
-    f
+) -> Option<Vec<u8>> {
+    let seg = segment(mode, vip, conn, ack)?;
+    let ethertype: u16 = if vip.is_ipv4() { 0x0800 } else { 0x86dd };
+    let mut f = Vec::with_capacity(14 + seg.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(&seg);
+    Some(f)
 }
 
 /// The kick's rate limit, a token bucket of segments: a whole table may go
@@ -161,10 +186,13 @@ impl Budget {
 
 /// Sends kick segments on one interface: Ethernet frames from a packet
 /// socket, or, for a connection whose next hop is unknown, IP packets from
-/// a raw socket (routed, after address resolution).
+/// a raw socket of the VIP's family (routed, after neighbour resolution).
 pub(crate) struct Kicker {
     link: OwnedFd,
     ip: OwnedFd,
+    /// `None` when the kernel has no IPv6.
+    ip6: Option<OwnedFd>,
+    ifindex: u32,
     mac: [u8; 6],
 }
 
@@ -182,6 +210,27 @@ fn socket(
     }
     // SAFETY: raw is a fresh fd nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A raw socket sending whole IP packets (IPPROTO_RAW: the header is ours;
+/// for IPv6 it implies IPV6_HDRINCL since Linux 4.5), bound to `iface`.
+fn raw_ip_socket(domain: libc::c_int, iface: &str) -> anyhow::Result<OwnedFd> {
+    let ip = socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW, "a raw IP socket")?;
+    // SAFETY: the name is valid for its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            ip.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            iface.as_ptr().cast(),
+            iface.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("binding the kick socket to {iface}"));
+    }
+    Ok(ip)
 }
 
 impl Kicker {
@@ -204,76 +253,91 @@ impl Kicker {
             return Err(io::Error::last_os_error())
                 .with_context(|| format!("binding the kick's packet socket to {iface}"));
         }
-        let ip = socket(
-            libc::AF_INET,
-            libc::SOCK_RAW,
-            libc::IPPROTO_RAW,
-            "a raw IP socket",
-        )?;
-        // SAFETY: the name is valid for its length.
-        let rc = unsafe {
-            libc::setsockopt(
-                ip.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                iface.as_ptr().cast(),
-                iface.len() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("binding the kick socket to {iface}"));
-        }
-        Ok(Self { link, ip, mac })
+        let ip = raw_ip_socket(libc::AF_INET, iface)?;
+        let ip6 = raw_ip_socket(libc::AF_INET6, iface).ok();
+        Ok(Self {
+            link,
+            ip,
+            ip6,
+            ifindex,
+            mac,
+        })
     }
 
     /// Sends one segment per connection; returns how many the kernel took.
     pub(crate) fn kick(
         &self,
         mode: Mode,
-        vip: Ipv4Addr,
+        vip: IpAddr,
         conns: &[(Conn, Info)],
     ) -> io::Result<usize> {
         type Known<'a> = Vec<&'a (Conn, Info)>;
         // By its next hop's MAC if the previous holder saw one, else routed.
         let (framed, routed): (Known<'_>, Known<'_>) =
             conns.iter().partition(|(_, i)| i.mac != [0; 6]);
-        let frames: Vec<[u8; FRAME_LEN]> = framed
+        let frames: Vec<Vec<u8>> = framed
             .iter()
-            .map(|(c, i)| frame(mode, self.mac, i.mac, vip, *c, i.ack))
+            .filter_map(|(c, i)| frame(mode, self.mac, i.mac, vip, *c, i.ack))
             .collect();
         let mut sent = send_batches(&self.link, &frames, None)?;
-        if !routed.is_empty() {
-            let segments: Vec<[u8; SEGMENT_LEN]> = routed
-                .iter()
-                .map(|(c, i)| segment(mode, vip, *c, i.ack))
-                .collect();
-            let to: Vec<Ipv4Addr> = routed.iter().map(|(c, _)| c.client).collect();
-            sent += send_batches(&self.ip, &segments, Some(&to))?;
+        let (segments, to): (Vec<Vec<u8>>, Vec<IpAddr>) = routed
+            .iter()
+            .filter_map(|(c, i)| Some((segment(mode, vip, *c, i.ack)?, c.client)))
+            .unzip();
+        if !segments.is_empty() {
+            let fd = match vip {
+                IpAddr::V4(_) => &self.ip,
+                IpAddr::V6(_) => self.ip6.as_ref().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::Unsupported, "this kernel has no IPv6")
+                })?,
+            };
+            sent += send_batches(fd, &segments, Some((&to, self.ifindex)))?;
         }
         Ok(sent)
     }
 }
 
+/// A socket address for `to` (link-local IPv6 addresses on `ifindex`).
+fn sockaddr(to: IpAddr, ifindex: u32) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: a zeroed sockaddr_storage is valid, and large enough for
+    // either family written into it below.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match to {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger and more aligned than
+            // sockaddr_in.
+            let s = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let s = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            s.sin6_addr.s6_addr = a.octets();
+            if a.is_unicast_link_local() {
+                s.sin6_scope_id = ifindex;
+            }
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
 /// sendmmsg(2) in batches; `to`, one address per packet for an unbound
-/// socket.
-fn send_batches<const N: usize>(
+/// socket (with the interface, for link-local addresses).
+fn send_batches(
     fd: &OwnedFd,
-    packets: &[[u8; N]],
-    to: Option<&[Ipv4Addr]>,
+    packets: &[Vec<u8>],
+    to: Option<(&[IpAddr], u32)>,
 ) -> io::Result<usize> {
     let mut sent = 0;
     for (k, batch) in packets.chunks(BATCH).enumerate() {
-        let addrs: Vec<libc::sockaddr_in> = match to {
-            Some(to) => to[k * BATCH..k * BATCH + batch.len()]
+        let addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = match to {
+            Some((to, ifindex)) => to[k * BATCH..k * BATCH + batch.len()]
                 .iter()
-                .map(|a| {
-                    // SAFETY: a zeroed sockaddr_in is valid; fields set below.
-                    let mut s: libc::sockaddr_in = unsafe { mem::zeroed() };
-                    s.sin_family = libc::AF_INET as libc::sa_family_t;
-                    s.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-                    s
-                })
+                .map(|a| sockaddr(*a, ifindex))
                 .collect(),
             None => Vec::new(),
         };
@@ -290,9 +354,9 @@ fn send_batches<const N: usize>(
             .map(|(j, iov)| {
                 // SAFETY: a zeroed msghdr is valid; fields set below.
                 let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-                if let Some(a) = addrs.get(j) {
-                    h.msg_hdr.msg_name = (a as *const libc::sockaddr_in).cast_mut().cast();
-                    h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                if let Some((a, len)) = addrs.get(j) {
+                    h.msg_hdr.msg_name = (a as *const libc::sockaddr_storage).cast_mut().cast();
+                    h.msg_hdr.msg_namelen = *len;
                 }
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
@@ -366,18 +430,33 @@ mod budget_tests {
 
 #[cfg(test)]
 mod tests {
-    use pnet_packet::{Packet as _, ipv4::Ipv4Packet, tcp::TcpPacket};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use pnet_packet::{Packet as _, ipv4::Ipv4Packet, ipv6::Ipv6Packet, tcp::TcpPacket};
 
     use super::*;
 
-    const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+    const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+    const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+    const VIP: IpAddr = IpAddr::V4(VIP4);
     const CONN: Conn = Conn {
-        client: Ipv4Addr::new(192, 0, 2, 10),
+        client: IpAddr::V4(CLIENT4),
+        client_port: 40000,
+        vip_port: 6379,
+    };
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+    const CONN6: Conn = Conn {
+        client: IpAddr::V6(CLIENT6),
         client_port: 40000,
         vip_port: 6379,
     };
 
-    fn parse(seg: &[u8; SEGMENT_LEN]) -> (Ipv4Packet<'_>, TcpPacket<'_>) {
+    fn seg(mode: Mode, vip: IpAddr, conn: Conn, ack: u32) -> Vec<u8> {
+        segment(mode, vip, conn, ack).expect("a segment")
+    }
+
+    fn parse(seg: &[u8]) -> (Ipv4Packet<'_>, TcpPacket<'_>) {
         let ip = Ipv4Packet::new(seg).expect("ipv4");
         let tcp = TcpPacket::new(&seg[20..]).expect("tcp");
         (ip, tcp)
@@ -385,12 +464,13 @@ mod tests {
 
     #[test]
     fn an_ack_kick_is_far_outside_the_window_with_valid_checksums() {
-        let seg = segment(Mode::Ack, VIP, CONN, 1000);
+        let seg = seg(Mode::Ack, VIP, CONN, 1000);
+        assert_eq!(seg.len(), SEGMENT_V4_LEN);
         let (ip, tcp) = parse(&seg);
         assert_eq!(ip.get_version(), 4);
         assert_eq!(ip.get_total_length(), 40);
-        assert_eq!(ip.get_source(), VIP);
-        assert_eq!(ip.get_destination(), CONN.client);
+        assert_eq!(ip.get_source(), VIP4);
+        assert_eq!(ip.get_destination(), CLIENT4);
         assert_eq!(ip.get_checksum(), ipv4::checksum(&ip));
         assert_eq!(tcp.get_source(), 6379);
         assert_eq!(tcp.get_destination(), 40000);
@@ -398,12 +478,9 @@ mod tests {
         assert_eq!(tcp.get_sequence(), 1000 + FAR);
         assert_eq!(tcp.get_data_offset(), 5);
         assert!(tcp.payload().is_empty());
-        assert_eq!(
-            tcp.get_checksum(),
-            tcp::ipv4_checksum(&tcp, &VIP, &CONN.client)
-        );
+        assert_eq!(tcp.get_checksum(), tcp::ipv4_checksum(&tcp, &VIP4, &CLIENT4));
         // Wraps around the sequence space.
-        let wrapped = segment(Mode::Ack, VIP, CONN, u32::MAX);
+        let wrapped = super::segment(Mode::Ack, VIP, CONN, u32::MAX).expect("a segment");
         let (_, tcp) = parse(&wrapped);
         assert_eq!(tcp.get_sequence(), FAR - 1);
     }
@@ -412,24 +489,51 @@ mod tests {
     fn a_kick_frame_goes_straight_to_the_next_hop_seen() {
         let src = [2, 0, 0, 0, 0, 2];
         let dst = [2, 0, 0, 0, 0, 0x10];
-        let f = frame(Mode::Ack, src, dst, VIP, CONN, 1000);
-        assert_eq!(&f[0..6], &dst);
-        assert_eq!(&f[6..12], &src);
-        assert_eq!(&f[12..14], &[0x08, 0x00]);
-        assert_eq!(&f[14..], &segment(Mode::Ack, VIP, CONN, 1000)[..]);
+        for (vip, conn, ethertype) in [(VIP, CONN, [0x08, 0x00]), (IpAddr::V6(VIP6), CONN6, [0x86, 0xdd])] {
+            let f = frame(Mode::Ack, src, dst, vip, conn, 1000).expect("a frame");
+            assert_eq!(&f[0..6], &dst);
+            assert_eq!(&f[6..12], &src);
+            assert_eq!(&f[12..14], &ethertype);
+            assert_eq!(&f[14..], &seg(Mode::Ack, vip, conn, 1000)[..]);
+        }
     }
 
     #[test]
     fn a_rst_kick_sits_at_the_last_ack_seen() {
-        let seg = segment(Mode::Rst, VIP, CONN, 0xdead_beef);
+        let seg = seg(Mode::Rst, VIP, CONN, 0xdead_beef);
         let (ip, tcp) = parse(&seg);
         assert_eq!(ip.get_checksum(), ipv4::checksum(&ip));
         assert_eq!(tcp.get_flags(), TcpFlags::RST);
         assert_eq!(tcp.get_sequence(), 0xdead_beef);
         assert_eq!(tcp.get_acknowledgement(), 0);
-        assert_eq!(
-            tcp.get_checksum(),
-            tcp::ipv4_checksum(&tcp, &VIP, &CONN.client)
-        );
+        assert_eq!(tcp.get_checksum(), tcp::ipv4_checksum(&tcp, &VIP4, &CLIENT4));
+    }
+
+    #[test]
+    fn ipv6_kicks_have_an_ipv6_header_and_a_valid_checksum() {
+        for (mode, flags, sequence) in [
+            (Mode::Ack, TcpFlags::ACK, 1000u32.wrapping_add(FAR)),
+            (Mode::Rst, TcpFlags::RST, 1000),
+        ] {
+            let seg = seg(mode, IpAddr::V6(VIP6), CONN6, 1000);
+            assert_eq!(seg.len(), SEGMENT_V6_LEN);
+            let ip = Ipv6Packet::new(&seg).expect("ipv6");
+            assert_eq!(ip.get_version(), 6);
+            assert_eq!(ip.get_payload_length(), 20);
+            assert_eq!(ip.get_next_header(), IpNextHeaderProtocols::Tcp);
+            assert_eq!(ip.get_source(), VIP6);
+            assert_eq!(ip.get_destination(), CLIENT6);
+            let tcp = TcpPacket::new(&seg[40..]).expect("tcp");
+            assert_eq!(tcp.get_flags(), flags);
+            assert_eq!(tcp.get_sequence(), sequence);
+            assert_eq!((tcp.get_source(), tcp.get_destination()), (6379, 40000));
+            assert_eq!(tcp.get_checksum(), tcp::ipv6_checksum(&tcp, &VIP6, &CLIENT6));
+        }
+    }
+
+    #[test]
+    fn a_client_of_the_other_family_gets_no_segment() {
+        assert_eq!(segment(Mode::Ack, IpAddr::V6(VIP6), CONN, 1), None);
+        assert_eq!(segment(Mode::Ack, VIP, CONN6, 1), None);
     }
 }

@@ -1,5 +1,6 @@
-//! Heartbeat probes: ICMP echo requests (RFC 792) carrying vipwatch's
-//! payload, sent from a raw socket bound to the watched interface.
+//! Heartbeat probes: ICMP echo requests (RFC 792) or ICMPv6 echo requests
+//! (RFC 4443 §4.1) carrying vipwatch's payload, sent from a raw socket of
+//! the master's family bound to the watched interface.
 //!
 //! Nothing runs on the master: its kernel answers. We never read replies
 //! from this socket (the XDP program counts them), so the socket filters
@@ -7,7 +8,7 @@
 
 use std::{
     io, mem,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -19,16 +20,30 @@ use crate::clock;
 /// ICMP header + payload.
 pub const PROBE_LEN: usize = 8 + PROBE_PAYLOAD_LEN;
 
+/// ICMPv4 echo request type.
+const ECHO_REQUEST_V4: u8 = 8;
+/// ICMPv6 echo request type.
+const ECHO_REQUEST_V6: u8 = 128;
+
 /// An ICMP echo request with a valid checksum.
 pub fn echo_request(id: u16, seq: u64, payload: &ProbePayload) -> [u8; PROBE_LEN] {
+    let mut pkt = echo_request_v6(id, seq, payload);
+    pkt[0] = ECHO_REQUEST_V4;
+    let sum = internet_checksum(&pkt);
+    pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    pkt
+}
+
+/// An ICMPv6 echo request, checksum left to the kernel: it always computes
+/// ICMPv6 checksums on raw sockets (RFC 3542 §3.1), as the pseudo-header
+/// needs the source address it chooses.
+pub fn echo_request_v6(id: u16, seq: u64, payload: &ProbePayload) -> [u8; PROBE_LEN] {
     let mut pkt = [0u8; PROBE_LEN];
-    pkt[0] = 8; // echo request
+    pkt[0] = ECHO_REQUEST_V6;
     pkt[4..6].copy_from_slice(&id.to_be_bytes());
     // The 16-bit ICMP sequence wraps; the full one is in the payload.
     pkt[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
     pkt[8..].copy_from_slice(&payload.encode());
-    let sum = internet_checksum(&pkt);
-    pkt[2..4].copy_from_slice(&sum.to_be_bytes());
     pkt
 }
 
@@ -71,8 +86,10 @@ pub struct Identity {
 pub struct Prober {
     fd: OwnedFd,
     id: Identity,
-    master: Ipv4Addr,
-    witness: Option<Ipv4Addr>,
+    master: IpAddr,
+    witness: Option<IpAddr>,
+    /// The interface, the scope of link-local IPv6 peers.
+    ifindex: u32,
     pub sent: u64,
     pub witness_sent: u64,
     pub errors: u64,
@@ -80,23 +97,31 @@ pub struct Prober {
 }
 
 impl Prober {
+    /// A raw socket of the master's family on `iface`; the witness must be
+    /// of the same family (the configuration checks it).
     pub fn open(
         iface: &str,
         id: Identity,
-        master: Ipv4Addr,
-        witness: Option<Ipv4Addr>,
+        master: IpAddr,
+        witness: Option<IpAddr>,
+        ifindex: u32,
     ) -> anyhow::Result<Self> {
+        let (domain, proto, what) = match master {
+            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, "ICMP"),
+            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, "ICMPv6"),
+        };
         // SAFETY: plain socket(2) call; the fd is owned right below.
         let raw = unsafe {
             libc::socket(
-                libc::AF_INET,
+                domain,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
+                proto,
             )
         };
         if raw < 0 {
-            return Err(io::Error::last_os_error())
-                .context("opening a raw ICMP socket for the probes (needs root or CAP_NET_RAW)");
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!("opening a raw {what} socket for the probes (needs root or CAP_NET_RAW)")
+            });
         }
         // SAFETY: raw is a fresh, valid fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -107,16 +132,22 @@ impl Prober {
             iface.as_bytes(),
         )
         .with_context(|| format!("binding the probe socket to {iface}"))?;
-        // ICMP_FILTER (raw(7)): a set bit filters that ICMP type out. We
-        // receive nothing here; the XDP program does the counting.
+        // We receive nothing here; the XDP program does the counting.
+        // ICMP_FILTER (raw(7)): a set bit filters that ICMP type out.
+        // ICMP6_FILTER (RFC 3542 §3.2): likewise, 256 bits.
         const ICMP_FILTER: libc::c_int = 1;
-        setsockopt(&fd, libc::SOL_RAW, ICMP_FILTER, &u32::MAX.to_ne_bytes())
-            .context("filtering ICMP out of the probe socket's receive queue")?;
+        const ICMP6_FILTER: libc::c_int = 1;
+        match master {
+            IpAddr::V4(_) => setsockopt(&fd, libc::SOL_RAW, ICMP_FILTER, &u32::MAX.to_ne_bytes()),
+            IpAddr::V6(_) => setsockopt(&fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &[0xff; 32]),
+        }
+        .context("filtering ICMP out of the probe socket's receive queue")?;
         Ok(Self {
             fd,
             id,
             master,
             witness,
+            ifindex,
             sent: 0,
             witness_sent: 0,
             errors: 0,
@@ -140,7 +171,10 @@ impl Prober {
         if let Some(key) = &self.id.key {
             payload.tag = auth_tag(key, AUTH_PROBE, &payload.encode());
         }
-        let pkt = echo_request(self.id.echo_id, seq, &payload);
+        let pkt = match self.master {
+            IpAddr::V4(_) => echo_request(self.id.echo_id, seq, &payload),
+            IpAddr::V6(_) => echo_request_v6(self.id.echo_id, seq, &payload),
+        };
         let master_sent = self.send(self.master, &pkt);
         if master_sent {
             self.sent += 1;
@@ -163,21 +197,46 @@ impl Prober {
         }
     }
 
-    fn send(&mut self, to: Ipv4Addr, pkt: &[u8]) -> bool {
-        // SAFETY: zeroed sockaddr_in is valid; fields set below.
-        let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
-        // SAFETY: pkt and addr are valid for the given lengths.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&raw const addr).cast(),
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
+    fn send(&mut self, to: IpAddr, pkt: &[u8]) -> bool {
+        let rc = match to {
+            IpAddr::V4(v4) => {
+                // SAFETY: zeroed sockaddr_in is valid; fields set below.
+                let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+                addr.sin_family = libc::AF_INET as libc::sa_family_t;
+                addr.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+                // SAFETY: pkt and addr are valid for the given lengths.
+                unsafe {
+                    libc::sendto(
+                        self.fd.as_raw_fd(),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                }
+            }
+            IpAddr::V6(v6) => {
+                // SAFETY: zeroed sockaddr_in6 is valid; fields set below.
+                let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+                addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                addr.sin6_addr.s6_addr = v6.octets();
+                // A link-local master is reached on the watched interface.
+                if v6.is_unicast_link_local() {
+                    addr.sin6_scope_id = self.ifindex;
+                }
+                // SAFETY: pkt and addr are valid for the given lengths.
+                unsafe {
+                    libc::sendto(
+                        self.fd.as_raw_fd(),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    )
+                }
+            }
         };
         if rc >= 0 {
             if self.last_error.take().is_some() {
@@ -250,5 +309,10 @@ mod tests {
         );
         // A packet including its checksum sums to zero.
         assert_eq!(internet_checksum(&pkt), 0);
+        // ICMPv6: the same but type 128, and the checksum is the kernel's.
+        let v6 = echo_request_v6(0x4242, payload.seq, &payload);
+        assert_eq!(v6[0], 128, "type echo request");
+        assert_eq!(&v6[1..4], &[0, 0, 0], "code, checksum left to the kernel");
+        assert_eq!(v6[4..], pkt[4..]);
     }
 }

@@ -5,7 +5,7 @@
 //! this command prints them, as text or as JSON. The JSON form is a stable
 //! interface (documented in the README): fields are only ever added.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
@@ -204,7 +204,7 @@ impl XdpErrors {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerReport {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub probes_sent: u64,
     pub replies: u64,
     pub loss_pct: f64,
@@ -253,8 +253,8 @@ pub(crate) struct BackupView<'a> {
     pub(crate) xdp_fallback: bool,
     pub(crate) vip: String,
     pub(crate) slot: u32,
-    pub(crate) master: Ipv4Addr,
-    pub(crate) witness: Option<Ipv4Addr>,
+    pub(crate) master: IpAddr,
+    pub(crate) witness: Option<IpAddr>,
     pub(crate) interval_ns: u64,
     pub(crate) dead_after_ns: u64,
     pub(crate) stats: backup::Stats,
@@ -364,7 +364,7 @@ pub(crate) fn conn_of(
     }
 }
 
-fn peer_report(address: Ipv4Addr, probes_sent: u64, p: &PeerSnapshot, now: u64) -> PeerReport {
+fn peer_report(address: IpAddr, probes_sent: u64, p: &PeerSnapshot, now: u64) -> PeerReport {
     let loss_pct = if probes_sent == 0 {
         0.0
     } else {
@@ -570,16 +570,16 @@ mod tests {
             replies: 12,
             ..PeerSnapshot::default()
         };
-        let r = peer_report(Ipv4Addr::new(192, 0, 2, 1), 10, &p, 0);
+        let r = peer_report(IpAddr::from([192, 0, 2, 1]), 10, &p, 0);
         assert_eq!(r.loss_pct, 0.0);
-        let r = peer_report(Ipv4Addr::new(192, 0, 2, 1), 0, &p, 0);
+        let r = peer_report(IpAddr::from([192, 0, 2, 1]), 0, &p, 0);
         assert_eq!(r.loss_pct, 0.0);
         let p = PeerSnapshot {
             replies: 90,
             ..PeerSnapshot::default()
         };
         assert_eq!(
-            peer_report(Ipv4Addr::new(192, 0, 2, 1), 100, &p, 0).loss_pct,
+            peer_report(IpAddr::from([192, 0, 2, 1]), 100, &p, 0).loss_pct,
             10.0
         );
     }

@@ -209,16 +209,29 @@ impl EventFd {
 
 /// A non-blocking UDP socket bound to `port` (0: any) on `iface` only
 /// (SO_BINDTODEVICE, set before bind so the port is taken on that
-/// interface alone).
+/// interface alone). Dual-stack (IPv6 with `IPV6_V6ONLY` off, so IPv4
+/// peers appear as IPv4-mapped addresses) unless the kernel has no IPv6;
+/// [`sync_dest`] gives a destination in the socket's family.
 pub fn udp_socket(iface: &str, port: u16) -> anyhow::Result<std::net::UdpSocket> {
     // SAFETY: socket(2) takes no pointers; the fd is owned below.
-    let raw = unsafe {
+    let mut raw = unsafe {
         libc::socket(
-            libc::AF_INET,
+            libc::AF_INET6,
             libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             0,
         )
     };
+    let v6 = raw >= 0;
+    if !v6 {
+        // SAFETY: as above.
+        raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+    }
     if raw < 0 {
         return Err(io::Error::last_os_error()).context("opening a UDP socket");
     }
@@ -238,17 +251,48 @@ pub fn udp_socket(iface: &str, port: u16) -> anyhow::Result<std::net::UdpSocket>
         return Err(io::Error::last_os_error())
             .with_context(|| format!("binding a UDP socket to {iface}"));
     }
-    // SAFETY: a zeroed sockaddr_in is valid; fields set below.
-    let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
-    addr.sin_family = libc::AF_INET as libc::sa_family_t;
-    addr.sin_port = port.to_be();
-    // SAFETY: addr is valid for its length.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    let rc = if v6 {
+        let off: libc::c_int = 0;
+        // SAFETY: an int option, valid for its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&raw const off).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error())
+                .context("making the sync socket dual-stack (IPV6_V6ONLY off)");
+        }
+        // SAFETY: a zeroed sockaddr_in6 is the wildcard address; the
+        // family and port are set below.
+        let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        addr.sin6_port = port.to_be();
+        // SAFETY: addr is valid for its length.
+        unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    } else {
+        // SAFETY: a zeroed sockaddr_in is valid; fields set below.
+        let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
+        // SAFETY: addr is valid for its length.
+        unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
     };
     if rc != 0 {
         return Err(io::Error::last_os_error()).with_context(|| {
@@ -264,6 +308,27 @@ pub fn udp_socket(iface: &str, port: u16) -> anyhow::Result<std::net::UdpSocket>
         set_buffer(&fd, force, plain, SYNC_SOCKET_BUFFER);
     }
     Ok(std::net::UdpSocket::from(fd))
+}
+
+/// `to` as a destination of `socket` (see [`udp_socket`]): an IPv4 peer
+/// of a dual-stack socket by its IPv4-mapped address; a link-local IPv6
+/// peer on the socket's interface.
+pub fn sync_dest(
+    socket: &std::net::UdpSocket,
+    to: std::net::IpAddr,
+    port: u16,
+    ifindex: u32,
+) -> std::net::SocketAddr {
+    use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+    let dual = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+    match to {
+        IpAddr::V4(v4) if dual => SocketAddrV6::new(v4.to_ipv6_mapped(), port, 0, 0).into(),
+        IpAddr::V4(v4) => SocketAddr::from((v4, port)),
+        IpAddr::V6(v6) => {
+            let scope = if v6.is_unicast_link_local() { ifindex } else { 0 };
+            SocketAddrV6::new(v6, port, 0, scope).into()
+        }
+    }
 }
 
 /// Bytes of each buffer of a sync socket.

@@ -7,7 +7,7 @@
 //! own [`VipHandle`], with its own netlink and packet sockets, so one
 //! instance's slow call never delays another's.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -117,19 +117,13 @@ impl VipHandle {
     /// Announces the VIP at `mac` (the master's), so clients that still
     /// send to us move to it at once.
     pub(crate) fn hand_over(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
-        match self.vip.addr {
-            IpAddr::V4(v4) => self.announcer.hand_over(v4, mac),
-            IpAddr::V6(_) => Ok(()),
-        }
+        self.announcer.hand_over(self.vip.addr, mac)
     }
 
-    /// Asks who holds the VIP (RFC 5227 ARP probe, sender IP 0.0.0.0): a
-    /// host that has it bound answers from its kernel, and the XDP program
-    /// reports that answer as a claim.
+    /// Asks who holds the VIP (RFC 5227 ARP probe, sender IP 0.0.0.0, or a
+    /// Neighbor Solicitation): a host that has it bound answers from its
+    /// kernel, and the XDP program reports that answer as a claim.
     pub(crate) fn solicit(&mut self) -> anyhow::Result<()> {
-        match self.vip.addr {
-            IpAddr::V4(v4) => self.announcer.solicit(v4),
-            IpAddr::V6(v6) => anyhow::bail!("asking who holds {v6} (NDP) is not implemented"),
-        }
+        self.announcer.solicit(self.vip.addr)
     }
 }

@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, UdpSocket},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use vipwatch_common::{
     CONN_ACKED, ConnEvent, PEER_MASTER, PEER_WITNESS, ROLE_BACKUP, ROLE_MASTER, SLOT_ACK_UPDATES,
-    SLOT_AUTH, SLOT_WITNESS, SlotConfig, addr_as_v4, addr_v4,
+    SLOT_AUTH, SLOT_WITNESS, SlotConfig, addr_of, ip_of,
 };
 
 use crate::{
@@ -69,7 +69,7 @@ pub(crate) enum Msg {
     /// A connection appeared in, or left, the table of our held VIP.
     Conn(ConnEvent),
     /// A connection-sync datagram from `from`.
-    Sync { from: Ipv4Addr, datagram: Datagram },
+    Sync { from: IpAddr, datagram: Datagram },
     /// The `on_change` hook of a state change finished.
     HookDone,
 }
@@ -348,7 +348,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
                         role: ROLE_MASTER,
                         flags: conn_flags(&instance.conn)
                             | if key.is_some() { SLOT_AUTH } else { 0 },
-                        vip: vip_addr(instance.vip.addr),
+                        vip: addr_of(instance.vip.addr),
                         key: key.unwrap_or_default(),
                         ..SlotConfig::default()
                     }
@@ -365,12 +365,6 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
     })
 }
 
-fn vip_addr(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v4) => addr_v4(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
 
 fn spawn(
     name: &str,
@@ -449,7 +443,7 @@ struct ConnState {
 /// nonce; a master learns both from the backup's probes.
 #[derive(Clone, Copy, Debug)]
 enum Partner {
-    Fixed { addr: Ipv4Addr, nonce: u64 },
+    Fixed { addr: IpAddr, nonce: u64 },
     Learned,
 }
 
@@ -526,7 +520,7 @@ impl Shell {
     fn final_snapshot(&mut self) -> Vec<Datagram> {
         match self.partner() {
             Some((_, nonce)) => {
-                let vip = vip_addr(self.vip.vip().addr);
+                let vip = addr_of(self.vip.vip().addr);
                 self.conn.local.snapshot(nonce, vip, self.conn.epoch)
             }
             None => Vec::new(),
@@ -565,7 +559,7 @@ impl Shell {
     }
 
     /// Where syncs go and the nonce they carry, if the peer is known.
-    fn partner(&self) -> Option<(Ipv4Addr, u64)> {
+    fn partner(&self) -> Option<(IpAddr, u64)> {
         match self.conn.partner {
             Partner::Fixed { addr, nonce } => Some((addr, nonce)),
             Partner::Learned => {
@@ -573,10 +567,7 @@ impl Shell {
                 let fresh =
                     l.seen_ns != 0 && clock::now_ns().saturating_sub(l.seen_ns) < LEARNED_FRESH_NS;
                 fresh.then(|| {
-                    (
-                        Ipv4Addr::from(addr_as_v4(&l.addr).unwrap_or_default()),
-                        u64::from_be_bytes(l.nonce),
-                    )
+                    (ip_of(&l.addr), u64::from_be_bytes(l.nonce))
                 })
             }
         }
@@ -587,7 +578,7 @@ impl Shell {
         let Some((to, nonce)) = self.partner() else {
             return;
         };
-        let vip = vip_addr(self.vip.vip().addr);
+        let vip = addr_of(self.vip.vip().addr);
         let epoch = self.conn.epoch;
         let datagrams = if snapshot {
             // Reconcile with the kernel's table first: fresh acks, and
@@ -602,7 +593,7 @@ impl Shell {
                 .filter_map(|(k, v)| {
                     Some((
                         conns::Conn {
-                            client: Ipv4Addr::from(addr_as_v4(&k.client)?),
+                            client: ip_of(&k.client),
                             client_port: u16::from_be_bytes(k.client_port),
                             vip_port: u16::from_be_bytes(k.vip_port),
                         },
@@ -633,7 +624,7 @@ impl Shell {
         let d = Datagram {
             kind: Kind::Released,
             nonce,
-            vip: vip_addr(self.vip.vip().addr),
+            vip: addr_of(self.vip.vip().addr),
             epoch: self.conn.epoch,
             added: Vec::new(),
             removed: Vec::new(),
@@ -641,11 +632,11 @@ impl Shell {
         self.send(to, &[d]);
     }
 
-    fn send(&mut self, to: Ipv4Addr, datagrams: &[Datagram]) {
+    fn send(&mut self, to: IpAddr, datagrams: &[Datagram]) {
         let Some(socket) = &self.conn.socket else {
             return;
         };
-        let dest = SocketAddrV4::new(to, self.conn.settings.port);
+        let dest = sys::sync_dest(socket, to, self.conn.settings.port, self.vip.ifindex());
         for d in datagrams {
             let bytes = d.encode();
             match socket.send_to(&bytes, dest) {
@@ -663,7 +654,7 @@ impl Shell {
 
     /// A sync datagram from the peer; `true` if it says the peer handed the
     /// VIP back to us.
-    fn received(&mut self, from: Ipv4Addr, d: &Datagram) -> bool {
+    fn received(&mut self, from: IpAddr, d: &Datagram) -> bool {
         let (expected, nonce) = match self.partner() {
             Some((addr, nonce)) => (Some(addr), Some(nonce)),
             None => (None, None),
@@ -695,10 +686,7 @@ impl Shell {
         };
         let started = clock::now_ns();
         let mut conns = self.conn.peer.take_for_kick(started);
-        let vip = match self.vip.vip().addr {
-            IpAddr::V4(v4) => v4,
-            IpAddr::V6(_) => return,
-        };
+        let vip = self.vip.vip().addr;
         self.conn.status.known_from_peer = 0;
         if conns.is_empty() {
             log::info!(
@@ -812,9 +800,8 @@ impl BackupLoop {
         let found = shell.vip.presence()?;
         let nonce = sys::random_u64()?;
         let echo_id = (sys::random_u64()? & 0xffff) as u16;
-        let vip = vip_addr(instance.vip.addr);
+        let vip = addr_of(instance.vip.addr);
         let key = auth_key(instance)?;
-        let v4 = |a: Ipv4Addr| addr_v4(a.octets());
         shell
             .maps
             .open_slot(
@@ -825,8 +812,8 @@ impl BackupLoop {
                         | if witness.is_some() { SLOT_WITNESS } else { 0 }
                         | if key.is_some() { SLOT_AUTH } else { 0 },
                     key: key.unwrap_or_default(),
-                    master: v4(master),
-                    witness: witness.map_or([0; 16], v4),
+                    master: addr_of(master),
+                    witness: witness.map_or([0; 16], addr_of),
                     vip,
                     echo_id: echo_id.to_be_bytes(),
                     nonce: nonce.to_be_bytes(),
@@ -846,6 +833,7 @@ impl BackupLoop {
             },
             master,
             witness,
+            shell.vip.ifindex(),
         ) {
             Ok(p) => p,
             Err(e) => {
