@@ -267,7 +267,7 @@ impl Collector for Snapshot {
         family(
             &mut e,
             "vipwatch_takeover_detection_seconds",
-            "From the master's last reply to the first gratuitous ARP, for every takeover.",
+            "From the master's last reply to the first gratuitous ARP or unsolicited NA, for every takeover.",
             MetricType::Histogram,
             inst.iter().filter_map(|i| {
                 let h = i.detection.as_ref()?;
@@ -454,7 +454,7 @@ impl Snapshot {
             ),
             (
                 "vipwatch_claims",
-                "ARP packets claiming the VIP from another MAC.",
+                "ARP or NDP packets claiming the VIP from another MAC.",
                 |r| r.claims,
             ),
             (

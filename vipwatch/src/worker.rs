@@ -1378,7 +1378,7 @@ fn describe(r: backup::Reason) -> String {
             "master AND witness silent for {}: we are the one cut off, not taking the VIP",
             ms(silence_ns)
         ),
-        Reason::MasterClaimed => "the master claimed the VIP back (ARP)".into(),
+        Reason::MasterClaimed => "the master claimed the VIP back (ARP/NDP)".into(),
         Reason::OperatorRelease => "operator release".into(),
         Reason::MasterBack { replies } => format!("master back ({replies} consecutive replies)"),
         Reason::Shutdown => "daemon stopping".into(),
@@ -1868,7 +1868,7 @@ impl MasterLoop {
                 format!("{token}: {} answers for {}", mac_str(*mac), vip.addr)
             }
             Reason::VipInUse(None) => {
-                format!("{token}: the ARP probe failed, so the VIP may be in use")
+                format!("{token}: the ARP/NDP probe failed, so the VIP may be in use")
             }
             Reason::HealthFailed { first, fall, last } => {
                 if *first || from == master::State::Starting {
