@@ -284,8 +284,8 @@ pub fn neighbor_solicit(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> [u8; N
     }
     let icmp = &mut frame[14 + 40..];
     {
-        let mut ns = MutableNeighborSolicitPacket::new(icmp)
-            .expect("32 bytes hold a Neighbor Solicitation");
+        let mut ns =
+            MutableNeighborSolicitPacket::new(icmp).expect("32 bytes hold a Neighbor Solicitation");
         ns.set_icmpv6_type(Icmpv6Types::NeighborSolicit);
         ns.set_icmpv6_code(Icmpv6Code::new(0));
         ns.set_target_addr(target);
@@ -422,10 +422,13 @@ impl Announcer {
         if let Some(a) = self.link_local {
             return Ok(a);
         }
-        let found = find_interface(&self.iface)?.ips.iter().find_map(|n| match n.ip() {
-            IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
-            _ => None,
-        });
+        let found = find_interface(&self.iface)?
+            .ips
+            .iter()
+            .find_map(|n| match n.ip() {
+                IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
+                _ => None,
+            });
         let a = found.with_context(|| {
             format!(
                 "{} has no IPv6 link-local address to send a neighbor solicitation from \

@@ -338,8 +338,7 @@ impl Watched {
         for change in changes {
             match change {
                 Change::Address { index, addr } if index == self.ifindex => {
-                    if let Some(inbox) =
-                        r.by_vip.get(&addr_of(addr)).and_then(|s| r.by_slot.get(s))
+                    if let Some(inbox) = r.by_vip.get(&addr_of(addr)).and_then(|s| r.by_slot.get(s))
                     {
                         inbox.send(Msg::Address);
                     }
@@ -987,7 +986,6 @@ impl Daemon {
         Ok(out)
     }
 }
-
 
 /// `vipwatch check --config FILE`: validates without touching the system
 /// (it reads the interfaces and addresses, changes nothing).

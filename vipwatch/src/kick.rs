@@ -478,7 +478,10 @@ mod tests {
         assert_eq!(tcp.get_sequence(), 1000 + FAR);
         assert_eq!(tcp.get_data_offset(), 5);
         assert!(tcp.payload().is_empty());
-        assert_eq!(tcp.get_checksum(), tcp::ipv4_checksum(&tcp, &VIP4, &CLIENT4));
+        assert_eq!(
+            tcp.get_checksum(),
+            tcp::ipv4_checksum(&tcp, &VIP4, &CLIENT4)
+        );
         // Wraps around the sequence space.
         let wrapped = super::segment(Mode::Ack, VIP, CONN, u32::MAX).expect("a segment");
         let (_, tcp) = parse(&wrapped);
@@ -489,7 +492,10 @@ mod tests {
     fn a_kick_frame_goes_straight_to_the_next_hop_seen() {
         let src = [2, 0, 0, 0, 0, 2];
         let dst = [2, 0, 0, 0, 0, 0x10];
-        for (vip, conn, ethertype) in [(VIP, CONN, [0x08, 0x00]), (IpAddr::V6(VIP6), CONN6, [0x86, 0xdd])] {
+        for (vip, conn, ethertype) in [
+            (VIP, CONN, [0x08, 0x00]),
+            (IpAddr::V6(VIP6), CONN6, [0x86, 0xdd]),
+        ] {
             let f = frame(Mode::Ack, src, dst, vip, conn, 1000).expect("a frame");
             assert_eq!(&f[0..6], &dst);
             assert_eq!(&f[6..12], &src);
@@ -506,7 +512,10 @@ mod tests {
         assert_eq!(tcp.get_flags(), TcpFlags::RST);
         assert_eq!(tcp.get_sequence(), 0xdead_beef);
         assert_eq!(tcp.get_acknowledgement(), 0);
-        assert_eq!(tcp.get_checksum(), tcp::ipv4_checksum(&tcp, &VIP4, &CLIENT4));
+        assert_eq!(
+            tcp.get_checksum(),
+            tcp::ipv4_checksum(&tcp, &VIP4, &CLIENT4)
+        );
     }
 
     #[test]
@@ -527,7 +536,10 @@ mod tests {
             assert_eq!(tcp.get_flags(), flags);
             assert_eq!(tcp.get_sequence(), sequence);
             assert_eq!((tcp.get_source(), tcp.get_destination()), (6379, 40000));
-            assert_eq!(tcp.get_checksum(), tcp::ipv6_checksum(&tcp, &VIP6, &CLIENT6));
+            assert_eq!(
+                tcp.get_checksum(),
+                tcp::ipv6_checksum(&tcp, &VIP6, &CLIENT6)
+            );
         }
     }
 

@@ -325,7 +325,11 @@ pub fn sync_dest(
         IpAddr::V4(v4) if dual => SocketAddrV6::new(v4.to_ipv6_mapped(), port, 0, 0).into(),
         IpAddr::V4(v4) => SocketAddr::from((v4, port)),
         IpAddr::V6(v6) => {
-            let scope = if v6.is_unicast_link_local() { ifindex } else { 0 };
+            let scope = if v6.is_unicast_link_local() {
+                ifindex
+            } else {
+                0
+            };
             SocketAddrV6::new(v6, port, 0, scope).into()
         }
     }

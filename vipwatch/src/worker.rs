@@ -365,7 +365,6 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
     })
 }
 
-
 fn spawn(
     name: &str,
     exited: Arc<EventFd>,
@@ -566,9 +565,7 @@ impl Shell {
                 let l = self.maps.learned(self.slot).ok()?;
                 let fresh =
                     l.seen_ns != 0 && clock::now_ns().saturating_sub(l.seen_ns) < LEARNED_FRESH_NS;
-                fresh.then(|| {
-                    (ip_of(&l.addr), u64::from_be_bytes(l.nonce))
-                })
+                fresh.then(|| (ip_of(&l.addr), u64::from_be_bytes(l.nonce)))
             }
         }
     }
@@ -590,8 +587,8 @@ impl Shell {
                 .into_iter()
                 // A connection still in its handshake has no ack number yet.
                 .filter(|(_, v)| v.flags & CONN_ACKED != 0)
-                .filter_map(|(k, v)| {
-                    Some((
+                .map(|(k, v)| {
+                    (
                         conns::Conn {
                             client: ip_of(&k.client),
                             client_port: u16::from_be_bytes(k.client_port),
@@ -602,7 +599,7 @@ impl Shell {
                             mac: v.mac,
                         },
                         v.last_seen_ns,
-                    ))
+                    )
                 });
             self.conn.local.reconcile(now, kernel);
             self.conn.local.snapshot(nonce, vip, epoch)
