@@ -448,7 +448,8 @@ pub const fn reply_fresh(sent_ns: u64, now_ns: u64) -> bool {
     sent_ns <= now_ns && now_ns - sent_ns <= REPLY_FRESH_NS
 }
 
-/// Per-CPU counters of ARP packets claiming a slot's VIP from another MAC.
+/// Per-CPU counters of ARP (or NDP) packets claiming a slot's VIP from
+/// another MAC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ClaimCounters {
@@ -459,7 +460,7 @@ pub struct ClaimCounters {
     pub last_mac: [u8; 6],
     pub _pad: [u8; 2],
     /// The last claim that woke the daemon (an event): when, from which
-    /// MAC, which ARP operation.
+    /// MAC, which operation (as [`ClaimEvent::op`]).
     pub last_wake_ns: u64,
     pub last_wake_mac: [u8; 6],
     pub last_wake_op: [u8; 2],
@@ -468,7 +469,7 @@ pub struct ClaimCounters {
 }
 
 /// A claim like the last one that woke the daemon (same sender MAC and
-/// ARP operation) wakes it again only after this long.
+/// operation, [`ClaimEvent::op`]) wakes it again only after this long.
 pub const CLAIM_WAKE_NS: u64 = 2_000_000;
 /// Any claim wakes the daemon at most this often (per CPU and slot).
 pub const CLAIM_WAKE_MIN_NS: u64 = 100_000;
@@ -479,9 +480,15 @@ pub const CLAIM_WAKE_MIN_NS: u64 = 100_000;
 pub struct ClaimEvent {
     /// `bpf_ktime_get_ns()` when the claim arrived.
     pub ktime_ns: u64,
-    /// Sender MAC of the ARP packet.
+    /// The claimant's MAC: the ARP sender MAC; for NDP, the Neighbour
+    /// Advertisement's Target Link-Layer Address option if it is the first
+    /// option, else (and for a DAD solicitation) the Ethernet source.
     pub mac: [u8; 6],
-    /// ARP operation (1 request, 2 reply), network byte order.
+    /// ARP operation (1 request, 2 reply), network byte order. For NDP,
+    /// a value no ARP operation has (IANA assigns them below 256):
+    /// `[58, type]`, the ICMPv6 protocol number and message type, so
+    /// `[58, 136]` for a Neighbour Advertisement and `[58, 135]` for a
+    /// Duplicate Address Detection Neighbour Solicitation (RFC 4862 §5.4.2).
     pub op: [u8; 2],
     /// The slot whose VIP was claimed.
     pub slot: u32,
@@ -490,7 +497,9 @@ pub struct ClaimEvent {
 }
 
 /// [`ClaimEvent::flags`]: an answer to our own RFC 5227 probe (an ARP
-/// reply for target IP 0.0.0.0 to our MAC): the claimant holds the VIP.
+/// reply for target IP 0.0.0.0 to our MAC), or for IPv6 a solicited
+/// Neighbour Advertisement sent to our MAC (the answer to our unicast
+/// solicitation): the claimant holds the VIP.
 pub const CLAIM_ANSWER: u32 = 1;
 
 /// Per-CPU counters of a master slot's probe gate.

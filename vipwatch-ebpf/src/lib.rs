@@ -38,11 +38,19 @@ pub trait Slots {
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 extension headers a reply can carry (RFC 8200 §4).
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
 /// TCP flags (RFC 9293 §3.1).
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -50,20 +58,46 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+/// ICMPv6 types (RFC 4443 §4, RFC 4861 §4).
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+/// Neighbour Advertisement flags, first byte (RFC 4861 §4.4).
+pub const NA_SOLICITED: u8 = 0x40;
+/// Target Link-Layer Address option type (RFC 4861 §4.6.1).
+pub const NDP_OPT_TARGET_LLADDR: u8 = 2;
+/// RFC 4861 §7.1.1/§7.1.2: NDP messages with any other hop limit did not
+/// come from a neighbour on the link, and are invalid.
+pub const NDP_HOP_LIMIT: u8 = 255;
 /// We only match IPv4 headers without options: Linux never adds options to
 /// the echo replies it generates (`icmp_reply` copies none by default), so
 /// anything longer is not an answer to our probes.
 pub const IPV4_HLEN: usize = 20;
 pub const ICMP_HLEN: usize = 8;
+pub const IPV6_HLEN: usize = 40;
+/// Minimum TCP header (RFC 9293 §3.1).
+pub const TCP_HLEN: usize = 20;
+/// Extension headers we walk before giving up on an IPv6 packet: enough for
+/// what a reply can carry (HbH, Routing, Fragment, AH, Destination Options),
+/// and a small constant the verifier can unroll.
+pub const MAX_IPV6_EXT: usize = 4;
+/// Bytes of extension headers we walk at most: a cap that keeps the upper
+/// layer's offset bounded for the verifier.
+pub const MAX_IPV6_EXT_BYTES: usize = 256;
+/// ICMPv6 NS and NA carry at least 24 bytes (RFC 4861 §7.1.1, §7.1.2).
+const NDP_MIN_LEN: usize = 24;
 /// Two tags: 802.1ad (QinQ) outer plus 802.1Q inner.
 const MAX_VLAN_TAGS: usize = 2;
 
-/// An authenticated probe the master's program answers itself: the IPv4
-/// header's offset in the frame, and the reply's tag.
+/// An authenticated probe the master's program answers itself: the IP
+/// header's offset in the frame, its family, and the reply's tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Answer {
     pub ip: usize,
     pub tag: [u8; 8],
+    /// IPv6 (ICMPv6 right after the fixed header), not IPv4.
+    pub v6: bool,
 }
 
 /// What the program made of one frame.
@@ -94,16 +128,22 @@ pub enum Seen {
     /// with itself.
     Probe {
         slot: u32,
-        src: [u8; 4],
+        src: Addr,
         nonce: [u8; 8],
         answer: Option<Answer>,
     },
     /// A TCP segment from a client to the VIP of `key.slot`, which this host
-    /// holds: `ack` is its acknowledgement number if ACK is set; `syn` when
-    /// it opens a connection; `end` when it closes (FIN) or resets (RST) it.
+    /// holds: `acked` if ACK is set, `ack` its acknowledgement number then
+    /// (zero otherwise); `syn` when it opens a connection; `end` when it
+    /// closes (FIN) or resets (RST) it.
+    ///
+    /// Not an `Option<[u8; 4]>`: LLVM may copy a `None`'s undefined payload
+    /// out of a register it never set, which the verifier refuses (`R5
+    /// !read_ok`, seen when the IPv4 and IPv6 paths were merged).
     Tcp {
         key: ConnKey,
-        ack: Option<[u8; 4]>,
+        acked: bool,
+        ack: [u8; 4],
         syn: bool,
         end: bool,
         /// The frame's source MAC (the client's, or its router's).
@@ -112,6 +152,11 @@ pub enum Seen {
     /// An ARP packet announcing `slot`'s VIP from a MAC that is not ours;
     /// `answer`: a reply to an RFC 5227 probe of ours (target IP 0.0.0.0,
     /// target MAC ours), what a holder's kernel sends when we ask.
+    ///
+    /// For IPv6, a Neighbour Advertisement for the VIP, or a Duplicate
+    /// Address Detection solicitation of it (RFC 4862 §5.4.2), with `op`
+    /// `[58, type]` (see `ClaimEvent::op`); `answer`: a solicited NA sent to
+    /// our MAC, what a holder's kernel sends to our unicast solicitation.
     Claim {
         slot: u32,
         mac: [u8; 6],
@@ -136,7 +181,8 @@ pub fn l3<F: Frame + ?Sized>(frame: &F) -> Option<(u16, usize)> {
 }
 
 /// Echo header and payload of an IPv4/ICMP packet at `ip`, if it is one we
-/// can read: no options, not a fragment, long enough for our payload.
+/// can read: no options, not a fragment, code 0, long enough for our
+/// payload.
 #[inline(always)]
 fn icmp_echo<F: Frame + ?Sized>(frame: &F, ip: usize) -> Option<IcmpEcho> {
     let hdr = frame.load::<IPV4_HLEN>(ip)?;
@@ -150,10 +196,14 @@ fn icmp_echo<F: Frame + ?Sized>(frame: &F, ip: usize) -> Option<IcmpEcho> {
     }
     let icmp = frame.load::<ICMP_HLEN>(ip + IPV4_HLEN)?;
     let payload = frame.load::<PROBE_PAYLOAD_LEN>(ip + IPV4_HLEN + ICMP_HLEN)?;
+    let request = match (icmp[0], icmp[1]) {
+        (ICMP_ECHO_REPLY, 0) => false,
+        (ICMP_ECHO_REQUEST, 0) => true,
+        _ => return None,
+    };
     Some(IcmpEcho {
-        src: [hdr[12], hdr[13], hdr[14], hdr[15]],
-        icmp_type: icmp[0],
-        code: icmp[1],
+        src: addr_v4([hdr[12], hdr[13], hdr[14], hdr[15]]),
+        request,
         id: [icmp[4], icmp[5]],
         payload,
     })
@@ -186,10 +236,11 @@ fn tag_of(p: &[u8; PROBE_PAYLOAD_LEN]) -> [u8; 8] {
     t
 }
 
+/// An ICMP or ICMPv6 echo (code 0) carrying what may be our payload.
 struct IcmpEcho {
-    src: [u8; 4],
-    icmp_type: u8,
-    code: u8,
+    src: Addr,
+    /// An echo request, not a reply.
+    request: bool,
     id: [u8; 2],
     payload: [u8; PROBE_PAYLOAD_LEN],
 }
@@ -202,6 +253,7 @@ pub fn classify<F: Frame + ?Sized, S: Slots>(frame: &F, slots: &S) -> Seen {
     };
     match ethertype {
         ETH_P_IPV4 => classify_ipv4(frame, off, slots),
+        ETH_P_IPV6 => classify_ipv6(frame, off, slots),
         ETH_P_ARP => classify_arp(frame, off, slots),
         _ => Seen::Other,
     }
@@ -221,38 +273,46 @@ fn classify_ipv4<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -
     let Some(echo) = icmp_echo(frame, ip) else {
         return Seen::Other;
     };
-    if echo.code != 0 {
-        return Seen::Other;
-    }
+    classify_echo(frame, &echo, Some((ip, false)), slots)
+}
+
+/// An echo request or reply of either family. `answer_at`: where the IP
+/// header is and whether it is IPv6, if the program can answer the frame
+/// itself (see `answer_probe` in `main.rs`).
+#[inline(always)]
+fn classify_echo<F: Frame + ?Sized, S: Slots>(
+    frame: &F,
+    echo: &IcmpEcho,
+    answer_at: Option<(usize, bool)>,
+    slots: &S,
+) -> Seen {
     // Somebody else's ping (plain `ping`, no magic): not our business.
     let Some(payload) = ProbePayload::decode(&echo.payload) else {
         return Seen::Other;
     };
-    match echo.icmp_type {
-        ICMP_ECHO_REPLY => classify_reply(frame, &echo, &payload, slots),
-        ICMP_ECHO_REQUEST => {
-            let Some(slot) = slots.vip_slot(&payload.vip) else {
-                return Seen::Other;
-            };
-            let Some(cfg) = slots.slot(slot).filter(|c| c.role == ROLE_MASTER) else {
-                return Seen::Other;
-            };
-            // Keyed: a probe with the backup's tag is answered by the
-            // program, with the master's; any other is left to the kernel,
-            // whose plain echo the backup counts as forged.
-            let answer = if cfg.flags & SLOT_AUTH != 0 {
-                answer_tag(&cfg.key, &echo.payload).map(|tag| Answer { ip, tag })
-            } else {
-                None
-            };
-            Seen::Probe {
-                slot,
-                src: echo.src,
-                nonce: payload.nonce.to_be_bytes(),
-                answer,
-            }
+    if !echo.request {
+        return classify_reply(frame, echo, &payload, slots);
+    }
+    let Some(slot) = slots.vip_slot(&payload.vip) else {
+        return Seen::Other;
+    };
+    let Some(cfg) = slots.slot(slot).filter(|c| c.role == ROLE_MASTER) else {
+        return Seen::Other;
+    };
+    // Keyed: a probe with the backup's tag is answered by the program,
+    // with the master's; any other is left to the kernel, whose plain echo
+    // the backup counts as forged.
+    let answer = match answer_at {
+        Some((ip, v6)) if cfg.flags & SLOT_AUTH != 0 => {
+            answer_tag(&cfg.key, &echo.payload).map(|tag| Answer { ip, tag, v6 })
         }
-        _ => Seen::Other,
+        _ => None,
+    };
+    Seen::Probe {
+        slot,
+        src: echo.src,
+        nonce: payload.nonce.to_be_bytes(),
+        answer,
     }
 }
 
@@ -267,12 +327,9 @@ fn classify_tcp<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) ->
         return Seen::Other;
     }
     let dst = addr_v4([hdr[16], hdr[17], hdr[18], hdr[19]]);
-    let Some(slot) = slots.vip_slot(&dst) else {
+    let Some(slot) = held_slot(slots, &dst) else {
         return Seen::Other;
     };
-    if slots.slot(slot).is_none_or(|c| c.flags & SLOT_HOLDING == 0) {
-        return Seen::Other;
-    }
     // Read at a fixed offset, before the variable one below: the verifier
     // follows a bounds check only on the pointer it was made with.
     let Some(mac) = frame.load::<6>(6) else {
@@ -287,15 +344,44 @@ fn classify_tcp<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) ->
     let Some(tcp) = frame.load::<14>(ip + ihl) else {
         return Seen::Other;
     };
+    tcp_segment(
+        slot,
+        addr_v4([hdr[12], hdr[13], hdr[14], hdr[15]]),
+        &tcp,
+        mac,
+    )
+}
+
+/// The slot owning `vip`, if this host holds it.
+#[inline(always)]
+fn held_slot<S: Slots>(slots: &S, vip: &Addr) -> Option<u32> {
+    let slot = slots.vip_slot(vip)?;
+    slots
+        .slot(slot)
+        .filter(|c| c.flags & SLOT_HOLDING != 0)
+        .map(|_| slot)
+}
+
+/// A segment of `client`'s from the start of its TCP header, of which we
+/// read the first 14 bytes: sport(2) dport(2) seq(4) ack(4) offset(1)
+/// flags(1).
+#[inline(always)]
+fn tcp_segment<const N: usize>(slot: u32, client: Addr, tcp: &[u8; N], mac: [u8; 6]) -> Seen {
+    const { assert!(N >= 14) };
     let flags = tcp[13];
     Seen::Tcp {
         key: ConnKey {
             slot,
             client_port: [tcp[0], tcp[1]],
             vip_port: [tcp[2], tcp[3]],
-            client: addr_v4([hdr[12], hdr[13], hdr[14], hdr[15]]),
+            client,
         },
-        ack: (flags & TCP_ACK != 0).then_some([tcp[8], tcp[9], tcp[10], tcp[11]]),
+        acked: flags & TCP_ACK != 0,
+        ack: if flags & TCP_ACK != 0 {
+            [tcp[8], tcp[9], tcp[10], tcp[11]]
+        } else {
+            [0; 4]
+        },
         syn: flags & TCP_SYN != 0,
         end: flags & (TCP_FIN | TCP_RST) != 0,
         mac,
@@ -313,10 +399,9 @@ fn classify_reply<F: Frame + ?Sized, S: Slots>(
     let Some(cfg) = slots.slot(slot).filter(|c| c.role == ROLE_BACKUP) else {
         return Seen::UnknownSlot;
     };
-    let src = addr_v4(echo.src);
-    let peer = if src == cfg.master {
+    let peer = if echo.src == cfg.master {
         PEER_MASTER
-    } else if cfg.flags & SLOT_WITNESS != 0 && src == cfg.witness {
+    } else if cfg.flags & SLOT_WITNESS != 0 && echo.src == cfg.witness {
         PEER_WITNESS
     } else {
         // Another host echoing our magic: not a peer of this slot.
@@ -339,6 +424,233 @@ fn classify_reply<F: Frame + ?Sized, S: Slots>(
         seq: payload.seq,
         sent_ns: payload.sent_ns,
         mac,
+    }
+}
+
+/// The upper-layer protocol of the IPv6 packet whose fixed header's next
+/// header is `next`, and its offset in the frame, after at most
+/// [`MAX_IPV6_EXT`] extension headers (RFC 8200 §4) of at most
+/// [`MAX_IPV6_EXT_BYTES`] in all. `None` for more, for a truncated chain,
+/// and for fragments other than atomic ones (RFC 8200 §4.5, RFC 6946): like
+/// IPv4 fragments, they never carry a whole payload.
+#[inline(always)]
+fn ipv6_upper<F: Frame + ?Sized>(frame: &F, ip: usize, mut next: u8) -> Option<(u8, usize)> {
+    let first = ip + IPV6_HLEN;
+    // Kept apart from `first` and capped on every step: the verifier then
+    // sees a bounded offset for every read below and after the walk.
+    let mut ext = 0;
+    let mut n = 0;
+    while n <= MAX_IPV6_EXT {
+        let len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                // next(1) hdr_ext_len(1): in 8-octet units, not counting the first.
+                let h = frame.load::<2>(first + ext)?;
+                next = h[0];
+                (usize::from(h[1]) + 1) * 8
+            }
+            IPPROTO_AH => {
+                // next(1) payload_len(1): in 4-octet units, minus 2 (RFC 4302 §2.2).
+                let h = frame.load::<2>(first + ext)?;
+                next = h[0];
+                (usize::from(h[1]) + 2) * 4
+            }
+            IPPROTO_FRAGMENT => {
+                // next(1) reserved(1) offset(13 bits) res(2) M(1) id(4)
+                let h = frame.load::<4>(first + ext)?;
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff9 != 0 {
+                    return None;
+                }
+                next = h[0];
+                8
+            }
+            _ => return Some((next, first + ext)),
+        };
+        // One header too many, or too long: give up.
+        if n == MAX_IPV6_EXT {
+            return None;
+        }
+        ext += len;
+        if ext > MAX_IPV6_EXT_BYTES {
+            return None;
+        }
+        n += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn classify_ipv6<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -> Seen {
+    // version/class/flow(4) payload_len(2) next(1) hop_limit(1)
+    let Some(fixed) = frame.load::<8>(ip) else {
+        return Seen::Other;
+    };
+    if fixed[0] >> 4 != 6 {
+        return Seen::Other;
+    }
+    let Some(src) = frame.load::<16>(ip + 8) else {
+        return Seen::Other;
+    };
+    let Some((next, l4)) = ipv6_upper(frame, ip, fixed[6]) else {
+        return Seen::Other;
+    };
+    match next {
+        IPPROTO_ICMPV6 => classify_icmpv6(frame, ip, l4, &fixed, src, slots),
+        IPPROTO_TCP => classify_tcp6(frame, ip, l4, src, slots),
+        _ => Seen::Other,
+    }
+}
+
+/// A TCP segment over IPv6 to a VIP this host holds (any extension headers
+/// [`ipv6_upper`] follows).
+#[inline(always)]
+fn classify_tcp6<F: Frame + ?Sized, S: Slots>(
+    frame: &F,
+    ip: usize,
+    l4: usize,
+    src: Addr,
+    slots: &S,
+) -> Seen {
+    let Some(dst) = frame.load::<16>(ip + 24) else {
+        return Seen::Other;
+    };
+    let Some(slot) = held_slot(slots, &dst) else {
+        return Seen::Other;
+    };
+    // At a fixed offset, before the variable one (see classify_tcp).
+    let Some(mac) = frame.load::<6>(6) else {
+        return Seen::Other;
+    };
+    // The whole minimum header, though we read its first 14 bytes: a
+    // segment cut short is not one.
+    let Some(tcp) = frame.load::<TCP_HLEN>(l4) else {
+        return Seen::Other;
+    };
+    tcp_segment(slot, src, &tcp, mac)
+}
+
+/// The ICMPv6 echo of `icmp_type` at `l4`, if it is long enough for our
+/// payload.
+#[inline(always)]
+fn icmpv6_echo<F: Frame + ?Sized>(
+    frame: &F,
+    l4: usize,
+    icmp_type: u8,
+    src: Addr,
+) -> Option<IcmpEcho> {
+    // type(1) code(1) checksum(2) id(2) seq(2), then our payload.
+    let id = frame.load::<2>(l4 + 4)?;
+    Some(IcmpEcho {
+        src,
+        request: icmp_type == ICMPV6_ECHO_REQUEST,
+        id,
+        payload: frame.load::<PROBE_PAYLOAD_LEN>(l4 + ICMP_HLEN)?,
+    })
+}
+
+/// ICMPv6 at `l4`: our echoes, and NDP claims of a VIP.
+#[inline(always)]
+fn classify_icmpv6<F: Frame + ?Sized, S: Slots>(
+    frame: &F,
+    ip: usize,
+    l4: usize,
+    fixed: &[u8; 8],
+    src: Addr,
+    slots: &S,
+) -> Seen {
+    // type(1) code(1) checksum(2)
+    let Some(icmp) = frame.load::<4>(l4) else {
+        return Seen::Other;
+    };
+    if icmp[1] != 0 {
+        return Seen::Other;
+    }
+    match icmp[0] {
+        ICMPV6_ECHO_REPLY | ICMPV6_ECHO_REQUEST => {
+            let Some(echo) = icmpv6_echo(frame, l4, icmp[0], src) else {
+                return Seen::Other;
+            };
+            // The program rewrites only the plain shape our backups send:
+            // ICMPv6 right after the fixed header.
+            let answer_at = (l4 == ip + IPV6_HLEN).then_some((ip, true));
+            classify_echo(frame, &echo, answer_at, slots)
+        }
+        ICMPV6_NEIGHBOR_ADVERT | ICMPV6_NEIGHBOR_SOLICIT if fixed[7] == NDP_HOP_LIMIT => {
+            // The ICMPv6 message's length, from the IPv6 payload length:
+            // what tells a Target Link-Layer Address option from padding.
+            let end = ip + IPV6_HLEN + usize::from(u16::from_be_bytes([fixed[4], fixed[5]]));
+            let len = end.saturating_sub(l4);
+            if len < NDP_MIN_LEN {
+                return Seen::Other;
+            }
+            classify_ndp(frame, l4, icmp[0], len, src, slots)
+        }
+        _ => Seen::Other,
+    }
+}
+
+/// A Neighbour Advertisement or Solicitation at `l4`, `len` bytes of ICMPv6,
+/// from IPv6 address `src`: the NDP analogue of an ARP claim.
+#[inline(always)]
+fn classify_ndp<F: Frame + ?Sized, S: Slots>(
+    frame: &F,
+    l4: usize,
+    icmp_type: u8,
+    len: usize,
+    src: Addr,
+    slots: &S,
+) -> Seen {
+    // type(1) code(1) checksum(2) flags or reserved(4) target(16)
+    let Some(target) = frame.load::<16>(l4 + 8) else {
+        return Seen::Other;
+    };
+    // A solicitation claims the address only when it is Duplicate Address
+    // Detection (RFC 4862 §5.4.2: from the unspecified address); address
+    // resolution asks who holds it and claims nothing.
+    if icmp_type == ICMPV6_NEIGHBOR_SOLICIT && src != [0; 16] {
+        return Seen::Other;
+    }
+    let Some(slot) = slots.vip_slot(&target) else {
+        return Seen::Other;
+    };
+    let Some(iface) = slots.iface() else {
+        return Seen::NoConfig;
+    };
+    // Ethernet destination(6) source(6), at fixed offsets (see classify_tcp).
+    let Some(eth) = frame.load::<12>(0) else {
+        return Seen::Other;
+    };
+    let eth_src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    let mut mac = eth_src;
+    let mut answer = false;
+    if icmp_type == ICMPV6_NEIGHBOR_ADVERT {
+        // The claimant names its MAC in a Target Link-Layer Address option
+        // (RFC 4861 §4.4), which Linux puts first; a proxy or a bridge may
+        // send it from another source MAC.
+        if len >= NDP_MIN_LEN + 8 {
+            let Some(opt) = frame.load::<8>(l4 + NDP_MIN_LEN) else {
+                return Seen::Other;
+            };
+            if opt[0] == NDP_OPT_TARGET_LLADDR && opt[1] == 1 {
+                mac = [opt[2], opt[3], opt[4], opt[5], opt[6], opt[7]];
+            }
+        }
+        let Some(flags) = frame.load::<1>(l4 + 4) else {
+            return Seen::Other;
+        };
+        // The holder's kernel answering our unicast solicitation: solicited,
+        // to our MAC (the analogue of the ARP reply to our RFC 5227 probe).
+        answer = flags[0] & NA_SOLICITED != 0 && eth[..6] == iface.our_mac;
+    }
+    // Our own announcements, and a backup's hand-back NA naming our MAC
+    // (the VIP returned to us), are not claims (as ARP with sha == our MAC).
+    if mac == iface.our_mac {
+        return Seen::Other;
+    }
+    Seen::Claim {
+        slot,
+        mac,
+        op: [IPPROTO_ICMPV6, icmp_type],
+        answer,
     }
 }
 
@@ -373,6 +685,40 @@ fn classify_arp<F: Frame + ?Sized, S: Slots>(frame: &F, arp: usize, slots: &S) -
         op: [a[6], a[7]],
         answer: a[6..8] == [0, 2] && tpa == [0; 4] && tha == iface.our_mac,
     }
+}
+
+/// RFC 1624 eqn. 3: the Internet checksum `check` once one 16-bit word of
+/// what it covers changes from `old` to `new`.
+#[inline(always)]
+pub fn csum_replace(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The ICMPv6 checksum (network byte order) of a probe the program turns
+/// into its reply: the type word goes from echo request to echo reply and
+/// the tag from `old_tag` to `new_tag`. Swapping the source and destination
+/// addresses leaves the pseudo-header's sum (RFC 8200 §8.1) as it was, and
+/// the hop limit is not covered.
+#[inline(always)]
+pub fn icmpv6_answer_checksum(check: [u8; 2], old_tag: [u8; 8], new_tag: [u8; 8]) -> [u8; 2] {
+    let mut sum = csum_replace(
+        u16::from_be_bytes(check),
+        u16::from_be_bytes([ICMPV6_ECHO_REQUEST, 0]),
+        u16::from_be_bytes([ICMPV6_ECHO_REPLY, 0]),
+    );
+    let mut k = 0;
+    while k < 8 {
+        sum = csum_replace(
+            sum,
+            u16::from_be_bytes([old_tag[k], old_tag[k + 1]]),
+            u16::from_be_bytes([new_tag[k], new_tag[k + 1]]),
+        );
+        k += 2;
+    }
+    sum.to_be_bytes()
 }
 
 /// RTT in microseconds from the payload's send time, saturating at zero if
@@ -806,7 +1152,8 @@ mod tests {
             answer,
             Some(Answer {
                 ip: 14,
-                tag: auth_tag(&KEY, AUTH_REPLY, &good)
+                tag: auth_tag(&KEY, AUTH_REPLY, &good),
+                v6: false,
             })
         );
         for bad in [
@@ -836,7 +1183,7 @@ mod tests {
         let mut t = Table::new();
         let seen = Seen::Probe {
             slot: MASTER_SLOT,
-            src: MASTER,
+            src: addr_v4(MASTER),
             nonce: 1u64.to_be_bytes(),
             answer: None,
         };
@@ -899,7 +1246,8 @@ mod tests {
                 classify(tcp(MASTER_VIP, TCP_ACK, ihl_words).as_slice(), &t),
                 Seen::Tcp {
                     key: conn(),
-                    ack: Some([0xa0, 0xb0, 0xc0, 0xd0]),
+                    acked: true,
+                    ack: [0xa0, 0xb0, 0xc0, 0xd0],
                     syn: false,
                     end: false,
                     mac: MASTER_MAC,
@@ -912,7 +1260,8 @@ mod tests {
             classify(tcp(MASTER_VIP, TCP_SYN, 5).as_slice(), &t),
             Seen::Tcp {
                 key: conn(),
-                ack: None,
+                acked: false,
+                ack: [0; 4],
                 syn: true,
                 end: false,
                 mac: MASTER_MAC,
@@ -952,6 +1301,833 @@ mod tests {
                 Seen::Other,
                 "len {len}"
             );
+        }
+    }
+
+    // IPv6: the same rules, with 2001:db8::/32 addresses (RFC 3849).
+
+    /// 2001:db8::`host`.
+    const fn v6(host: u16) -> Addr {
+        let h = host.to_be_bytes();
+        [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, h[0], h[1],
+        ]
+    }
+
+    const MASTER6: Addr = v6(1);
+    const BACKUP6: Addr = v6(2);
+    const WITNESS6: Addr = v6(0xfe);
+    const OTHER6: Addr = v6(9);
+    const VIP6: Addr = v6(0x100);
+    const MASTER_VIP6: Addr = v6(0x101);
+    const CLIENT6: Addr = v6(0x10);
+    /// A bridge or proxy forwarding someone else's NDP.
+    const BRIDGE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xbb];
+
+    impl Table {
+        /// [`Table::new`] with IPv6 peers and VIPs.
+        fn v6() -> Self {
+            let mut t = Self::new();
+            let backup = &mut t.slots[SLOT as usize];
+            backup.master = MASTER6;
+            backup.witness = WITNESS6;
+            backup.vip = VIP6;
+            t.slots[MASTER_SLOT as usize].vip = MASTER_VIP6;
+            t
+        }
+    }
+
+    /// An extension header (RFC 8200 §4): its protocol number and its bytes,
+    /// the first of which (next header) the frame builder fills in.
+    type Ext = (u8, Vec<u8>);
+
+    fn hop_by_hop() -> Ext {
+        // PadN over the 6 bytes after next/len.
+        (IPPROTO_HOPOPTS, vec![0, 0, 1, 4, 0, 0, 0, 0])
+    }
+
+    /// Destination Options of `units` 8-octet units after the first.
+    fn dst_opts(units: u8) -> Ext {
+        let mut h = vec![0, units, 1, 4, 0, 0, 0, 0];
+        h.extend(std::iter::repeat_n(0u8, usize::from(units) * 8));
+        (IPPROTO_DSTOPTS, h)
+    }
+
+    fn routing() -> Ext {
+        // Segments left 0: the destination processes the next header.
+        (IPPROTO_ROUTING, vec![0, 0, 4, 0, 0, 0, 0, 0])
+    }
+
+    /// A Fragment header with offset/res/M word `word`.
+    fn fragment(word: u16) -> Ext {
+        let w = word.to_be_bytes();
+        (IPPROTO_FRAGMENT, vec![0, 0, w[0], w[1], 0, 0, 0, 9])
+    }
+
+    fn auth_header() -> Ext {
+        // Payload length 4: (4 + 2) * 4 = 24 bytes.
+        let mut h = vec![0, 4, 0, 0];
+        h.extend_from_slice(&[0; 20]);
+        (IPPROTO_AH, h)
+    }
+
+    /// The Internet checksum over `bytes` as 16-bit words.
+    fn sum16(bytes: &[u8]) -> u16 {
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    /// The ICMPv6 pseudo-header (RFC 8200 §8.1) followed by `icmp`.
+    fn with_pseudo(src: &Addr, dst: &Addr, icmp: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(src);
+        b.extend_from_slice(dst);
+        b.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        b.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+        b.extend_from_slice(icmp);
+        b
+    }
+
+    struct Ip6 {
+        eth_dst: [u8; 6],
+        eth_src: [u8; 6],
+        vlans: &'static [u16],
+        src: Addr,
+        dst: Addr,
+        hop_limit: u8,
+        exts: Vec<Ext>,
+    }
+
+    impl Default for Ip6 {
+        fn default() -> Self {
+            Self {
+                eth_dst: OUR_MAC,
+                eth_src: MASTER_MAC,
+                vlans: &[],
+                src: MASTER6,
+                dst: BACKUP6,
+                hop_limit: 64,
+                exts: Vec::new(),
+            }
+        }
+    }
+
+    /// An IPv6 frame carrying `body` of protocol `proto` after `h.exts`; an
+    /// ICMPv6 body gets its checksum.
+    fn ip6(h: Ip6, proto: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&h.eth_dst);
+        f.extend_from_slice(&h.eth_src);
+        for tpid in h.vlans {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&[0x00, 0x2a]);
+        }
+        f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let ext_len: usize = h.exts.iter().map(|(_, b)| b.len()).sum();
+        let first = h.exts.first().map_or(proto, |(p, _)| *p);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&((ext_len + body.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[first, h.hop_limit]);
+        f.extend_from_slice(&h.src);
+        f.extend_from_slice(&h.dst);
+        for (k, (_, bytes)) in h.exts.iter().enumerate() {
+            let next = h.exts.get(k + 1).map_or(proto, |(p, _)| *p);
+            f.push(next);
+            f.extend_from_slice(&bytes[1..]);
+        }
+        let mut body = body.to_vec();
+        if proto == IPPROTO_ICMPV6 {
+            let sum = !sum16(&with_pseudo(&h.src, &h.dst, &body));
+            body[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
+        f.extend_from_slice(&body);
+        f
+    }
+
+    /// An ICMPv6 echo of `icmp_type` with identifier `id` and `payload`.
+    fn echo6_body(icmp_type: u8, id: [u8; 2], payload: &[u8; PROBE_PAYLOAD_LEN]) -> Vec<u8> {
+        let mut b = vec![icmp_type, 0, 0, 0, id[0], id[1], 0, 7];
+        b.extend_from_slice(payload);
+        b
+    }
+
+    /// The master's reply to slot 3's probe, as `h` carries it.
+    fn reply6(h: Ip6) -> Vec<u8> {
+        ip6(
+            h,
+            IPPROTO_ICMPV6,
+            &echo6_body(ICMPV6_ECHO_REPLY, ID, &payload6(SLOT as u16, NONCE, VIP6)),
+        )
+    }
+
+    fn payload6(slot: u16, nonce: u64, vip: Addr) -> [u8; PROBE_PAYLOAD_LEN] {
+        ProbePayload {
+            slot,
+            nonce,
+            seq: 7,
+            sent_ns: 5_000,
+            vip,
+            tag: [0; 8],
+        }
+        .encode()
+    }
+
+    /// A backup's probe with `payload`, to the master.
+    fn probe6(h: Ip6, payload: &[u8; PROBE_PAYLOAD_LEN]) -> Vec<u8> {
+        let h = Ip6 {
+            eth_src: BRIDGE_MAC,
+            src: BACKUP6,
+            dst: MASTER6,
+            ..h
+        };
+        ip6(
+            h,
+            IPPROTO_ICMPV6,
+            &echo6_body(ICMPV6_ECHO_REQUEST, ID, payload),
+        )
+    }
+
+    #[test]
+    fn ipv6_replies_from_master_and_witness_are_counted() {
+        let t = Table::v6();
+        assert_eq!(
+            classify(reply6(Ip6::default()).as_slice(), &t),
+            reply(PEER_MASTER)
+        );
+        let witness = reply6(Ip6 {
+            src: WITNESS6,
+            ..Ip6::default()
+        });
+        assert_eq!(classify(witness.as_slice(), &t), reply(PEER_WITNESS));
+        let mut no_witness = Table::v6();
+        no_witness.slots[SLOT as usize].flags = 0;
+        assert_eq!(classify(witness.as_slice(), &no_witness), Seen::Other);
+        // An IPv4 table's peers are not IPv6 addresses.
+        assert_eq!(
+            classify(reply6(Ip6::default()).as_slice(), &Table::new()),
+            Seen::Other
+        );
+    }
+
+    #[test]
+    fn ipv6_forged_and_unknown_replies() {
+        let t = Table::v6();
+        let with = |id, p: [u8; PROBE_PAYLOAD_LEN]| {
+            ip6(
+                Ip6::default(),
+                IPPROTO_ICMPV6,
+                &echo6_body(ICMPV6_ECHO_REPLY, id, &p),
+            )
+        };
+        let forged = Seen::Forged {
+            slot: SLOT,
+            peer: PEER_MASTER,
+        };
+        let good = payload6(SLOT as u16, NONCE, VIP6);
+        assert_eq!(
+            classify(
+                with(ID, payload6(SLOT as u16, NONCE ^ 1, VIP6)).as_slice(),
+                &t
+            ),
+            forged
+        );
+        assert_eq!(classify(with([0xff, 0xff], good).as_slice(), &t), forged);
+        for slot in [0, MASTER_SLOT as u16, MAX_SLOTS as u16, u16::MAX] {
+            assert_eq!(
+                classify(with(ID, payload6(slot, NONCE, VIP6)).as_slice(), &t),
+                Seen::UnknownSlot,
+                "{slot}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_other_traffic_is_ignored() {
+        let t = Table::v6();
+        // Another host's replies, even with our nonce.
+        let other = reply6(Ip6 {
+            src: OTHER6,
+            ..Ip6::default()
+        });
+        assert_eq!(classify(other.as_slice(), &t), Seen::Other);
+        // Somebody else's plain ping and its reply, even with our id.
+        for icmp_type in [ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST] {
+            let plain = ip6(
+                Ip6::default(),
+                IPPROTO_ICMPV6,
+                &echo6_body(icmp_type, ID, &[0x55; PROBE_PAYLOAD_LEN]),
+            );
+            assert_eq!(classify(plain.as_slice(), &t), Seen::Other);
+        }
+        // A non-zero code, and a version that is not 6.
+        let mut code = reply6(Ip6::default());
+        code[ETH_HLEN + IPV6_HLEN + 1] = 1;
+        assert_eq!(classify(code.as_slice(), &t), Seen::Other);
+        let mut version = reply6(Ip6::default());
+        version[ETH_HLEN] = 0x40;
+        assert_eq!(classify(version.as_slice(), &t), Seen::Other);
+        // UDP is nobody's business here.
+        let udp = ip6(Ip6::default(), 17, &[0; 64]);
+        assert_eq!(classify(udp.as_slice(), &t), Seen::Other);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_a_reply_can_carry_are_followed() {
+        let t = Table::v6();
+        let chains = [
+            vec![hop_by_hop()],
+            vec![dst_opts(0)],
+            vec![dst_opts(3)],
+            vec![routing()],
+            vec![auth_header()],
+            // Atomic fragments (RFC 6946): offset 0, M clear.
+            vec![fragment(0)],
+            // Reserved bits do not make a fragment.
+            vec![fragment(0b110)],
+            vec![hop_by_hop(), routing(), fragment(0), dst_opts(0)],
+            // Exactly the byte cap: 256 bytes.
+            vec![dst_opts(31)],
+        ];
+        for exts in chains {
+            let names: Vec<u8> = exts.iter().map(|(p, _)| *p).collect();
+            let f = reply6(Ip6 {
+                exts,
+                ..Ip6::default()
+            });
+            assert_eq!(classify(f.as_slice(), &t), reply(PEER_MASTER), "{names:?}");
+        }
+        let ignored = [
+            // Real fragments: a later one, a first one (M set).
+            vec![fragment(8 << 3)],
+            vec![fragment(1)],
+            vec![hop_by_hop(), fragment(1)],
+            // One header too many.
+            vec![
+                hop_by_hop(),
+                routing(),
+                dst_opts(0),
+                fragment(0),
+                dst_opts(0),
+            ],
+            // Beyond the byte cap.
+            vec![dst_opts(32)],
+            vec![dst_opts(31), hop_by_hop()],
+        ];
+        for exts in ignored {
+            let names: Vec<u8> = exts.iter().map(|(p, _)| *p).collect();
+            let f = reply6(Ip6 {
+                exts,
+                ..Ip6::default()
+            });
+            assert_eq!(classify(f.as_slice(), &t), Seen::Other, "{names:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_vlan_tags_are_skipped() {
+        for vlans in [&[ETH_P_8021Q][..], &[ETH_P_8021AD, ETH_P_8021Q]] {
+            let f = reply6(Ip6 {
+                vlans,
+                ..Ip6::default()
+            });
+            assert_eq!(
+                classify(f.as_slice(), &Table::v6()),
+                reply(PEER_MASTER),
+                "{vlans:x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_probes_for_a_master_slot_s_vip_reach_its_gate() {
+        let mut t = Table::v6();
+        let seen = Seen::Probe {
+            slot: MASTER_SLOT,
+            src: BACKUP6,
+            nonce: 1u64.to_be_bytes(),
+            answer: None,
+        };
+        let probe = |vip| probe6(Ip6::default(), &payload6(42, 1, vip));
+        assert_eq!(classify(probe(MASTER_VIP6).as_slice(), &t), seen);
+        t.slots[MASTER_SLOT as usize].flags = SLOT_GATE_CLOSED;
+        assert_eq!(classify(probe(MASTER_VIP6).as_slice(), &t), seen);
+        // Through extension headers too.
+        let hbh = probe6(
+            Ip6 {
+                exts: vec![hop_by_hop()],
+                ..Ip6::default()
+            },
+            &payload6(42, 1, MASTER_VIP6),
+        );
+        assert_eq!(classify(hbh.as_slice(), &t), seen);
+        // A backup slot's VIP has no gate, nor has a VIP nobody here owns.
+        assert_eq!(classify(probe(VIP6).as_slice(), &t), Seen::Other);
+        assert_eq!(classify(probe(OTHER6).as_slice(), &t), Seen::Other);
+        let plain_ping = probe6(Ip6::default(), &[0x55; PROBE_PAYLOAD_LEN]);
+        assert_eq!(classify(plain_ping.as_slice(), &t), Seen::Other);
+    }
+
+    #[test]
+    fn ipv6_with_a_key_only_the_master_s_tagged_replies_count() {
+        let mut t = Table::v6();
+        t.slots[SLOT as usize].flags |= SLOT_AUTH;
+        t.slots[SLOT as usize].key = KEY;
+        let with = |p: [u8; PROBE_PAYLOAD_LEN]| {
+            ip6(
+                Ip6::default(),
+                IPPROTO_ICMPV6,
+                &echo6_body(ICMPV6_ECHO_REPLY, ID, &p),
+            )
+        };
+        let plain = payload6(SLOT as u16, NONCE, VIP6);
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_REPLY, &KEY)).as_slice(), &t),
+            reply(PEER_MASTER)
+        );
+        let forged = Seen::Forged {
+            slot: SLOT,
+            peer: PEER_MASTER,
+        };
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_PROBE, &KEY)).as_slice(), &t),
+            forged
+        );
+        assert_eq!(classify(with(plain).as_slice(), &t), forged);
+    }
+
+    /// What `answer_probe_v6` in `main.rs` does to the frame, on the host:
+    /// the same moves, and the same checksum update.
+    fn rewrite_v6(f: &mut [u8], a: Answer) {
+        let dst: [u8; 6] = f[..6].try_into().unwrap();
+        f.copy_within(6..12, 0);
+        f[6..12].copy_from_slice(&dst);
+        let ip = a.ip;
+        let src: [u8; 16] = f[ip + 8..ip + 24].try_into().unwrap();
+        f.copy_within(ip + 24..ip + 40, ip + 8);
+        f[ip + 24..ip + 40].copy_from_slice(&src);
+        f[ip + 7] = 64;
+        let icmp = ip + IPV6_HLEN;
+        let tag_at = icmp + ICMP_HLEN + PROBE_TAG_AT;
+        let old: [u8; 8] = f[tag_at..tag_at + 8].try_into().unwrap();
+        f[tag_at..tag_at + 8].copy_from_slice(&a.tag);
+        let sum = icmpv6_answer_checksum([f[icmp + 2], f[icmp + 3]], old, a.tag);
+        f[icmp] = ICMPV6_ECHO_REPLY;
+        f[icmp + 2..icmp + 4].copy_from_slice(&sum);
+    }
+
+    #[test]
+    fn ipv6_with_a_key_the_master_answers_tagged_probes_itself() {
+        let mut t = Table::v6();
+        t.slots[MASTER_SLOT as usize].flags |= SLOT_AUTH;
+        t.slots[MASTER_SLOT as usize].key = KEY;
+        let plain = payload6(42, 1, MASTER_VIP6);
+        let good = tagged(plain, AUTH_PROBE, &KEY);
+        let reply_tag = auth_tag(&KEY, AUTH_REPLY, &good);
+        for (vlans, ip) in [(&[][..], 14), (&[ETH_P_8021Q][..], 18)] {
+            let h = Ip6 {
+                vlans,
+                ..Ip6::default()
+            };
+            let mut f = probe6(h, &good);
+            let Seen::Probe { answer, .. } = classify(f.as_slice(), &t) else {
+                panic!("a probe");
+            };
+            let a = Answer {
+                ip,
+                tag: reply_tag,
+                v6: true,
+            };
+            assert_eq!(answer, Some(a));
+            // The rewritten frame is the reply the master's kernel would
+            // have sent with the master's tag, checksum included.
+            rewrite_v6(&mut f, a);
+            let mut tagged_reply = good;
+            tagged_reply[PROBE_TAG_AT..].copy_from_slice(&reply_tag);
+            let expected = ip6(
+                Ip6 {
+                    eth_dst: BRIDGE_MAC,
+                    eth_src: OUR_MAC,
+                    vlans,
+                    src: MASTER6,
+                    dst: BACKUP6,
+                    hop_limit: 64,
+                    exts: Vec::new(),
+                },
+                IPPROTO_ICMPV6,
+                &echo6_body(ICMPV6_ECHO_REPLY, ID, &tagged_reply),
+            );
+            assert_eq!(f, expected);
+        }
+        // Untagged, or tagged with another key: left to the kernel.
+        for bad in [plain, tagged(plain, AUTH_PROBE, &Key { k0: 9, k1: 9 })] {
+            let Seen::Probe { answer, .. } = classify(probe6(Ip6::default(), &bad).as_slice(), &t)
+            else {
+                panic!("a probe");
+            };
+            assert_eq!(answer, None);
+        }
+        // With extension headers: still a probe, but the program does not
+        // rewrite that shape; the kernel answers.
+        let hbh = probe6(
+            Ip6 {
+                exts: vec![hop_by_hop()],
+                ..Ip6::default()
+            },
+            &good,
+        );
+        let Seen::Probe { answer, .. } = classify(hbh.as_slice(), &t) else {
+            panic!("a probe");
+        };
+        assert_eq!(answer, None);
+    }
+
+    #[test]
+    fn checksum_updates_match_a_full_recompute() {
+        // A small LCG: deterministic words without a dependency.
+        let mut x: u32 = 0x1234_5678;
+        let mut next = || {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 8) as u16
+        };
+        for round in 0..2000 {
+            let mut words: Vec<u16> = (0..20).map(|_| next()).collect();
+            // Edge words too: all ones and zero.
+            if round % 7 == 0 {
+                words[3] = 0xffff;
+            }
+            if round % 11 == 0 {
+                words[5] = 0;
+            }
+            let bytes = |w: &[u16]| w.iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<_>>();
+            let check = !sum16(&bytes(&words));
+            let k = usize::from(next()) % words.len();
+            let old = words[k];
+            words[k] = match round % 3 {
+                0 => 0,
+                1 => 0xffff,
+                _ => next(),
+            };
+            let updated = csum_replace(check, old, words[k]);
+            // Valid: the words and the checksum sum to all ones.
+            let mut all = bytes(&words);
+            all.extend_from_slice(&updated.to_be_bytes());
+            assert_eq!(sum16(&all), 0xffff, "round {round}");
+        }
+    }
+
+    #[test]
+    fn ipv6_tcp_to_a_held_vip_is_a_connection() {
+        let tcp6 = |h: Ip6, dst, flags| {
+            let mut body = Vec::new();
+            body.extend_from_slice(&40000u16.to_be_bytes());
+            body.extend_from_slice(&6379u16.to_be_bytes());
+            body.extend_from_slice(&[0, 0, 0, 9, 0xa0, 0xb0, 0xc0, 0xd0]);
+            body.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+            ip6(
+                Ip6 {
+                    src: CLIENT6,
+                    dst,
+                    ..h
+                },
+                IPPROTO_TCP,
+                &body,
+            )
+        };
+        let mut t = Table::v6();
+        t.slots[MASTER_SLOT as usize].flags = SLOT_HOLDING;
+        let key = ConnKey {
+            client: CLIENT6,
+            ..conn()
+        };
+        let ack = Seen::Tcp {
+            key,
+            acked: true,
+            ack: [0xa0, 0xb0, 0xc0, 0xd0],
+            syn: false,
+            end: false,
+            mac: MASTER_MAC,
+        };
+        for exts in [vec![], vec![hop_by_hop()], vec![dst_opts(1), fragment(0)]] {
+            let h = Ip6 {
+                exts,
+                ..Ip6::default()
+            };
+            assert_eq!(classify(tcp6(h, MASTER_VIP6, TCP_ACK).as_slice(), &t), ack);
+        }
+        assert_eq!(
+            classify(tcp6(Ip6::default(), MASTER_VIP6, TCP_SYN).as_slice(), &t),
+            Seen::Tcp {
+                key,
+                acked: false,
+                ack: [0; 4],
+                syn: true,
+                end: false,
+                mac: MASTER_MAC,
+            }
+        );
+        let Seen::Tcp { end, .. } =
+            classify(tcp6(Ip6::default(), MASTER_VIP6, TCP_RST).as_slice(), &t)
+        else {
+            panic!("a connection");
+        };
+        assert!(end);
+        // Not held, not a VIP, a real fragment: nothing recorded.
+        assert_eq!(
+            classify(
+                tcp6(Ip6::default(), MASTER_VIP6, TCP_ACK).as_slice(),
+                &Table::v6()
+            ),
+            Seen::Other
+        );
+        assert_eq!(
+            classify(tcp6(Ip6::default(), OTHER6, TCP_ACK).as_slice(), &t),
+            Seen::Other
+        );
+        let frag = Ip6 {
+            exts: vec![fragment(1)],
+            ..Ip6::default()
+        };
+        assert_eq!(
+            classify(tcp6(frag, MASTER_VIP6, TCP_ACK).as_slice(), &t),
+            Seen::Other
+        );
+        // Every truncation, down to the last byte of the minimum header.
+        let full = tcp6(Ip6::default(), MASTER_VIP6, TCP_ACK);
+        for len in 0..full.len() {
+            assert_eq!(classify(&full[..len], &t), Seen::Other, "len {len}");
+        }
+    }
+
+    /// A Neighbour Advertisement for `target` with flags byte `flags` and,
+    /// if any, a Target Link-Layer Address option naming `tlla`.
+    fn na(h: Ip6, target: Addr, flags: u8, tlla: Option<[u8; 6]>) -> Vec<u8> {
+        let mut b = vec![ICMPV6_NEIGHBOR_ADVERT, 0, 0, 0, flags, 0, 0, 0];
+        b.extend_from_slice(&target);
+        if let Some(mac) = tlla {
+            b.extend_from_slice(&[NDP_OPT_TARGET_LLADDR, 1]);
+            b.extend_from_slice(&mac);
+        }
+        ip6(h, IPPROTO_ICMPV6, &b)
+    }
+
+    /// NDP as Linux sends it: hop limit 255; unsolicited NAs to all nodes.
+    fn ndp(eth_src: [u8; 6], src: Addr) -> Ip6 {
+        Ip6 {
+            eth_dst: [0x33, 0x33, 0, 0, 0, 1],
+            eth_src,
+            src,
+            dst: [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            hop_limit: NDP_HOP_LIMIT,
+            ..Ip6::default()
+        }
+    }
+
+    /// A Neighbour Solicitation from `src` for `target`.
+    fn ns(h: Ip6, target: Addr) -> Vec<u8> {
+        let mut b = vec![ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+        b.extend_from_slice(&target);
+        ip6(h, IPPROTO_ICMPV6, &b)
+    }
+
+    const NA_OVERRIDE: u8 = 0x20;
+    const NA_OP: [u8; 2] = [IPPROTO_ICMPV6, ICMPV6_NEIGHBOR_ADVERT];
+    const NS_OP: [u8; 2] = [IPPROTO_ICMPV6, ICMPV6_NEIGHBOR_SOLICIT];
+
+    #[test]
+    fn ipv6_neighbour_advertisements_of_a_vip_are_claims() {
+        let t = Table::v6();
+        let claim = |slot, mac, answer| Seen::Claim {
+            slot,
+            mac,
+            op: NA_OP,
+            answer,
+        };
+        // Unsolicited, with the TLLA option: the option names the claimant,
+        // even when a bridge forwards it.
+        for eth_src in [MASTER_MAC, BRIDGE_MAC] {
+            let f = na(ndp(eth_src, MASTER6), VIP6, NA_OVERRIDE, Some(MASTER_MAC));
+            assert_eq!(classify(f.as_slice(), &t), claim(SLOT, MASTER_MAC, false));
+        }
+        let f = na(
+            ndp(MASTER_MAC, MASTER6),
+            MASTER_VIP6,
+            NA_OVERRIDE,
+            Some(MASTER_MAC),
+        );
+        assert_eq!(
+            classify(f.as_slice(), &t),
+            claim(MASTER_SLOT, MASTER_MAC, false)
+        );
+        // Without the option, or with another first, the frame's source.
+        let f = na(ndp(BRIDGE_MAC, MASTER6), VIP6, NA_OVERRIDE, None);
+        assert_eq!(classify(f.as_slice(), &t), claim(SLOT, BRIDGE_MAC, false));
+        let mut slla = na(
+            ndp(BRIDGE_MAC, MASTER6),
+            VIP6,
+            NA_OVERRIDE,
+            Some(MASTER_MAC),
+        );
+        let opt = slla.len() - 8;
+        slla[opt] = 1;
+        assert_eq!(
+            classify(slla.as_slice(), &t),
+            claim(SLOT, BRIDGE_MAC, false)
+        );
+        // Ethernet padding after an NA without options is not an option.
+        let mut padded = na(ndp(BRIDGE_MAC, MASTER6), VIP6, NA_OVERRIDE, None);
+        padded.extend_from_slice(&[NDP_OPT_TARGET_LLADDR, 1, 2, 0, 0, 0, 0, 0x77]);
+        assert_eq!(
+            classify(padded.as_slice(), &t),
+            claim(SLOT, BRIDGE_MAC, false)
+        );
+        // Solicited, to our MAC: the holder answering our solicitation.
+        let to_us = Ip6 {
+            eth_dst: OUR_MAC,
+            dst: BACKUP6,
+            ..ndp(MASTER_MAC, MASTER6)
+        };
+        let f = na(to_us, VIP6, NA_SOLICITED | NA_OVERRIDE, Some(MASTER_MAC));
+        assert_eq!(classify(f.as_slice(), &t), claim(SLOT, MASTER_MAC, true));
+        // Solicited but to someone else, or to us but unsolicited: not ours.
+        let f = na(
+            ndp(MASTER_MAC, MASTER6),
+            VIP6,
+            NA_SOLICITED,
+            Some(MASTER_MAC),
+        );
+        assert_eq!(classify(f.as_slice(), &t), claim(SLOT, MASTER_MAC, false));
+        let to_us = Ip6 {
+            eth_dst: OUR_MAC,
+            ..ndp(MASTER_MAC, MASTER6)
+        };
+        let f = na(to_us, VIP6, NA_OVERRIDE, Some(MASTER_MAC));
+        assert_eq!(classify(f.as_slice(), &t), claim(SLOT, MASTER_MAC, false));
+    }
+
+    #[test]
+    fn ipv6_advertisements_that_are_not_claims_are_ignored() {
+        let t = Table::v6();
+        // Our own, by option or by source (our announcements; a backup's
+        // hand-back naming our MAC).
+        let own = [
+            na(ndp(OUR_MAC, BACKUP6), VIP6, NA_OVERRIDE, Some(OUR_MAC)),
+            na(ndp(BRIDGE_MAC, BACKUP6), VIP6, NA_OVERRIDE, Some(OUR_MAC)),
+            na(ndp(OUR_MAC, BACKUP6), VIP6, NA_OVERRIDE, None),
+        ];
+        for f in own {
+            assert_eq!(classify(f.as_slice(), &t), Seen::Other);
+        }
+        // Not from the link (RFC 4861 §7.1.2), not a VIP, a non-zero code.
+        let routed = Ip6 {
+            hop_limit: 254,
+            ..ndp(MASTER_MAC, MASTER6)
+        };
+        let f = na(routed, VIP6, NA_OVERRIDE, Some(MASTER_MAC));
+        assert_eq!(classify(f.as_slice(), &t), Seen::Other);
+        let f = na(
+            ndp(MASTER_MAC, MASTER6),
+            OTHER6,
+            NA_OVERRIDE,
+            Some(MASTER_MAC),
+        );
+        assert_eq!(classify(f.as_slice(), &t), Seen::Other);
+        let mut code = na(ndp(MASTER_MAC, MASTER6), VIP6, NA_OVERRIDE, None);
+        code[ETH_HLEN + IPV6_HLEN + 1] = 1;
+        assert_eq!(classify(code.as_slice(), &t), Seen::Other);
+        // Shorter than RFC 4861 allows, though the frame has the bytes.
+        let mut short = na(ndp(MASTER_MAC, MASTER6), VIP6, NA_OVERRIDE, None);
+        short[ETH_HLEN + 5] = 20;
+        assert_eq!(classify(short.as_slice(), &t), Seen::Other);
+        // Without the interface config we cannot tell ours from theirs.
+        let no_iface = Table {
+            iface: None,
+            ..Table::v6()
+        };
+        let f = na(
+            ndp(MASTER_MAC, MASTER6),
+            VIP6,
+            NA_OVERRIDE,
+            Some(MASTER_MAC),
+        );
+        assert_eq!(classify(f.as_slice(), &no_iface), Seen::NoConfig);
+    }
+
+    #[test]
+    fn ipv6_duplicate_address_detection_of_a_vip_is_a_claim() {
+        let t = Table::v6();
+        let dad = |eth_src, hop_limit| {
+            let h = Ip6 {
+                hop_limit,
+                ..ndp(eth_src, [0; 16])
+            };
+            ns(h, VIP6)
+        };
+        assert_eq!(
+            classify(dad(MASTER_MAC, NDP_HOP_LIMIT).as_slice(), &t),
+            Seen::Claim {
+                slot: SLOT,
+                mac: MASTER_MAC,
+                op: NS_OP,
+                answer: false,
+            }
+        );
+        // Ours, or not from the link.
+        assert_eq!(
+            classify(dad(OUR_MAC, NDP_HOP_LIMIT).as_slice(), &t),
+            Seen::Other
+        );
+        assert_eq!(classify(dad(MASTER_MAC, 64).as_slice(), &t), Seen::Other);
+        // Address resolution asks who holds the VIP; it claims nothing.
+        let resolution = ns(ndp(MASTER_MAC, MASTER6), VIP6);
+        assert_eq!(classify(resolution.as_slice(), &t), Seen::Other);
+        // DAD of an address that is no VIP.
+        let other = ns(ndp(MASTER_MAC, [0; 16]), OTHER6);
+        assert_eq!(classify(other.as_slice(), &t), Seen::Other);
+        let no_iface = Table {
+            iface: None,
+            ..Table::v6()
+        };
+        assert_eq!(
+            classify(dad(MASTER_MAC, NDP_HOP_LIMIT).as_slice(), &no_iface),
+            Seen::NoConfig
+        );
+    }
+
+    #[test]
+    fn truncated_ipv6_frames_are_ignored() {
+        let mut t = Table::v6();
+        t.slots[MASTER_SLOT as usize].flags = SLOT_HOLDING;
+        let to_us = Ip6 {
+            eth_dst: OUR_MAC,
+            ..ndp(MASTER_MAC, MASTER6)
+        };
+        let frames = [
+            reply6(Ip6::default()),
+            reply6(Ip6 {
+                exts: vec![hop_by_hop(), fragment(0)],
+                ..Ip6::default()
+            }),
+            probe6(Ip6::default(), &payload6(42, 1, MASTER_VIP6)),
+            na(
+                ndp(BRIDGE_MAC, MASTER6),
+                VIP6,
+                NA_OVERRIDE,
+                Some(MASTER_MAC),
+            ),
+            na(to_us, VIP6, NA_SOLICITED, None),
+            ns(ndp(MASTER_MAC, [0; 16]), VIP6),
+        ];
+        for full in frames {
+            assert_ne!(classify(full.as_slice(), &t), Seen::Other);
+            for len in 0..full.len() {
+                assert_eq!(classify(&full[..len], &t), Seen::Other, "len {len}");
+            }
         }
     }
 

@@ -3,8 +3,8 @@
 //! * For a backup instance it counts the master's (and witness's) replies
 //!   to the instance's heartbeat probes with kernel timestamps, and counts
 //!   forged replies.
-//! * For every instance it counts ARP claims of the instance's VIP by other
-//!   hosts and wakes the daemon through a ring buffer.
+//! * For every instance it counts ARP and NDP claims of the instance's VIP
+//!   by other hosts and wakes the daemon through a ring buffer.
 //! * For a master instance whose gate is closed (its service is unhealthy,
 //!   or it is handing over) it drops the vipwatch probes for that VIP, and
 //!   only those, so the backup sees silence and takes over; and it learns
@@ -29,6 +29,7 @@ mod program {
     use aya_ebpf::{
         bindings::{
             BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+            bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
             xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         },
         helpers::{
@@ -46,10 +47,13 @@ mod program {
         IfaceConfig, Learned, MAX_SLOTS, PEERS_PER_SLOT, PROBE_PAYLOAD_LEN, PROBE_TAG_AT,
         PeerCounters, ReplayWindow, SLOT_ACK_UPDATES, SLOT_GATE_CLOSED, SlotConfig,
         XDP_ERR_CONN_EVENTS_FULL, XDP_ERR_CONN_INSERT, XDP_ERR_MAP, XDP_ERR_NO_CONFIG,
-        XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, addr_v4,
-        peer_index, reply_fresh, rtt_bucket,
+        XDP_ERR_RINGBUF_FULL, XDP_ERR_UNKNOWN_SLOT, XDP_ERROR_KINDS, addr_as_v4, peer_index,
+        reply_fresh, rtt_bucket,
     };
-    use vipwatch_ebpf::{Answer, Frame, ICMP_HLEN, IPV4_HLEN, Seen, Slots, classify, rtt_us};
+    use vipwatch_ebpf::{
+        Answer, Frame, ICMP_HLEN, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6,
+        IPV4_HLEN, IPV6_HLEN, Seen, Slots, classify, icmpv6_answer_checksum, rtt_us,
+    };
 
     #[map(name = "VW_IFACE")]
     static IFACE: Array<IfaceConfig> = Array::with_max_entries(1, 0);
@@ -226,7 +230,7 @@ mod program {
                     // write between two probes from the same backup holds
                     // the same address and nonce either way.
                     let l = unsafe { &mut *l };
-                    l.addr = addr_v4(src);
+                    l.addr = src;
                     l.nonce = nonce;
                     // SAFETY: bpf_ktime_get_ns has no preconditions.
                     l.seen_ns = unsafe { bpf_ktime_get_ns() };
@@ -243,18 +247,20 @@ mod program {
                     return Ok(XDP_DROP);
                 }
                 match answer {
+                    Some(a) if a.v6 => Ok(answer_probe_v6(ctx, a)),
                     Some(a) => Ok(answer_probe(ctx, a)),
                     None => Ok(XDP_PASS),
                 }
             }
             Seen::Tcp {
                 key,
+                acked,
                 ack,
                 syn,
                 end,
                 mac,
             } => {
-                connection(ctx, &key, ack, syn, end, mac)?;
+                connection(ctx, &key, acked, ack, syn, end, mac)?;
                 Ok(XDP_PASS)
             }
             Seen::Claim {
@@ -357,6 +363,67 @@ mod program {
         XDP_TX
     }
 
+    /// [`answer_probe`] for IPv6: Ethernet and IPv6 addresses swapped, a
+    /// fresh hop limit, ICMPv6 echo reply with the master's tag, checksum
+    /// updated (`icmpv6_answer_checksum`). Only ICMPv6 right after the fixed
+    /// header, with exactly our payload; anything else is left to the
+    /// kernel.
+    #[inline(always)]
+    fn answer_probe_v6(ctx: &XdpContext, a: Answer) -> u32 {
+        const ICMP_LEN: usize = ICMP_HLEN + PROBE_PAYLOAD_LEN;
+        const LEN: usize = IPV6_HLEN + ICMP_LEN;
+        let start = ctx.data();
+        let end = ctx.data_end();
+        // At most two VLAN tags precede the IPv6 header.
+        if a.ip > 22 {
+            return XDP_PASS;
+        }
+        let ip = start + a.ip;
+        if ip + LEN > end || start + 12 > end {
+            return XDP_PASS;
+        }
+        let at = |k: usize| (ip + k) as *mut u8;
+        // SAFETY: every offset below is within [start, ip + LEN), checked
+        // against data_end just above; the packet is ours to rewrite.
+        unsafe {
+            let payload_len = u16::from_be_bytes([*at(4), *at(5)]) as usize;
+            if payload_len != ICMP_LEN
+                || *at(6) != IPPROTO_ICMPV6
+                || *at(IPV6_HLEN) != ICMPV6_ECHO_REQUEST
+            {
+                return XDP_PASS;
+            }
+            let eth = start as *mut u8;
+            let mut k = 0;
+            while k < 6 {
+                core::ptr::swap(eth.add(k), eth.add(6 + k));
+                k += 1;
+            }
+            // IPv6: addresses swapped, a fresh hop limit (no checksum).
+            let mut k = 0;
+            while k < 16 {
+                core::ptr::swap(at(8 + k), at(24 + k));
+                k += 1;
+            }
+            *at(7) = 64;
+            // ICMPv6: echo reply, the master's tag, checksum updated.
+            let icmp = IPV6_HLEN;
+            let tag_at = icmp + ICMP_HLEN + PROBE_TAG_AT;
+            let mut old = [0u8; 8];
+            let mut k = 0;
+            while k < 8 {
+                old[k] = *at(tag_at + k);
+                *at(tag_at + k) = a.tag[k];
+                k += 1;
+            }
+            let sum = icmpv6_answer_checksum([*at(icmp + 2), *at(icmp + 3)], old, a.tag);
+            *at(icmp) = ICMPV6_ECHO_REPLY;
+            *at(icmp + 2) = sum[0];
+            *at(icmp + 3) = sum[1];
+        }
+        XDP_TX
+    }
+
     /// The Internet checksum (RFC 1071) of `words` 16-bit words.
     #[inline(always)]
     fn checksum(word: impl Fn(usize) -> u16, words: usize) -> u16 {
@@ -414,7 +481,8 @@ mod program {
     fn connection(
         ctx: &XdpContext,
         key: &ConnKey,
-        ack: Option<[u8; 4]>,
+        acked: bool,
+        ack: [u8; 4],
         syn: bool,
         end: bool,
         mac: [u8; 6],
@@ -423,7 +491,7 @@ mod program {
         let now = unsafe { bpf_ktime_get_ns() };
         let event = |kind: u32| ConnEvent {
             kind,
-            ack: ack.unwrap_or_default(),
+            ack,
             key: *key,
             ktime_ns: now,
             mac,
@@ -444,9 +512,9 @@ mod program {
             let v = unsafe { &mut *v };
             v.last_seen_ns = now;
             v.mac = mac;
-            let Some(ack) = ack else {
+            if !acked {
                 return Ok(());
-            };
+            }
             let changed = v.ack != ack;
             v.ack = ack;
             // The handshake's last segment: announce it now that its ack
@@ -480,16 +548,16 @@ mod program {
         }
         let value = ConnValue {
             last_seen_ns: now,
-            ack: ack.unwrap_or_default(),
+            ack,
             mac,
-            flags: if ack.is_some() { CONN_ACKED } else { 0 },
+            flags: if acked { CONN_ACKED } else { 0 },
             _pad: [0; 5],
             announced_ns: now,
         };
         CONNS
             .insert(key, value, 0)
             .map_err(|_| XDP_ERR_CONN_INSERT)?;
-        if ack.is_none() {
+        if !acked {
             // A SYN: announced with the client's first ACK.
             return Ok(());
         }
@@ -499,36 +567,53 @@ mod program {
     }
 
     /// Whether the host's TCP stack has a socket for this connection (any
-    /// state but listening or TIME-WAIT), by bpf_skc_lookup_tcp (Linux 5.2).
+    /// state but listening or TIME-WAIT), by bpf_skc_lookup_tcp (Linux 5.2):
+    /// the IPv4 lookup for IPv4-mapped addresses, the IPv6 one otherwise.
     #[inline(always)]
     fn has_socket(ctx: &XdpContext, key: &ConnKey) -> bool {
         const TCP_TIME_WAIT: u32 = 6;
         const TCP_LISTEN: u32 = 10;
-        let Some(client) = addr_as_v4(&key.client) else {
-            return false;
-        };
-        let Some(vip) = SLOTS.get(key.slot).and_then(|c| addr_as_v4(&c.vip)) else {
+        // By reference: a copy of the VIP costs a stack slot per byte here,
+        // and the program's stack is 512 bytes with the tag helpers'.
+        let Some(vip) = SLOTS.get(key.slot).map(|c| &c.vip) else {
             return false;
         };
         // SAFETY: an all-zero tuple is a valid value of this plain C union.
         let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-        // SAFETY: writing the IPv4 member of the union we own.
-        unsafe {
-            let v4 = &mut tuple.__bindgen_anon_1.ipv4;
-            v4.saddr = u32::from_ne_bytes(client);
-            v4.daddr = u32::from_ne_bytes(vip);
-            v4.sport = u16::from_ne_bytes(key.client_port);
-            v4.dport = u16::from_ne_bytes(key.vip_port);
-        }
-        let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+        let size = match (addr_as_v4(&key.client), addr_as_v4(vip)) {
+            (Some(client), Some(vip)) => {
+                // SAFETY: writing the IPv4 member of the union we own.
+                unsafe {
+                    let v4 = &mut tuple.__bindgen_anon_1.ipv4;
+                    v4.saddr = u32::from_ne_bytes(client);
+                    v4.daddr = u32::from_ne_bytes(vip);
+                    v4.sport = u16::from_ne_bytes(key.client_port);
+                    v4.dport = u16::from_ne_bytes(key.vip_port);
+                }
+                core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+            }
+            (None, None) => {
+                // SAFETY: writing the IPv6 member of the union we own.
+                unsafe {
+                    let v6 = &mut tuple.__bindgen_anon_1.ipv6;
+                    v6.saddr = be_words(&key.client);
+                    v6.daddr = be_words(vip);
+                    v6.sport = u16::from_ne_bytes(key.client_port);
+                    v6.dport = u16::from_ne_bytes(key.vip_port);
+                }
+                core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+            }
+            // A client of one family on a VIP of the other: no such socket.
+            _ => return false,
+        };
         // SAFETY: the context is this program's; the tuple is on our stack
-        // and its size is that of its IPv4 member; the netns flag asks for
+        // and `size` is that of the member written; the netns flag asks for
         // the packet's own namespace.
         let sk = unsafe {
             bpf_skc_lookup_tcp(
                 ctx.ctx.cast(),
                 &mut tuple,
-                size,
+                size as u32,
                 BPF_F_CURRENT_NETNS as u64,
                 0,
             )
@@ -542,6 +627,18 @@ mod program {
         // SAFETY: releasing the reference the lookup took.
         unsafe { bpf_sk_release(sk.cast()) };
         state != TCP_LISTEN && state != TCP_TIME_WAIT
+    }
+
+    /// An address as the four network-order 32-bit words of
+    /// `bpf_sock_tuple`'s IPv6 member (bytes kept in order: `from_ne_bytes`).
+    #[inline(always)]
+    fn be_words(a: &Addr) -> [u32; 4] {
+        [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ]
     }
 
     #[panic_handler]
