@@ -14,7 +14,9 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     AddressMessageBuilder,
     packet_route::{
-        address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol},
+        address::{
+            AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, CacheInfo,
+        },
         link::{LinkAttribute, LinkLayerType, LinkMessage},
     },
 };
@@ -118,6 +120,14 @@ impl Netlink {
     /// §5.4 duplicate address detection would keep the address tentative for
     /// `RetransTimer` × `DupAddrDetectTransmits` (1 s by default), and the
     /// whole point of vipwatch is that the peer is already known to be gone.
+    ///
+    /// They are also added deprecated (preferred lifetime 0, valid forever):
+    /// still reachable, but never chosen as the source of this host's own
+    /// packets (RFC 6724 §5 rule 3), as an IPv4 VIP, a secondary address,
+    /// never is. Otherwise a VIP in the subnet of the host's address can
+    /// become the source of the backup's probes, which the master then
+    /// answers to itself once it holds the VIP again, and of syncs the peer
+    /// refuses.
     pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> anyhow::Result<bool> {
         check_prefix(addr, prefix)?;
         let mut request = self.handle.address().add(index, addr, prefix);
@@ -131,6 +141,15 @@ impl Netlink {
             // IFA_F_NODAD fits in the 8-bit ifa_flags of the header, so no
             // IFA_FLAGS attribute is needed (iproute2 does the same).
             request.message_mut().header.flags = AddressHeaderFlags::Nodad;
+            // The struct is non-exhaustive: filled from the default.
+            let mut lifetimes = CacheInfo::default();
+            lifetimes.ifa_preferred = 0;
+            // INFINITY_LIFE_TIME.
+            lifetimes.ifa_valid = u32::MAX;
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::CacheInfo(lifetimes));
         }
         // NLM_F_CREATE | NLM_F_EXCL: one round trip, and EEXIST tells us the
         // address was already bound.
