@@ -283,11 +283,17 @@ pub fn bench(options: Options) -> Result<()> {
                 (Family::V6, Err(e)) => {
                     interrupt::check()?;
                     eprintln!("{} {label} failed: {e:#}", util::TAG);
-                    writeln!(
-                        by_mode,
-                        "| {label} | **failed:** {} | | | | |",
-                        one_line(&e)
-                    )?;
+                    // The whole chain on one line: the first line alone
+                    // ("did not start:") would hide why.
+                    let why: String = format!("{e:#}")
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .replace('|', "/")
+                        .chars()
+                        .take(300)
+                        .collect();
+                    writeln!(by_mode, "| {label} | **failed:** {why} | | | | |")?;
                     modes_json.insert(key, json!({"error": format!("{e:#}")}));
                     continue;
                 }
@@ -368,10 +374,12 @@ pub fn bench(options: Options) -> Result<()> {
              how long the client got answers from both hosts. Client gap = the longest stretch without any answer \
              after the repair.\n"
         )?;
-        md += TABLE_HEAD;
-        md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
-        md += &Summary::row("client answered by both", Summary::of(&client_both));
-        md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
+        if wanted(Section::Modes) {
+            md += TABLE_HEAD;
+            md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
+            md += &Summary::row("client answered by both", Summary::of(&client_both));
+            md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
+        }
         md += "\nBy failure mode (the repair: cable plugged back, freeze lifted, health restored, master \
                restarted), IPv6 included:\n\n";
         md += &failback_by_mode;
