@@ -1,9 +1,10 @@
 //! Raw Ethernet frames in a lab: what an attacker on the LAN sends (forged
-//! ARP, replayed frames) and what it captures first. Packet sockets
-//! (`AF_PACKET`), opened inside the namespace that sends or listens.
+//! ARP and NDP, forged echo replies, replayed frames) and what it captures
+//! first. Packet sockets (`AF_PACKET`), opened inside the namespace that
+//! sends or listens.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -57,6 +58,178 @@ pub fn arp(
     f.extend_from_slice(&target_mac);
     f.extend_from_slice(&target_ip.octets());
     f
+}
+
+// ----- IPv6: NDP and ICMPv6 (RFC 4861, RFC 4443) -------------------------
+
+/// ICMPv6 message types.
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+
+/// Neighbour Advertisement flags (RFC 4861 4.4): Router, Solicited,
+/// Override.
+pub const NA_ROUTER: u8 = 0x80;
+pub const NA_SOLICITED: u8 = 0x40;
+pub const NA_OVERRIDE: u8 = 0x20;
+
+/// The all-nodes multicast address, where unsolicited advertisements go.
+pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+
+/// The solicited-node multicast address of `addr`: `ff02::1:ffXX:XXXX`
+/// with its low 24 bits (RFC 4291 2.7.1).
+pub fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let o = addr.octets();
+    let mut m = [0u8; 16];
+    m[..2].copy_from_slice(&[0xff, 0x02]);
+    m[11] = 0x01;
+    m[12] = 0xff;
+    m[13..].copy_from_slice(&o[13..]);
+    Ipv6Addr::from(m)
+}
+
+/// The Ethernet address an IPv6 multicast `group` is sent to:
+/// `33:33` and its low 32 bits (RFC 2464 7).
+pub fn multicast_mac(group: Ipv6Addr) -> [u8; 6] {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// The ICMPv6 checksum of `msg` (its checksum field zero or not: it is
+/// skipped) between `src` and `dst`, over the pseudo-header of RFC 8200
+/// 8.1.
+pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        for c in bytes.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(msg.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&msg[..msg.len().min(2)]);
+    if msg.len() > 4 {
+        add(&msg[4..]);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame carrying the ICMPv6 message `msg` (checksum filled
+/// in here) from `src` to `dst` with `hop_limit`.
+pub fn icmpv6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    msg: &[u8],
+) -> Vec<u8> {
+    let mut msg = msg.to_vec();
+    let sum = icmpv6_checksum(src, dst, &msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = Vec::with_capacity(14 + 40 + msg.len());
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    f.push(58);
+    f.push(hop_limit);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&msg);
+    f
+}
+
+/// A Neighbour Advertisement for `target` (RFC 4861 4.4) with `flags`
+/// ([`NA_OVERRIDE`], …) and, if given, a target link-layer address option:
+/// the MAC hosts learn for `target`. Hop limit 255, as receivers require
+/// (RFC 4861 7.1.2).
+pub fn neighbor_advert(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    target: Ipv6Addr,
+    flags: u8,
+    tlla: Option<[u8; 6]>,
+) -> Vec<u8> {
+    let mut msg = vec![ICMPV6_NEIGHBOR_ADVERT, 0, 0, 0, flags, 0, 0, 0];
+    msg.extend_from_slice(&target.octets());
+    if let Some(mac) = tlla {
+        // Option 2, target link-layer address, length 1 (8 bytes).
+        msg.extend_from_slice(&[2, 1]);
+        msg.extend_from_slice(&mac);
+    }
+    icmpv6_frame(eth_dst, eth_src, src, dst, 255, &msg)
+}
+
+/// The unsolicited Neighbour Advertisement a host sends when `target`
+/// moves to it (RFC 4861 7.2.6): from `target` itself (as Linux sends
+/// them) to all nodes, Override set, Solicited clear, `tlla` as the
+/// target's link-layer address. A forger keeps its own Ethernet source
+/// (`eth_src`) and names the victim's MAC in `tlla`, which is what hosts
+/// learn from.
+pub fn unsolicited_na(eth_src: [u8; 6], target: Ipv6Addr, tlla: [u8; 6]) -> Vec<u8> {
+    neighbor_advert(
+        multicast_mac(ALL_NODES),
+        eth_src,
+        target,
+        ALL_NODES,
+        target,
+        NA_OVERRIDE,
+        Some(tlla),
+    )
+}
+
+/// The Neighbour Solicitation of duplicate address detection for `target`
+/// (RFC 4862 5.4.2): from the unspecified address to `target`'s
+/// solicited-node group, without a source link-layer option (RFC 4861
+/// 4.3 forbids it with an unspecified source): only the Ethernet source
+/// says who asks.
+pub fn dad_ns(eth_src: [u8; 6], target: Ipv6Addr) -> Vec<u8> {
+    let group = solicited_node(target);
+    let mut msg = vec![ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&target.octets());
+    icmpv6_frame(
+        multicast_mac(group),
+        eth_src,
+        Ipv6Addr::UNSPECIFIED,
+        group,
+        255,
+        &msg,
+    )
+}
+
+/// An ICMPv6 echo reply (RFC 4443 4.2) from `src` to `dst` with `id`,
+/// `seq` and `data`, in a frame from `eth_src` to `eth_dst`: a forger on
+/// the LAN answering in someone else's name.
+pub fn icmpv6_echo_reply(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    id: u16,
+    seq: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut msg = vec![ICMPV6_ECHO_REPLY, 0, 0, 0];
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&seq.to_be_bytes());
+    msg.extend_from_slice(data);
+    icmpv6_frame(eth_dst, eth_src, src, dst, 64, &msg)
+}
+
+/// The ICMPv6 type of an Ethernet frame carrying ICMPv6 directly after
+/// the IPv6 header, if it is one.
+pub fn icmpv6_type(f: &[u8]) -> Option<u8> {
+    (f.len() >= 14 + 40 + 4 && f[12..14] == [0x86, 0xdd] && f[20] == 58).then(|| f[54])
 }
 
 fn packet_socket(iface: &str) -> Result<OwnedFd> {
@@ -253,4 +426,168 @@ pub fn answer_echoes(lab: &Lab, host: &str, iface: &str, duration: Duration) -> 
             }
         }
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use pnet_packet::{
+        Packet as _,
+        ethernet::{EtherTypes, EthernetPacket},
+        icmpv6::{
+            self, Icmpv6Packet, Icmpv6Types,
+            echo_reply::EchoReplyPacket,
+            ndp::{NdpOptionTypes, NeighborAdvertPacket, NeighborSolicitPacket},
+        },
+        ip::IpNextHeaderProtocols,
+        ipv6::Ipv6Packet,
+    };
+
+    use super::*;
+
+    const VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0x0a0b, 0x0c0d);
+    const MASTER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    const BACKUP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    const ATTACKER_MAC: [u8; 6] = [2, 0x76, 0x77, 0, 0, 4];
+    const MASTER_MAC: [u8; 6] = [2, 0x76, 0x77, 0, 0, 1];
+
+    /// The frame's Ethernet, IPv6 and ICMPv6 layers as pnet reads them,
+    /// after checking what every ICMPv6 frame of ours must satisfy: lengths
+    /// that add up, and the checksum pnet computes.
+    fn layers(f: &[u8]) -> (EthernetPacket<'_>, Ipv6Packet<'_>) {
+        let eth = EthernetPacket::new(f).expect("an Ethernet frame");
+        assert_eq!(eth.get_ethertype(), EtherTypes::Ipv6);
+        let ip = Ipv6Packet::new(&f[14..]).expect("an IPv6 packet");
+        assert_eq!(ip.get_version(), 6);
+        assert_eq!(ip.get_next_header(), IpNextHeaderProtocols::Icmpv6);
+        assert_eq!(usize::from(ip.get_payload_length()), f.len() - 14 - 40);
+        let icmp = Icmpv6Packet::new(ip.payload()).expect("an ICMPv6 message");
+        assert_eq!(
+            icmp.get_checksum(),
+            icmpv6::checksum(&icmp, &ip.get_source(), &ip.get_destination()),
+            "checksum"
+        );
+        (eth, ip)
+    }
+
+    #[test]
+    fn solicited_node_groups_and_their_macs() {
+        let group = solicited_node(VIP);
+        assert_eq!(
+            group,
+            "ff02::1:ff0b:c0d".parse::<Ipv6Addr>().expect("valid")
+        );
+        assert_eq!(multicast_mac(group), [0x33, 0x33, 0xff, 0x0b, 0x0c, 0x0d]);
+        assert_eq!(multicast_mac(ALL_NODES), [0x33, 0x33, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn the_checksum_matches_an_independent_implementation_and_rfc_1071() {
+        // An odd length, and a checksum field already filled in (skipped).
+        let msg = [129u8, 0, 0xab, 0xcd, 0, 1, 0, 2, 0xff, 0xee, 0x11];
+        let sum = icmpv6_checksum(MASTER, BACKUP, &msg);
+        let mut filled = msg;
+        filled[2..4].copy_from_slice(&sum.to_be_bytes());
+        let packet = Icmpv6Packet::new(&filled).expect("long enough");
+        assert_eq!(sum, icmpv6::checksum(&packet, &MASTER, &BACKUP));
+        // A correct message sums to zero (all ones before complementing),
+        // checksum field included.
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&MASTER.octets());
+        pseudo.extend_from_slice(&BACKUP.octets());
+        pseudo.extend_from_slice(&(filled.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&filled);
+        assert_eq!(checksum(&pseudo), 0);
+    }
+
+    #[test]
+    fn an_unsolicited_na_names_the_given_mac_with_override() {
+        let f = unsolicited_na(ATTACKER_MAC, VIP, MASTER_MAC);
+        let (eth, ip) = layers(&f);
+        assert_eq!(eth.get_destination().octets(), [0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(eth.get_source().octets(), ATTACKER_MAC);
+        assert_eq!(ip.get_hop_limit(), 255, "RFC 4861 7.1.2");
+        assert_eq!(ip.get_source(), VIP);
+        assert_eq!(ip.get_destination(), ALL_NODES);
+        let na = NeighborAdvertPacket::new(ip.payload()).expect("an NA");
+        assert_eq!(na.get_icmpv6_type(), Icmpv6Types::NeighborAdvert);
+        assert_eq!(na.get_icmpv6_code().0, 0);
+        assert_eq!(na.get_flags(), NA_OVERRIDE, "override, not solicited");
+        assert_eq!(na.get_target_addr(), VIP);
+        let options = na.get_options();
+        assert_eq!(options.len(), 1, "{options:?}");
+        assert_eq!(options[0].option_type, NdpOptionTypes::TargetLLAddr);
+        assert_eq!(options[0].length, 1);
+        assert_eq!(options[0].data, MASTER_MAC);
+        assert_eq!(f.len(), 14 + 40 + 24 + 8);
+    }
+
+    #[test]
+    fn a_solicited_na_without_tlla() {
+        let f = neighbor_advert(
+            MASTER_MAC,
+            ATTACKER_MAC,
+            VIP,
+            MASTER,
+            VIP,
+            NA_SOLICITED | NA_OVERRIDE,
+            None,
+        );
+        let (_, ip) = layers(&f);
+        let na = NeighborAdvertPacket::new(ip.payload()).expect("an NA");
+        assert_eq!(na.get_flags(), NA_SOLICITED | NA_OVERRIDE);
+        assert!(na.get_options().is_empty());
+        assert_eq!(icmpv6_type(&f), Some(ICMPV6_NEIGHBOR_ADVERT));
+    }
+
+    #[test]
+    fn a_dad_ns_comes_from_nowhere_to_the_solicited_node_group() {
+        let f = dad_ns(ATTACKER_MAC, VIP);
+        let (eth, ip) = layers(&f);
+        assert_eq!(
+            eth.get_destination().octets(),
+            [0x33, 0x33, 0xff, 0x0b, 0x0c, 0x0d]
+        );
+        assert_eq!(eth.get_source().octets(), ATTACKER_MAC);
+        assert_eq!(ip.get_hop_limit(), 255);
+        assert_eq!(ip.get_source(), Ipv6Addr::UNSPECIFIED);
+        assert_eq!(ip.get_destination(), solicited_node(VIP));
+        let ns = NeighborSolicitPacket::new(ip.payload()).expect("an NS");
+        assert_eq!(ns.get_icmpv6_type(), Icmpv6Types::NeighborSolicit);
+        assert_eq!(ns.get_target_addr(), VIP);
+        assert!(
+            ns.get_options().is_empty(),
+            "no source link-layer option from the unspecified address"
+        );
+        assert_eq!(f.len(), 14 + 40 + 24);
+    }
+
+    #[test]
+    fn a_forged_echo_reply_carries_what_it_is_given() {
+        let data: Vec<u8> = (0..40).collect();
+        let backup_mac = [2, 0x76, 0x77, 0, 0, 2];
+        let f = icmpv6_echo_reply(backup_mac, ATTACKER_MAC, MASTER, BACKUP, 0x1234, 7, &data);
+        let (eth, ip) = layers(&f);
+        assert_eq!(eth.get_destination().octets(), backup_mac);
+        assert_eq!(ip.get_source(), MASTER);
+        assert_eq!(ip.get_destination(), BACKUP);
+        let reply = EchoReplyPacket::new(ip.payload()).expect("an echo reply");
+        assert_eq!(reply.get_icmpv6_type(), Icmpv6Types::EchoReply);
+        assert_eq!(reply.get_identifier(), 0x1234);
+        assert_eq!(reply.get_sequence_number(), 7);
+        assert_eq!(reply.payload(), &data[..]);
+        assert_eq!(icmpv6_type(&f), Some(ICMPV6_ECHO_REPLY));
+        assert_eq!(icmpv6_type(&f[..57]), None, "truncated");
+        assert_eq!(
+            icmpv6_type(&arp(
+                [1; 6],
+                ARP_REQUEST,
+                [1; 6],
+                Ipv4Addr::LOCALHOST,
+                [0; 6],
+                Ipv4Addr::LOCALHOST
+            )),
+            None
+        );
+    }
 }

@@ -526,11 +526,17 @@ impl Lab {
         let mut settings = vec![];
         if ipv6 {
             // A lab LAN has no routers and no duplicate addresses: skip the
-            // second of DAD and the solicitations.
+            // second of DAD and the solicitations. keep_addr_on_down: an
+            // interface set down ([`Lab::link_down`]) keeps its static IPv6
+            // addresses, as IPv4 does and as a real cable pull (carrier
+            // loss, interface still up) does; by default the kernel would
+            // flush them, and a "repaired" host would come back without
+            // its address (Documentation/networking/ip-sysctl.rst).
             for scope in ["all", "default"] {
                 settings.push((format!("net/ipv6/conf/{scope}/disable_ipv6"), "0"));
                 settings.push((format!("net/ipv6/conf/{scope}/accept_dad"), "0"));
                 settings.push((format!("net/ipv6/conf/{scope}/accept_ra"), "0"));
+                settings.push((format!("net/ipv6/conf/{scope}/keep_addr_on_down"), "1"));
             }
         } else {
             for scope in ["all", "default"] {

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fmt,
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -44,7 +44,7 @@ impl Gap {
 #[derive(Debug, Clone)]
 pub struct Record {
     /// Where the requests went.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     /// The configured send interval.
     pub interval: Duration,
     /// When the client started.

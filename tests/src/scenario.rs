@@ -6,9 +6,13 @@
 //! Tests bound the numbers generously; the demo prints them; the benchmark
 //! repeats them and reports distributions. One implementation, so all three
 //! measure the same thing.
+//!
+//! The scenario runs over IPv4 (the constants below, the default) or IPv6
+//! ([`Family::V6`], the constants in [`v6`]): same hosts, same flags, same
+//! measurements, only the addresses differ.
 
 use std::{
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -25,6 +29,102 @@ pub const GATEWAY: &str = "192.0.2.254";
 pub const VIP: &str = "192.0.2.100";
 pub const VIP_CIDR: &str = "192.0.2.100/24";
 pub const ECHO_PORT: u16 = 7007;
+
+/// The IPv6 lab's addresses, in the documentation prefix (RFC 3849), one
+/// /64 like the IPv4 lab's one /24.
+pub mod v6 {
+    pub const MASTER: &str = "2001:db8::1";
+    pub const BACKUP: &str = "2001:db8::2";
+    pub const CLIENT: &str = "2001:db8::10";
+    pub const GATEWAY: &str = "2001:db8::fe";
+    pub const VIP: &str = "2001:db8::100";
+    pub const VIP_CIDR: &str = "2001:db8::100/64";
+    pub const PREFIX_LEN: u8 = 64;
+}
+
+/// The address family a scenario runs over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    /// The lab in 192.0.2.0/24 ([`MASTER`], [`VIP`], …), IPv6 disabled.
+    #[default]
+    V4,
+    /// The lab in 2001:db8::/64 ([`v6::MASTER`], [`v6::VIP`], …), IPv6
+    /// enabled in every namespace.
+    V6,
+}
+
+impl Family {
+    pub fn master(self) -> &'static str {
+        match self {
+            Self::V4 => MASTER,
+            Self::V6 => v6::MASTER,
+        }
+    }
+
+    pub fn backup(self) -> &'static str {
+        match self {
+            Self::V4 => BACKUP,
+            Self::V6 => v6::BACKUP,
+        }
+    }
+
+    pub fn client(self) -> &'static str {
+        match self {
+            Self::V4 => CLIENT,
+            Self::V6 => v6::CLIENT,
+        }
+    }
+
+    /// The bridge's address: a neutral witness on the LAN.
+    pub fn gateway(self) -> &'static str {
+        match self {
+            Self::V4 => GATEWAY,
+            Self::V6 => v6::GATEWAY,
+        }
+    }
+
+    /// The VIP without its prefix length.
+    pub fn vip(self) -> &'static str {
+        match self {
+            Self::V4 => VIP,
+            Self::V6 => v6::VIP,
+        }
+    }
+
+    /// The VIP as `--vip` takes it.
+    pub fn vip_cidr(self) -> &'static str {
+        match self {
+            Self::V4 => VIP_CIDR,
+            Self::V6 => v6::VIP_CIDR,
+        }
+    }
+
+    /// The VIP as an address.
+    pub fn vip_ip(self) -> IpAddr {
+        self.vip().parse().expect("the VIP constants are addresses")
+    }
+
+    /// The LAN's prefix length.
+    pub fn prefix_len(self) -> u8 {
+        match self {
+            Self::V4 => 24,
+            Self::V6 => v6::PREFIX_LEN,
+        }
+    }
+
+    /// `addr` with the LAN's prefix length, as the lab builder takes it.
+    pub fn cidr(self, addr: &str) -> String {
+        format!("{addr}/{}", self.prefix_len())
+    }
+
+    /// `"IPv4"` or `"IPv6"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
 
 /// How the master fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +164,9 @@ pub struct Options {
     pub client_interval: Duration,
     /// Print every daemon log line live.
     pub echo: bool,
+    /// The address family of the lab, the VIP and the client (default
+    /// IPv4).
+    pub family: Family,
 }
 
 impl Options {
@@ -76,6 +179,7 @@ impl Options {
             health: false,
             client_interval: Duration::from_micros(200),
             echo: false,
+            family: Family::V4,
         }
     }
 }
@@ -124,11 +228,13 @@ impl Scenario {
     /// master answers the client.
     pub fn start(opts: Options) -> Result<Self> {
         require_root()?;
+        let fam = opts.family;
         let lab = Lab::builder(&opts.tag)
-            .host("master", &format!("{MASTER}/24"))
-            .host("backup", &format!("{BACKUP}/24"))
-            .host("client", &format!("{CLIENT}/24"))
-            .gateway(&format!("{GATEWAY}/24"))
+            .host("master", &fam.cidr(fam.master()))
+            .host("backup", &fam.cidr(fam.backup()))
+            .host("client", &fam.cidr(fam.client()))
+            .gateway(&fam.cidr(fam.gateway()))
+            .ipv6(fam == Family::V6)
             .echo_output(opts.echo)
             .build()?;
         let health_file = opts
@@ -137,14 +243,20 @@ impl Scenario {
         if let Some(f) = &health_file {
             std::fs::write(f, b"ok").with_context(|| format!("creating {}", f.display()))?;
         }
+        let echo = match fam {
+            Family::V4 => EchoServer::start,
+            Family::V6 => EchoServer::start_v6,
+        };
         let servers = vec![
-            EchoServer::start(&lab, "master", ECHO_PORT, "master")?,
-            EchoServer::start(&lab, "backup", ECHO_PORT, "backup")?,
+            echo(&lab, "master", ECHO_PORT, "master")?,
+            echo(&lab, "backup", ECHO_PORT, "backup")?,
         ];
-        let vip: std::net::Ipv4Addr = VIP.parse()?;
-        let client = Client::builder(SocketAddrV4::new(vip, ECHO_PORT), opts.client_interval)
-            .max_duration(Duration::from_secs(3600))
-            .start(&lab, "client")?;
+        let client = Client::builder(
+            SocketAddr::new(fam.vip_ip(), ECHO_PORT),
+            opts.client_interval,
+        )
+        .max_duration(Duration::from_secs(3600))
+        .start(&lab, "client")?;
         let mut s = Self {
             master: None,
             backup: spawn_backup(&lab, &opts)?,
@@ -165,7 +277,8 @@ impl Scenario {
     /// Starts (or restarts) `vipwatch master` and waits until it holds the
     /// VIP.
     pub fn start_master(&mut self) -> Result<()> {
-        let mut args: Vec<String> = ["master", "--iface", "eth0", "--vip", VIP_CIDR]
+        let vip_cidr = self.opts.family.vip_cidr();
+        let mut args: Vec<String> = ["master", "--iface", "eth0", "--vip", vip_cidr]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -179,6 +292,16 @@ impl Scenario {
             .with_context(|| format!("vipwatch master did not claim the VIP:\n{}", p.output()))?;
         self.master = Some(p);
         Ok(())
+    }
+
+    /// The scenario's address family.
+    pub fn family(&self) -> Family {
+        self.opts.family
+    }
+
+    /// The VIP the client sends to.
+    pub fn vip(&self) -> IpAddr {
+        self.opts.family.vip_ip()
     }
 
     /// `vipwatch stats --json` of the backup.
@@ -367,8 +490,15 @@ impl Drop for Scenario {
 }
 
 fn spawn_backup(lab: &Lab, opts: &Options) -> Result<Proc> {
+    let fam = opts.family;
     let mut args: Vec<String> = [
-        "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
+        "backup",
+        "--iface",
+        "eth0",
+        "--master",
+        fam.master(),
+        "--vip",
+        fam.vip_cidr(),
     ]
     .iter()
     .map(|s| s.to_string())

@@ -6,12 +6,14 @@
 //! Requests and replies are 8 bytes: a kind (`0` answer at once, `1` answer
 //! after the server's hold), a responder id (in replies), and a sequence
 //! number. One thread each, epoll, non-blocking sockets: 10 000
-//! connections are fine. Every wait is bounded.
+//! connections are fine. Every wait is bounded. IPv4 and IPv6 alike: the
+//! client's family is its target's, a server listens on `0.0.0.0` or, with
+//! [`TcpServer::start_v6`], on `::`.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     io::{self, Read as _, Write as _},
-    net::{SocketAddrV4, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, RawFd},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -111,7 +113,24 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
+    /// Listens on `0.0.0.0:port` in `host`.
     pub fn start(lab: &Lab, host: &str, port: u16, id: u8, hold: Duration) -> Result<Self> {
+        Self::start_with(lab, host, port, id, hold, false)
+    }
+
+    /// Listens on `[::]:port` in `host` (the lab must have IPv6 enabled).
+    pub fn start_v6(lab: &Lab, host: &str, port: u16, id: u8, hold: Duration) -> Result<Self> {
+        Self::start_with(lab, host, port, id, hold, true)
+    }
+
+    fn start_with(
+        lab: &Lab,
+        host: &str,
+        port: u16,
+        id: u8,
+        hold: Duration,
+        v6: bool,
+    ) -> Result<Self> {
         let bin = server_bin()?;
         // Thousands of connections arriving at once: a listen queue of the
         // default 4096 overflows, and the kernel then resets connections
@@ -126,15 +145,15 @@ impl TcpServer {
             ],
         )
         .context("raising the listen queue limits")?;
-        let p = lab.spawn(
-            host,
-            &bin,
-            [
-                port.to_string(),
-                id.to_string(),
-                hold.as_millis().to_string(),
-            ],
-        )?;
+        let mut args = vec![
+            port.to_string(),
+            id.to_string(),
+            hold.as_millis().to_string(),
+        ];
+        if v6 {
+            args.push("v6".into());
+        }
+        let p = lab.spawn(host, &bin, &args)?;
         p.wait_for_line("listening", Duration::from_secs(10))
             .with_context(|| format!("the TCP server did not start:\n{}", p.output()))?;
         Ok(Self { proc: p })
@@ -169,11 +188,11 @@ fn server_bin() -> Result<std::path::PathBuf> {
     Ok(bin)
 }
 
-/// The server's main loop (`vwlab-tcp-server PORT ID HOLD_MS`), in its
-/// lab host's namespace.
-pub fn server_main(port: u16, id: u8, hold: Duration) -> Result<()> {
+/// The server's main loop (`vwlab-tcp-server PORT ID HOLD_MS [v6]`), in
+/// its lab host's namespace: on `0.0.0.0`, or on `::` if `v6`.
+pub fn server_main(port: u16, id: u8, hold: Duration, v6: bool) -> Result<()> {
     raise_nofile();
-    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    let listener = TcpListener::bind((if v6 { "::" } else { "0.0.0.0" }, port))?;
     listener.set_nonblocking(true)?;
     println!("listening on port {port}");
     serve(listener, id, hold, &AtomicBool::new(false))
@@ -424,11 +443,12 @@ impl TcpClient {
     pub fn start(
         lab: &Lab,
         host: &str,
-        to: SocketAddrV4,
+        to: impl Into<SocketAddr>,
         conns: usize,
         pace: Pace,
     ) -> Result<Self> {
         raise_nofile();
+        let to: SocketAddr = to.into();
         let logs = Arc::new(Mutex::new(vec![ConnLog::default(); conns]));
         let causes = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(Mutex::new(None));
@@ -579,11 +599,15 @@ struct ClientConn {
     seq: u32,
 }
 
-fn connect(to: SocketAddrV4) -> io::Result<TcpStream> {
+fn connect(to: SocketAddr) -> io::Result<TcpStream> {
+    let family = match to {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
     // SAFETY: socket(2) takes no pointers; the fd is owned below.
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            family,
             libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             0,
         )
@@ -594,19 +618,31 @@ fn connect(to: SocketAddrV4) -> io::Result<TcpStream> {
     // SAFETY: fd is fresh and ours.
     let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     stream.set_nodelay(true)?;
-    // SAFETY: a zeroed sockaddr_in is valid; fields set below.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = to.port().to_be();
-    sa.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
-    // SAFETY: sa is valid for its length.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&raw const sa).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    // SAFETY: a zeroed sockaddr_storage is valid; the family's fields are
+    // set below, and it is large enough for either family.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            let sin = unsafe { &mut *(&raw mut sa).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in6.
+            let sin6 = unsafe { &mut *(&raw mut sa).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
     };
+    // SAFETY: sa is valid for len bytes.
+    let rc = unsafe { libc::connect(fd, (&raw const sa).cast(), len as libc::socklen_t) };
     if rc != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -627,7 +663,7 @@ fn cause(s: &TcpStream, connected: bool) -> String {
 }
 
 fn run_client(
-    to: SocketAddrV4,
+    to: SocketAddr,
     n: usize,
     pace: Pace,
     logs: &Mutex<Vec<ConnLog>>,

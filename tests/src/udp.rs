@@ -4,12 +4,13 @@
 //! Wire format: a request is an 8-byte big-endian sequence number; the
 //! answer is those 8 bytes followed by the responder's name (UTF-8). The
 //! client tells responders apart by that name, not by source address: an
-//! echo server bound to 0.0.0.0 answers from its primary address, not
-//! from the VIP the request was sent to.
+//! echo server bound to 0.0.0.0 (or `::`) answers from its primary address,
+//! not from the VIP the request was sent to. Both address families work
+//! the same way; the client's family is its target's.
 
 use std::{
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     sync::{
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -53,7 +54,7 @@ fn is_timeout(e: &std::io::Error) -> bool {
 }
 
 /// Binds a UDP socket inside `host`'s namespace.
-fn bind_in(lab: &Lab, host: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
+fn bind_in(lab: &Lab, host: &str, addr: SocketAddr) -> Result<UdpSocket> {
     let socket = lab
         .in_netns(host, move || UdpSocket::bind(addr))?
         .with_context(|| format!("binding UDP {addr} in lab host {host}"))?;
@@ -78,7 +79,30 @@ impl EchoServer {
     /// Starts answering on UDP `0.0.0.0:port` in `host`'s namespace,
     /// identifying itself as `name`.
     pub fn start(lab: &Lab, host: &str, port: u16, name: &str) -> Result<EchoServer> {
-        let socket = bind_in(lab, host, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        Self::start_on(
+            lab,
+            host,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into(),
+            name,
+        )
+    }
+
+    /// Starts answering on UDP `[::]:port` in `host`'s namespace (IPv6; the
+    /// lab must have IPv6 enabled), identifying itself as `name`.
+    pub fn start_v6(lab: &Lab, host: &str, port: u16, name: &str) -> Result<EchoServer> {
+        Self::start_on(
+            lab,
+            host,
+            SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0).into(),
+            name,
+        )
+    }
+
+    /// Starts answering on UDP `addr` in `host`'s namespace, identifying
+    /// itself as `name`.
+    pub fn start_on(lab: &Lab, host: &str, addr: SocketAddr, name: &str) -> Result<EchoServer> {
+        let port = addr.port();
+        let socket = bind_in(lab, host, addr)?;
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
@@ -192,7 +216,7 @@ struct Shared {
 /// Configures a [`Client`]; see [`Client::builder`].
 #[must_use]
 pub struct ClientBuilder {
-    target: SocketAddrV4,
+    target: SocketAddr,
     interval: Duration,
     max_duration: Duration,
 }
@@ -215,7 +239,11 @@ impl ClientBuilder {
         if interval < MIN_INTERVAL {
             bail!("a client interval of {interval:?} is too short; use at least {MIN_INTERVAL:?}");
         }
-        let recv_socket = bind_in(lab, host, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        let any: SocketAddr = match target {
+            SocketAddr::V4(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
+        };
+        let recv_socket = bind_in(lab, host, any)?;
         let send_socket = recv_socket
             .try_clone()
             .context("cloning the client socket")?;
@@ -256,7 +284,7 @@ impl ClientBuilder {
 /// A paced UDP client in one lab host, recording every request and answer.
 /// Stops when dropped (or after its maximum duration).
 pub struct Client {
-    target: SocketAddrV4,
+    target: SocketAddr,
     interval: Duration,
     started: Instant,
     shared: Arc<Shared>,
@@ -265,10 +293,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Configures a client sending to `target` every `interval`.
-    pub fn builder(target: SocketAddrV4, interval: Duration) -> ClientBuilder {
+    /// Configures a client sending to `target` (IPv4 or IPv6) every
+    /// `interval`.
+    pub fn builder(target: impl Into<SocketAddr>, interval: Duration) -> ClientBuilder {
         ClientBuilder {
-            target,
+            target: target.into(),
             interval,
             max_duration: DEFAULT_MAX_DURATION,
         }
@@ -279,7 +308,7 @@ impl Client {
     pub fn start(
         lab: &Lab,
         host: &str,
-        target: SocketAddrV4,
+        target: impl Into<SocketAddr>,
         interval: Duration,
     ) -> Result<Client> {
         Self::builder(target, interval).start(lab, host)
@@ -411,7 +440,7 @@ impl Drop for Client {
 
 fn send(
     socket: &UdpSocket,
-    target: SocketAddrV4,
+    target: SocketAddr,
     interval: Duration,
     started: Instant,
     end: Instant,

@@ -2,16 +2,27 @@
 //! vipwatch in it, and reading `vipwatch stats --json`.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 use vipwatch::prober::internet_checksum;
-use vipwatch_tests::{Lab, Proc, require_root, vipwatch_bin, wait_until};
+use vipwatch_tests::{Lab, Proc, frames, require_root, vipwatch_bin, wait_until};
 
 pub use vipwatch_tests::scenario::{BACKUP, CLIENT, GATEWAY, MASTER, VIP_CIDR};
 
 pub const ATTACKER: &str = "192.0.2.66";
+
+/// The IPv6 lab: the same hosts in 2001:db8::/64 (see
+/// `vipwatch_tests::scenario::v6`).
+pub mod v6 {
+    pub use vipwatch_tests::scenario::v6::{BACKUP, CLIENT, GATEWAY, MASTER, VIP, VIP_CIDR};
+
+    pub const ATTACKER: &str = "2001:db8::66";
+}
 
 /// master, backup, client and attacker on one bridge; the bridge itself
 /// answers as the gateway (a witness).
@@ -26,11 +37,35 @@ pub fn standard_lab(tag: &str) -> Result<Lab> {
         .build()
 }
 
+/// [`standard_lab`] in IPv6: the same hosts (so the same MACs) with the
+/// addresses of [`v6`], IPv6 enabled everywhere.
+pub fn standard_lab_v6(tag: &str) -> Result<Lab> {
+    require_root()?;
+    Lab::builder(tag)
+        .host("master", &format!("{}/64", v6::MASTER))
+        .host("backup", &format!("{}/64", v6::BACKUP))
+        .host("client", &format!("{}/64", v6::CLIENT))
+        .host("attacker", &format!("{}/64", v6::ATTACKER))
+        .gateway(&format!("{}/64", v6::GATEWAY))
+        .ipv6(true)
+        .build()
+}
+
 /// Starts `vipwatch backup` on the backup's eth0 with `extra` arguments and
 /// waits until it has attached.
 pub fn start_backup(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    start_backup_for(lab, MASTER, VIP_CIDR, extra)
+}
+
+/// [`start_backup`] for the IPv6 lab: `--master 2001:db8::1 --vip
+/// 2001:db8::100/64`.
+pub fn start_backup_v6(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    start_backup_for(lab, v6::MASTER, v6::VIP_CIDR, extra)
+}
+
+fn start_backup_for(lab: &Lab, master: &str, vip_cidr: &str, extra: &[&str]) -> Result<Proc> {
     let mut args = vec![
-        "backup", "--iface", "eth0", "--master", MASTER, "--vip", VIP_CIDR,
+        "backup", "--iface", "eth0", "--master", master, "--vip", vip_cidr,
     ];
     args.extend_from_slice(extra);
     let p = lab.spawn("backup", vipwatch_bin()?, &args)?;
@@ -179,4 +214,47 @@ fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, slot: u16, nonce: u64, se
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     ip.extend_from_slice(&icmp);
     ip
+}
+
+/// vipwatch's probe payload (magic, `slot`, `nonce`, the IPv6 VIP) as an
+/// ICMPv6 echo reply "from" `src` to `dst`, in a frame from `host`'s eth0
+/// to `dst_host`'s MAC: sent with a packet socket, so the source address
+/// can be anything. One frame per sequence number `0..count`, 1 ms apart.
+#[expect(clippy::too_many_arguments, reason = "every field of the forgery")]
+pub fn send_echo_reply_v6(
+    lab: &Lab,
+    host: &str,
+    dst_host: &str,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    id: u16,
+    slot: u16,
+    nonce: u64,
+    count: usize,
+) -> Result<()> {
+    let vip: Ipv6Addr = v6::VIP.parse()?;
+    let eth_src = frames::mac(lab.mac(host)?)?;
+    let eth_dst = frames::mac(lab.mac(dst_host)?)?;
+    let replies: Vec<Vec<u8>> = (0..count as u64)
+        .map(|seq| {
+            let payload = vipwatch_common::ProbePayload {
+                slot,
+                nonce,
+                seq,
+                sent_ns: 0,
+                vip: vip.octets(),
+                tag: [0; 8],
+            };
+            frames::icmpv6_echo_reply(
+                eth_dst,
+                eth_src,
+                src,
+                dst,
+                id,
+                seq as u16,
+                &payload.encode(),
+            )
+        })
+        .collect();
+    frames::send(lab, host, "eth0", &replies, Duration::from_millis(1))
 }

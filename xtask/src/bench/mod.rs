@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use vipwatch_tests::{
     Client, EchoServer, Lab, Proc,
     scenario::{
-        self, BACKUP, ECHO_PORT, Fault, MASTER, Options as ScenarioOptions, Scenario, VIP, VIP_CIDR,
+        self, BACKUP, ECHO_PORT, Family, Fault, MASTER, Options as ScenarioOptions, Scenario, VIP,
+        VIP_CIDR,
     },
 };
 
@@ -53,8 +54,12 @@ pub struct Options {
 /// The report's sections, for `--only`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
-    /// 1, 2 and 5: outage by failure mode, where the time goes, failback.
+    /// 1, 2 and 5: outage by failure mode, where the time goes, failback
+    /// (with the IPv6 cable pull).
     Modes,
+    /// The IPv6 cable-pull row of sections 1, 2 and 5 alone (part of
+    /// `modes`).
+    Ipv6,
     /// 3: interval sweep with CPU.
     Sweep,
     /// 4: false-takeover soak.
@@ -242,8 +247,21 @@ pub fn bench(options: Options) -> Result<()> {
     let mut js =
         json!({"machine": machine(), "trials": trials, "soak_secs": soak_secs, "quick": quick});
 
-    if wanted(Section::Modes) {
-        // 1 + 2 + 5: outage by failure mode, where the time goes, failback.
+    if wanted(Section::Modes) || wanted(Section::Ipv6) {
+        // 1 + 2 + 5: outage by failure mode, where the time goes, failback;
+        // the IPv6 cable pull beside the IPv4 modes, in the same run.
+        let mut runs = Vec::new();
+        if wanted(Section::Modes) {
+            for fault in [
+                Fault::CablePull,
+                Fault::Freeze,
+                Fault::Unhealthy,
+                Fault::Stopped,
+            ] {
+                runs.push((Family::V4, fault));
+            }
+        }
+        runs.push((Family::V6, Fault::CablePull));
         let mut breakdown_md = String::new();
         let mut breakdown_json = serde_json::Map::new();
         let mut dual = Vec::new();
@@ -252,62 +270,59 @@ pub fn bench(options: Options) -> Result<()> {
         let mut by_mode = String::from(TABLE_HEAD);
         let mut failback_by_mode = String::from(TABLE_HEAD);
         let mut modes_json = serde_json::Map::new();
-        for fault in [
-            Fault::CablePull,
-            Fault::Freeze,
-            Fault::Unhealthy,
-            Fault::Stopped,
-        ] {
-            eprintln!("{} {}: {trials} trials", util::TAG, fault.describe());
-            let mut opts = ScenarioOptions::new(&format!("bench{}", mode_tag(fault)), bin.clone());
-            if fault == Fault::Unhealthy {
-                opts.health = true;
-                opts.master_args = health_args();
-            }
-            let mut s = Scenario::start(opts)?;
-            let mut outages = Vec::new();
-            let mut mode_dual = Vec::new();
-            let mut mode_gap = Vec::new();
-            let mut mode_breakdown = Breakdown::default();
-            for trial in 0..trials {
-                interrupt::check()?;
-                // Break at a random phase of the probe interval.
-                std::thread::sleep(Duration::from_micros(200 + (trial as u64 * 379) % 2000));
-                let t0 = s.inject(fault)?;
-                let t = s
-                    .await_takeover(fault, t0, Duration::from_secs(10))
-                    .with_context(|| format!("trial {trial}\n{}", s.logs()))?;
-                outages.push(ms(t.outage));
-                mode_breakdown.add(&t.stats["last_takeover"], t.first_answer_ns);
-                let r = s.repair(fault)?;
-                let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
-                dual.push(ms(fb.dual_bound));
-                client_both.push(ms(fb.client_both));
-                failback_outage.push(ms(fb.client_outage));
-                mode_dual.push(ms(fb.dual_bound));
-                mode_gap.push(ms(fb.client_outage));
-                s.wait_state("STANDBY", Duration::from_secs(10))?;
-                std::thread::sleep(Duration::from_millis(300));
+        for (family, fault) in runs {
+            let label = mode_label(family, fault);
+            let key = mode_key(family, fault);
+            eprintln!("{} {label}: {trials} trials", util::TAG);
+            let result = run_mode(&bin, family, fault, trials);
+            let run = match (family, result) {
+                (_, Ok(run)) => run,
+                (Family::V4, Err(e)) => return Err(e),
+                // An IPv6 failure (a daemon without IPv6, a lab without
+                // it) costs its row, not the IPv4 numbers beside it.
+                (Family::V6, Err(e)) => {
+                    interrupt::check()?;
+                    eprintln!("{} {label} failed: {e:#}", util::TAG);
+                    // The whole chain on one line: the first line alone
+                    // ("did not start:") would hide why.
+                    let why: String = format!("{e:#}")
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .replace('|', "/")
+                        .chars()
+                        .take(300)
+                        .collect();
+                    writeln!(by_mode, "| {label} | **failed:** {why} | | | | |")?;
+                    modes_json.insert(key, json!({"error": format!("{e:#}")}));
+                    continue;
+                }
+            };
+            let ModeRun {
+                outages,
+                dual: mode_dual,
+                client_both: mode_both,
+                gap: mode_gap,
+                breakdown: mode_breakdown,
+            } = run;
+            // Section 5's totals stay over the IPv4 modes, comparable with
+            // earlier runs; the IPv6 failback has its own rows.
+            if family == Family::V4 {
+                dual.extend_from_slice(&mode_dual);
+                client_both.extend_from_slice(&mode_both);
+                failback_outage.extend_from_slice(&mode_gap);
             }
             let summary = Summary::of(&outages);
-            by_mode += &Summary::row(fault.describe(), summary);
-            breakdown_md += &format!(
-                "\n**{}** ({} takeovers)\n\n",
-                fault.describe(),
-                outages.len()
-            );
+            by_mode += &Summary::row(&label, summary);
+            breakdown_md += &format!("\n**{label}** ({} takeovers)\n\n", outages.len());
             breakdown_md += &mode_breakdown.markdown();
-            breakdown_json.insert(mode_tag(fault).into(), mode_breakdown.json());
-            failback_by_mode += &Summary::row(
-                &format!("{}: both bound", fault.describe()),
-                Summary::of(&mode_dual),
-            );
-            failback_by_mode += &Summary::row(
-                &format!("{}: client gap", fault.describe()),
-                Summary::of(&mode_gap),
-            );
+            breakdown_json.insert(key.clone(), mode_breakdown.json());
+            failback_by_mode +=
+                &Summary::row(&format!("{label}: both bound"), Summary::of(&mode_dual));
+            failback_by_mode +=
+                &Summary::row(&format!("{label}: client gap"), Summary::of(&mode_gap));
             modes_json.insert(
-                mode_tag(fault).into(),
+                key,
                 json!({
                     "outage": Summary::json(summary),
                     "samples_ms": outages,
@@ -326,7 +341,10 @@ pub fn bench(options: Options) -> Result<()> {
              The health gate checks every 20 ms and needs 2 failures, so its row includes that detection time. \
              For the cable pull and the freeze, the failure instant is the later of the injection start and the \
              client's last answer from the master (the freeze is an nftables rule whose command takes a few ms \
-             to apply); a stopped `vipwatch master` hands over on purpose (probe gate closed on SIGTERM).\n"
+             to apply); a stopped `vipwatch master` hands over on purpose (probe gate closed on SIGTERM). \
+             The IPv6 row is the same cable pull in the same run with the lab in 2001:db8::/64 and the VIP \
+             2001:db8::100/64: ICMPv6 probes, unsolicited Neighbour Advertisements instead of gratuitous ARP, \
+             the same number of trials and the same target.\n"
         )?;
         md += &by_mode;
         js["outage_by_mode"] = Value::Object(modes_json);
@@ -347,7 +365,7 @@ pub fn bench(options: Options) -> Result<()> {
         // 5: failback.
         writeln!(
             md,
-            "\n## 5. Failback (on-claim), over all trials of section 1\n"
+            "\n## 5. Failback (on-claim), over all IPv4 trials of section 1\n"
         )?;
         writeln!(
             md,
@@ -356,12 +374,14 @@ pub fn bench(options: Options) -> Result<()> {
              how long the client got answers from both hosts. Client gap = the longest stretch without any answer \
              after the repair.\n"
         )?;
-        md += TABLE_HEAD;
-        md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
-        md += &Summary::row("client answered by both", Summary::of(&client_both));
-        md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
+        if wanted(Section::Modes) {
+            md += TABLE_HEAD;
+            md += &Summary::row("both hosts bound the VIP", Summary::of(&dual));
+            md += &Summary::row("client answered by both", Summary::of(&client_both));
+            md += &Summary::row("client gap during failback", Summary::of(&failback_outage));
+        }
         md += "\nBy failure mode (the repair: cable plugged back, freeze lifted, health restored, master \
-               restarted):\n\n";
+               restarted), IPv6 included:\n\n";
         md += &failback_by_mode;
         js["failback"] = json!({
             "dual_bound": Summary::json(Summary::of(&dual)),
@@ -554,6 +574,74 @@ pub fn bench(options: Options) -> Result<()> {
         eprintln!("{} JSON written to {}", util::TAG, path.display());
     }
     Ok(())
+}
+
+/// What one failure mode's trials measured.
+struct ModeRun {
+    outages: Vec<f64>,
+    dual: Vec<f64>,
+    client_both: Vec<f64>,
+    gap: Vec<f64>,
+    breakdown: Breakdown,
+}
+
+/// `trials` takeovers and failbacks of `fault` in one scenario over
+/// `family`.
+fn run_mode(bin: &std::path::Path, family: Family, fault: Fault, trials: usize) -> Result<ModeRun> {
+    let tag = match family {
+        Family::V4 => format!("bench{}", mode_tag(fault)),
+        Family::V6 => format!("bench{}6", mode_tag(fault)),
+    };
+    let mut opts = ScenarioOptions::new(&tag, bin.to_path_buf());
+    opts.family = family;
+    if fault == Fault::Unhealthy {
+        opts.health = true;
+        opts.master_args = health_args();
+    }
+    let mut s = Scenario::start(opts)?;
+    let mut run = ModeRun {
+        outages: Vec::new(),
+        dual: Vec::new(),
+        client_both: Vec::new(),
+        gap: Vec::new(),
+        breakdown: Breakdown::default(),
+    };
+    for trial in 0..trials {
+        interrupt::check()?;
+        // Break at a random phase of the probe interval.
+        std::thread::sleep(Duration::from_micros(200 + (trial as u64 * 379) % 2000));
+        let t0 = s.inject(fault)?;
+        let t = s
+            .await_takeover(fault, t0, Duration::from_secs(10))
+            .with_context(|| format!("trial {trial}\n{}", s.logs()))?;
+        run.outages.push(ms(t.outage));
+        run.breakdown
+            .add(&t.stats["last_takeover"], t.first_answer_ns);
+        let r = s.repair(fault)?;
+        let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
+        run.dual.push(ms(fb.dual_bound));
+        run.client_both.push(ms(fb.client_both));
+        run.gap.push(ms(fb.client_outage));
+        s.wait_state("STANDBY", Duration::from_secs(10))?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(run)
+}
+
+/// A mode's row label: the IPv4 modes as before, the IPv6 one marked.
+fn mode_label(family: Family, fault: Fault) -> String {
+    match family {
+        Family::V4 => fault.describe().to_owned(),
+        Family::V6 => format!("{} (IPv6 VIP)", fault.describe()),
+    }
+}
+
+/// A mode's key in the JSON report (`cable`, …, `cable_ipv6`).
+fn mode_key(family: Family, fault: Fault) -> String {
+    match family {
+        Family::V4 => mode_tag(fault).to_owned(),
+        Family::V6 => format!("{}_ipv6", mode_tag(fault)),
+    }
 }
 
 fn mode_tag(fault: Fault) -> &'static str {

@@ -1,0 +1,709 @@
+//! End to end over IPv6 (issue 12): the lab in 2001:db8::/64 with IPv6
+//! enabled in every namespace, the VIP 2001:db8::100/64, and the IPv4
+//! tests' cases that matter for a second address family: a cable pull
+//! and the failback as a client sending to the VIP sees them, the witness,
+//! forged ICMPv6 echo replies, forged NDP claims (an unsolicited
+//! Neighbour Advertisement, a duplicate address detection probe) and the
+//! kick of IPv6 TCP connections.
+//!
+//! The daemon takes the same flags as for IPv4 (`--master`, `--witness`,
+//! `--vip` given IPv6 addresses), probes with ICMPv6 echo requests and
+//! announces with unsolicited Neighbour Advertisements; `stats`, the logs
+//! and the hook read as they do for IPv4. The `lab_` tests need no
+//! vipwatch: they check the IPv6 lab and the forged frames against the
+//! kernel itself.
+//!
+//! Bounds are the IPv4 tests' (generous on purpose); `cargo xtask bench`
+//! measures the IPv6 cable pull beside the IPv4 one.
+
+mod common;
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use common::*;
+use serde_json::Value;
+use vipwatch_tests::{
+    Client, EchoServer, Lab, Proc, Signal, frames,
+    scenario::{self, Family, Fault, Options, Scenario},
+    tcp::{Pace, Recovery, TcpClient, TcpServer},
+    vipwatch_bin, wait_until,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+/// failover.rs's bounds.
+const TAKEOVER_BOUND: Duration = Duration::from_millis(500);
+const DUAL_BOUND: Duration = Duration::from_millis(200);
+/// After a cable pull "both bound" runs from the repair until the backup
+/// has seen `rise` replies and the master's answer to its solicitation.
+const CABLE_REPAIR_SLACK: Duration = Duration::from_millis(300);
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+
+fn vip() -> Ipv6Addr {
+    v6::VIP.parse().expect("constant")
+}
+
+fn ip(s: &str) -> Ipv6Addr {
+    s.parse().expect("constant")
+}
+
+fn mac_of(lab: &Lab, host: &str) -> Result<[u8; 6]> {
+    frames::mac(lab.mac(host)?)
+}
+
+fn scenario_v6(tag: &str, backup_args: &[&str]) -> Result<Scenario> {
+    let mut opts = Options::new(tag, vipwatch_bin()?);
+    opts.family = Family::V6;
+    opts.backup_args = backup_args.iter().map(|s| s.to_string()).collect();
+    Scenario::start(opts)
+}
+
+fn spawn_master_v6(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    let mut args = vec!["master", "--iface", "eth0", "--vip", v6::VIP_CIDR];
+    args.extend_from_slice(extra);
+    let p = lab.spawn("master", vipwatch_bin()?, &args)?;
+    p.wait_for_line("state -> HOLDING", WAIT)
+        .with_context(|| format!("vipwatch master did not claim the VIP:\n{}", p.output()))?;
+    Ok(p)
+}
+
+fn wait_state(lab: &Lab, state: &str) -> Result<Value> {
+    wait_stats(lab, &format!("the backup is {state}"), WAIT, |s| {
+        s["state"] == state
+    })
+}
+
+/// A backup standing by, then the master's cable pulled: the backup holds
+/// the VIP.
+fn active_backup_v6(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    let backup = start_backup_v6(lab, extra)?;
+    wait_state(lab, "STANDBY")?;
+    lab.link_down("master")?;
+    wait_state(lab, "ACTIVE")?;
+    Ok(backup)
+}
+
+/// The master's host answers the backup's probes again.
+fn wait_master_answers(lab: &Lab) -> Result<Value> {
+    wait_stats(lab, "the master answers", WAIT, |s| {
+        s["master"]["last_reply_age_ms"]
+            .as_f64()
+            .is_some_and(|a| a < 5.0)
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    stats(lab, "backup")
+}
+
+/// The log line of `proc` containing `what`, after `after`.
+fn line(p: &Proc, what: &str, after: Instant) -> Result<String> {
+    p.wait_for_line_after(what, after, WAIT)
+        .map(|l| l.text)
+        .with_context(|| format!("no {what:?} in:\n{}", p.output()))
+}
+
+/// A file an `--on-change` hook appends its arguments to, removed when
+/// dropped.
+struct HookFile(std::path::PathBuf);
+
+impl HookFile {
+    fn new(tag: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("vipwatch-hook-{tag}-{}", std::process::id())))
+    }
+
+    fn command(&self) -> String {
+        format!("echo >> {}", self.0.display())
+    }
+
+    /// Waits until the hook has written `expected` as a line.
+    fn wait_for(&self, expected: &str) -> Result<()> {
+        let mut text = String::new();
+        wait_until(&format!("the hook wrote {expected:?}"), WAIT, || {
+            text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            Ok(text.lines().any(|l| l == expected))
+        })
+        .with_context(|| format!("the hook wrote:\n{text}"))?;
+        Ok(())
+    }
+}
+
+impl Drop for HookFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+// ----- the lab itself (no vipwatch) ---------------------------------------
+
+/// `/proc/net/snmp6` counter `name` in `host`'s namespace.
+fn snmp6(lab: &Lab, host: &str, name: &str) -> Result<u64> {
+    let out = lab.run(host, "cat", ["/proc/net/snmp6"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(char::is_whitespace)?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+        .with_context(|| format!("no {name} in /proc/net/snmp6:\n{text}"))
+}
+
+/// After a fault: once in-flight answers have drained, nobody answers.
+fn assert_silent(client: &Client, what: &str) {
+    std::thread::sleep(Duration::from_millis(150));
+    let from = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let record = client.snapshot();
+    let sent = record.sent_between(from, record.stopped);
+    assert!(sent > 100, "{what}: the client kept sending ({sent} sent)");
+    let answered = record.count_between(from, record.stopped);
+    assert_eq!(answered, 0, "{what}: answers still arrive: {record}");
+}
+
+#[test]
+fn lab_ipv6_hosts_reach_each_other_and_faults_stop_ipv6_traffic() -> Result<()> {
+    let lab = standard_lab_v6("v6lab")?;
+    for host in ["master", "backup", "client", "attacker"] {
+        let addrs = lab.addresses(host)?;
+        assert!(
+            addrs
+                .iter()
+                .any(|a| matches!(a, IpAddr::V6(v) if v.segments()[..2] == [0x2001, 0xdb8])),
+            "{host} has its 2001:db8:: address: {addrs:?}"
+        );
+    }
+    // ping6 across the bridge, to every host and to the gateway (the
+    // witness of the IPv6 scenario).
+    for to in [v6::MASTER, v6::BACKUP, v6::ATTACKER, v6::GATEWAY] {
+        lab.run("client", "ping", ["-6", "-n", "-c", "1", "-W", "2", to])
+            .with_context(|| format!("ping6 from the client to {to}"))?;
+    }
+    lab.run(
+        Lab::BRIDGE,
+        "ping",
+        ["-6", "-n", "-c", "1", "-W", "2", v6::BACKUP],
+    )
+    .context("ping6 from the gateway to the backup")?;
+
+    // UDP over IPv6, as the scenario's client and echo servers use it.
+    let _server = EchoServer::start_v6(&lab, "master", 7007, "master")?;
+    let client = Client::builder(
+        SocketAddr::new(ip(v6::MASTER).into(), 7007),
+        Duration::from_millis(1),
+    )
+    .max_duration(Duration::from_secs(30))
+    .start(&lab, "client")?;
+    client.wait_for_answer_from("master", Instant::now(), WAIT)?;
+    assert_eq!(
+        lab.neighbor_mac("client", ip(v6::MASTER))?.as_deref(),
+        Some(lab.mac("master")?),
+        "the client learned the master's MAC by NDP"
+    );
+
+    // A cable pull keeps the host's IPv6 addresses (keep_addr_on_down),
+    // as it keeps IPv4 ones: the repaired master is reachable again.
+    lab.link_down("master")?;
+    assert_silent(&client, "link_down");
+    assert!(lab.has_address("master", ip(v6::MASTER))?);
+    lab.link_up("master")?;
+    client.wait_for_answer_from("master", Instant::now(), WAIT)?;
+
+    // The bridge-family nftables faults drop IPv6 frames too.
+    lab.blackhole("master")?;
+    assert_silent(&client, "blackhole");
+    lab.unblackhole("master")?;
+    client.wait_for_answer_from("master", Instant::now(), WAIT)?;
+    lab.loss(100)?;
+    assert_silent(&client, "loss(100)");
+    lab.clear_loss()?;
+    client.wait_for_answer_from("master", Instant::now(), WAIT)?;
+
+    // TCP over IPv6, as the kick test's servers and client use it.
+    let _tcp = TcpServer::start_v6(&lab, "backup", TCP_PORT, BACKUP_ID, WAIT)?;
+    let tcp = TcpClient::start(
+        &lab,
+        "client",
+        SocketAddr::new(ip(v6::BACKUP).into(), TCP_PORT),
+        4,
+        BUSY,
+    )?;
+    tcp.wait_all_answered_by(BACKUP_ID, WAIT)?;
+    Ok(())
+}
+
+fn is_na_for_vip(f: &[u8]) -> bool {
+    frames::icmpv6_type(f) == Some(frames::ICMPV6_NEIGHBOR_ADVERT)
+        && f.len() >= 78
+        && f[62..78] == VIP6.octets()
+}
+
+#[test]
+fn lab_forged_ndp_and_icmpv6_frames_are_taken_as_real_by_the_kernel() -> Result<()> {
+    // What the vipwatch tests below forge, checked against Linux itself:
+    // if the kernel accepts the frames (checksum, hop limit, addresses),
+    // an XDP program that parses them is tested with valid frames.
+    let lab = standard_lab_v6("v6frames")?;
+    let attacker = mac_of(&lab, "attacker")?;
+
+    // Echo replies "from" the master, sent by the attacker: the backup's
+    // kernel counts them as echo replies, none with a bad checksum.
+    let replies = snmp6(&lab, "backup", "Icmp6InEchoReplies")?;
+    let errors = snmp6(&lab, "backup", "Icmp6InCsumErrors")?;
+    send_echo_reply_v6(
+        &lab,
+        "attacker",
+        "backup",
+        ip(v6::MASTER),
+        ip(v6::BACKUP),
+        0x1234,
+        0,
+        0xdead_beef,
+        20,
+    )?;
+    wait_until("the backup's kernel counts 20 echo replies", WAIT, || {
+        Ok(snmp6(&lab, "backup", "Icmp6InEchoReplies")? >= replies + 20)
+    })?;
+    assert_eq!(snmp6(&lab, "backup", "Icmp6InCsumErrors")?, errors);
+
+    // The VIP on the master by hand; a client sending to it learns it
+    // there.
+    let _servers = [
+        EchoServer::start_v6(&lab, "master", 7007, "master")?,
+        EchoServer::start_v6(&lab, "backup", 7007, "backup")?,
+    ];
+    lab.add_address("master", v6::VIP_CIDR)?;
+    let client = Client::builder(
+        SocketAddr::new(vip().into(), 7007),
+        Duration::from_millis(1),
+    )
+    .max_duration(Duration::from_secs(30))
+    .start(&lab, "client")?;
+    client.wait_for_answer_from("master", Instant::now(), WAIT)?;
+    assert_eq!(
+        lab.neighbor_mac("client", vip())?.as_deref(),
+        Some(lab.mac("master")?)
+    );
+    // A takeover by hand, as vipwatch does it: the VIP moves to the
+    // backup, which announces it with an unsolicited NA (Override) naming
+    // its own MAC; the client's entry follows (RFC 4861 7.2.5) and the
+    // backup answers.
+    lab.del_address("master", v6::VIP_CIDR)?;
+    lab.add_address("backup", v6::VIP_CIDR)?;
+    let backup = mac_of(&lab, "backup")?;
+    let moved = Instant::now();
+    let na = frames::unsolicited_na(backup, vip(), backup);
+    frames::send(&lab, "backup", "eth0", &[na], Duration::ZERO)?;
+    client.wait_for_answer_from("backup", moved, WAIT)?;
+    assert_eq!(
+        lab.neighbor_mac("client", vip())?.as_deref(),
+        Some(lab.mac("backup")?)
+    );
+    drop(client);
+    // A forged one (another host's Ethernet source) moves it as well.
+    let elsewhere = "02:76:77:00:00:42";
+    let na = frames::unsolicited_na(attacker, vip(), frames::mac(elsewhere)?);
+    frames::send(&lab, "attacker", "eth0", &[na], Duration::ZERO)?;
+    wait_until("the client follows the forged NA", WAIT, || {
+        Ok(lab.neighbor_mac("client", vip())?.as_deref() == Some(elsewhere))
+    })?;
+
+    // A DAD probe for the VIP: the backup's kernel defends its address
+    // with an NA to all nodes (RFC 4862 5.4.3), seen on the attacker.
+    let defended = std::thread::scope(|scope| -> Result<usize> {
+        let listener = scope.spawn(|| {
+            frames::capture(
+                &lab,
+                "attacker",
+                "eth0",
+                1,
+                Duration::from_secs(3),
+                is_na_for_vip,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        frames::send(
+            &lab,
+            "attacker",
+            "eth0",
+            &[frames::dad_ns(attacker, vip())],
+            Duration::ZERO,
+        )?;
+        let captured = listener
+            .join()
+            .map_err(|_| anyhow::anyhow!("the capture panicked"))??;
+        Ok(captured.len())
+    })?;
+    assert_eq!(defended, 1, "the backup's kernel answered the DAD probe");
+    Ok(())
+}
+
+// ----- vipwatch over IPv6 -------------------------------------------------
+
+#[test]
+fn cable_pull_moves_the_ipv6_vip_to_the_backup_and_back_to_the_master_only() -> Result<()> {
+    let hook = HookFile::new("v6cable");
+    let mut s = scenario_v6("v6cable", &["--on-change", &hook.command()])?;
+    assert_eq!(s.vip(), IpAddr::V6(vip()));
+    let fault = Fault::CablePull;
+    let t0 = s.inject(fault)?;
+    let t = s.await_takeover(fault, t0, Duration::from_secs(5))?;
+    let tl = &t.stats["last_takeover"];
+    eprintln!(
+        "IPv6 cable pull: client outage {:.2} ms; backup: silence->decision {:.3} ms, decision->first NA {:.3} ms",
+        t.outage.as_secs_f64() * 1e3,
+        tl["silence_to_decision_ms"].as_f64().unwrap_or(f64::NAN),
+        tl["decision_to_first_garp_ms"].as_f64().unwrap_or(f64::NAN),
+    );
+    assert!(
+        t.outage < TAKEOVER_BOUND,
+        "outage {:?}\n{}",
+        t.outage,
+        s.logs()
+    );
+    assert_eq!(t.stats["takeovers"], 1, "{}", t.stats);
+    assert!(s.lab.has_address("backup", vip())?, "the backup holds it");
+    // The client's neighbour entry followed the backup's NA.
+    assert_eq!(
+        s.lab.neighbor_mac("client", vip())?.as_deref(),
+        Some(s.lab.mac("backup")?),
+        "{}",
+        s.logs()
+    );
+    hook.wait_for("STANDBY 2001:db8::100/64 eth0 master-replied")?;
+    hook.wait_for("ACTIVE 2001:db8::100/64 eth0 master-silent")?;
+
+    let r = s.repair(fault)?;
+    let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
+    eprintln!(
+        "IPv6 failback: both hosts bound the VIP for {:.2} ms; client saw both for {:.2} ms; longest client gap {:.2} ms",
+        fb.dual_bound.as_secs_f64() * 1e3,
+        fb.client_both.as_secs_f64() * 1e3,
+        fb.client_outage.as_secs_f64() * 1e3,
+    );
+    assert!(
+        fb.dual_bound < DUAL_BOUND + CABLE_REPAIR_SLACK,
+        "dual {:?}\n{}",
+        fb.dual_bound,
+        s.logs()
+    );
+    assert!(
+        !s.lab.has_address("backup", vip())?,
+        "the backup must have released the VIP"
+    );
+    assert!(
+        s.lab.has_address("master", vip())?,
+        "the master must hold the VIP"
+    );
+    assert_eq!(
+        s.lab.neighbor_mac("client", vip())?.as_deref(),
+        Some(s.lab.mac("master")?),
+        "the client points at the master again\n{}",
+        s.logs()
+    );
+    let st = s.wait_state("STANDBY", Duration::from_secs(5))?;
+    assert_eq!(st["releases"], 1, "{st}");
+    // Nothing taken back, no second takeover: the release check saw the
+    // master answer for the VIP (its NA to our solicitation).
+    std::thread::sleep(Duration::from_millis(100));
+    let st = s.backup_stats()?;
+    assert_eq!(st["taken_back"], 0, "{st}\n{}", s.logs());
+    assert_eq!(st["takeovers"], 1, "{st}");
+    Ok(())
+}
+
+#[test]
+fn an_ipv6_witness_keeps_a_cut_off_backup_from_taking_over() -> Result<()> {
+    let s = scenario_v6("v6wit", &["--witness", v6::GATEWAY])?;
+    s.lab.blackhole("backup")?;
+    let st = s.wait_state("ISOLATED", Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.lab.has_address("backup", vip())?,
+        "a cut-off backup must not bind the VIP"
+    );
+    let st2 = s.backup_stats()?;
+    assert_eq!(st2["takeovers"], 0, "{st} / {st2}");
+    assert_eq!(st2["state"], "ISOLATED");
+    s.lab.unblackhole("backup")?;
+    s.wait_state("STANDBY", Duration::from_secs(5))?;
+
+    // With the witness answering, a real master failure is still taken over.
+    let t0 = s.inject(Fault::CablePull)?;
+    let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
+    assert!(t.outage < TAKEOVER_BOUND, "outage {:?}", t.outage);
+    Ok(())
+}
+
+#[test]
+fn spoofed_icmpv6_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
+    let lab = standard_lab_v6("v6fg")?;
+    let _backup = start_backup_v6(&lab, &["--count", "100"])?;
+    wait_stats(&lab, "probing finished", WAIT, |s| {
+        s["master"]["replies"] == 100
+    })?;
+    // The attacker answers in the master's name without knowing our nonce.
+    send_echo_reply_v6(
+        &lab,
+        "attacker",
+        "backup",
+        ip(v6::MASTER),
+        ip(v6::BACKUP),
+        0x1234,
+        0,
+        0xdead_beef,
+        25,
+    )?;
+    let st = wait_stats(&lab, "25 forged replies", WAIT, |s| {
+        s["master"]["forged"] == 25
+    })?;
+    assert_eq!(
+        u(&st, "master.replies"),
+        100,
+        "a forged reply must never count: {st}"
+    );
+    // Echo replies from a host that is not the master count nowhere.
+    send_echo_reply_v6(
+        &lab,
+        "attacker",
+        "backup",
+        ip(v6::ATTACKER),
+        ip(v6::BACKUP),
+        0x1234,
+        0,
+        0xdead_beef,
+        25,
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let st = stats(&lab, "backup")?;
+    assert_eq!(u(&st, "master.forged"), 25, "{st}");
+    assert_eq!(u(&st, "master.replies"), 100, "{st}");
+    assert_eq!(u(&st, "takeovers"), 0, "{st}");
+    Ok(())
+}
+
+#[test]
+fn forged_icmpv6_replies_do_not_keep_a_dead_master_alive() -> Result<()> {
+    // A stream of replies in the master's name (wrong nonce) while its
+    // cable is out: the backup takes over while the stream still runs.
+    let lab = standard_lab_v6("v6fgdead")?;
+    let _backup = start_backup_v6(&lab, &[])?;
+    wait_state(&lab, "STANDBY")?;
+    let flooding = AtomicBool::new(true);
+    let (active_during_flood, st) = std::thread::scope(|scope| -> Result<(bool, Value)> {
+        let forger = scope.spawn(|| {
+            let sent = send_echo_reply_v6(
+                &lab,
+                "attacker",
+                "backup",
+                ip(v6::MASTER),
+                ip(v6::BACKUP),
+                0x1234,
+                0,
+                0x0bad_cafe,
+                2000,
+            );
+            flooding.store(false, Ordering::SeqCst);
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        lab.link_down("master")?;
+        let st = wait_state(&lab, "ACTIVE");
+        let during = flooding.load(Ordering::SeqCst);
+        forger
+            .join()
+            .map_err(|_| anyhow::anyhow!("the forger panicked"))??;
+        Ok((during, st?))
+    })?;
+    assert!(
+        active_during_flood,
+        "the backup took over only after the forged replies stopped: {st}"
+    );
+    let st = stats(&lab, "backup")?;
+    assert!(
+        st["master"]["forged"].as_u64() > Some(50),
+        "the forged replies are counted as forged: {st}"
+    );
+    assert_eq!(st["takeovers"], 1, "{st}");
+    assert!(
+        st["last_takeover"]["silence_to_decision_ms"].as_f64() < Some(20.0),
+        "detection as usual: {st}"
+    );
+    Ok(())
+}
+
+#[test]
+fn one_forged_na_in_the_master_s_name_costs_ms_not_the_vip() -> Result<()> {
+    // never_lose row 1 over IPv6: backup ACTIVE (master stopped, its host
+    // up and answering); one unsolicited NA from a third host naming the
+    // master's MAC for the VIP. The backup gives the VIP up, solicits it,
+    // nobody answers: taken back.
+    let lab = standard_lab_v6("v6forged")?;
+    let hook = HookFile::new("v6forged");
+    let master = spawn_master_v6(&lab, &[])?;
+    let backup = start_backup_v6(&lab, &["--on-change", &hook.command()])?;
+    wait_state(&lab, "STANDBY")?;
+    master.signal(Signal::Term)?;
+    master.wait(WAIT)?;
+    wait_state(&lab, "ACTIVE")?;
+    let before = wait_master_answers(&lab)?;
+    assert_eq!(before["releases"], 0, "{before}");
+    let t = Instant::now();
+    let na = frames::unsolicited_na(mac_of(&lab, "attacker")?, vip(), mac_of(&lab, "master")?);
+    frames::send(&lab, "attacker", "eth0", &[na], Duration::ZERO)?;
+    let st = wait_stats(&lab, "the VIP is taken back", WAIT, |s| {
+        s["taken_back"] == 1
+    })
+    .with_context(|| backup.output())?;
+    assert_eq!(st["state"], "ACTIVE", "{st}");
+    assert_eq!(st["releases"], 1, "{st}");
+    assert!(lab.has_address("backup", vip())?);
+    let released = scenario::mono_ns(&line(&backup, "released 2001:db8::100/64", t)?)?;
+    let back = scenario::mono_ns(&line(&backup, "nobody answers for the VIP", t)?)?;
+    let cost = Duration::from_nanos(back.saturating_sub(released));
+    assert!(
+        cost < Duration::from_millis(50),
+        "the forged claim cost {cost:?}\n{}",
+        backup.output()
+    );
+    hook.wait_for("STANDBY 2001:db8::100/64 eth0 master-claimed")?;
+    hook.wait_for("ACTIVE 2001:db8::100/64 eth0 claimant-silent")?;
+    Ok(())
+}
+
+#[test]
+fn a_dad_probe_for_the_held_ipv6_vip_is_a_claim_from_its_sender() -> Result<()> {
+    // Another host about to configure the VIP (DAD, RFC 4862 5.4): a
+    // claim by the attacker's MAC, counted; not the master's, so the
+    // backup keeps the VIP and reports the conflict.
+    let lab = standard_lab_v6("v6dad")?;
+    let backup = active_backup_v6(&lab, &[])?;
+    let before = stats(&lab, "backup")?;
+    let claims = u(&before, "claims");
+    let t = Instant::now();
+    frames::send(
+        &lab,
+        "attacker",
+        "eth0",
+        &[frames::dad_ns(mac_of(&lab, "attacker")?, vip())],
+        Duration::ZERO,
+    )?;
+    let st = wait_stats(&lab, "the DAD probe is counted as a claim", WAIT, |s| {
+        s["claims"].as_u64() > Some(claims)
+    })
+    .with_context(|| backup.output())?;
+    line(
+        &backup,
+        &format!(
+            "is claimed by {} which is not the master",
+            lab.mac("attacker")?
+        ),
+        t,
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let st2 = stats(&lab, "backup")?;
+    assert_eq!(st2["state"], "ACTIVE", "{st} / {st2}");
+    assert_eq!(st2["releases"], 0, "{st2}");
+    assert!(lab.has_address("backup", vip())?);
+    Ok(())
+}
+
+// ----- TCP over IPv6: the kick ---------------------------------------------
+
+const TCP_PORT: u16 = 6380;
+const CONNS: usize = 8;
+const MASTER_ID: u8 = 1;
+const BACKUP_ID: u8 = 2;
+/// kick.rs's bound: far below the 200 ms minimum retransmission timeout.
+const KICKED_BOUND: Duration = Duration::from_millis(120);
+/// A request 1 ms after each answer.
+const BUSY: Pace = Pace {
+    period: Duration::from_millis(1),
+    hold: false,
+};
+
+/// Every connection back, on `responder`; returns the slowest.
+fn all_back(client: &TcpClient, t0: Instant, responder: u8, what: &str) -> Result<Duration> {
+    let r = client.recoveries(t0, Duration::from_secs(5));
+    let back: Vec<Recovery> = r.iter().flatten().copied().collect();
+    if back.len() != CONNS {
+        bail!(
+            "{what}: only {} of {CONNS} connections came back: {r:?}",
+            back.len()
+        );
+    }
+    if let Some(b) = back.iter().find(|b| b.responder != responder) {
+        bail!(
+            "{what}: a connection came back on {} not {responder}: {r:?}",
+            b.responder
+        );
+    }
+    let slowest = back.iter().map(|b| b.back_after).max().unwrap_or_default();
+    eprintln!(
+        "{what}: {CONNS} connections back within {:.1} ms",
+        slowest.as_secs_f64() * 1e3
+    );
+    Ok(slowest)
+}
+
+#[test]
+fn cable_pull_kicks_every_ipv6_connection_over_and_failback_brings_them_home() -> Result<()> {
+    let lab = standard_lab_v6("v6kick")?;
+    let _servers = [
+        TcpServer::start_v6(&lab, "master", TCP_PORT, MASTER_ID, WAIT)?,
+        TcpServer::start_v6(&lab, "backup", TCP_PORT, BACKUP_ID, WAIT)?,
+    ];
+    let master = spawn_master_v6(&lab, &[])?;
+    let backup = start_backup_v6(&lab, &[])?;
+    wait_state(&lab, "STANDBY")?;
+    let logs = || {
+        format!(
+            "--- backup ---\n{}\n--- master ---\n{}",
+            backup.output(),
+            master.output()
+        )
+    };
+    let client = TcpClient::start(
+        &lab,
+        "client",
+        SocketAddr::new(vip().into(), TCP_PORT),
+        CONNS,
+        BUSY,
+    )?;
+    client.wait_all_answered_by(MASTER_ID, WAIT)?;
+    wait_stats(&lab, "the backup knows the connections", WAIT, |s| {
+        s["conn"]["known_from_peer"].as_u64() == Some(CONNS as u64)
+    })
+    .with_context(logs)?;
+
+    let t0 = Instant::now();
+    lab.link_down("master")?;
+    let slowest = all_back(&client, t0, BACKUP_ID, "IPv6 cable pull, kick").with_context(logs)?;
+    assert!(
+        slowest < KICKED_BOUND,
+        "kicked connections took {slowest:?}\n{}",
+        logs()
+    );
+    let st = stats(&lab, "backup")?;
+    assert_eq!(st["conn"]["last_kick"]["kicks"], CONNS as u64, "{st}");
+
+    // Failback, after the backup's announcement burst (see kick.rs).
+    std::thread::sleep(Duration::from_millis(100));
+    let t1 = Instant::now();
+    lab.link_up("master")?;
+    line(&backup, "released", t1)?;
+    line(&master, "kicked", t1)?;
+    let slowest = all_back(&client, t1, MASTER_ID, "IPv6 failback, kick").with_context(logs)?;
+    assert!(
+        slowest < KICKED_BOUND + Duration::from_millis(200),
+        "failback took {slowest:?}\n{}",
+        logs()
+    );
+    Ok(())
+}
