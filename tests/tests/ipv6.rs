@@ -707,3 +707,108 @@ fn cable_pull_kicks_every_ipv6_connection_over_and_failback_brings_them_home() -
     );
     Ok(())
 }
+
+#[test]
+fn with_a_key_the_master_s_program_answers_ipv6_probes_itself() -> Result<()> {
+    // The keyed mode over IPv6: only the master's XDP program can tag a
+    // reply (it answers the probe itself, XDP_TX, ICMPv6 checksum
+    // updated); the kernel's plain echo would be counted as forged. Every
+    // probe answered and none forged is what shows the IPv6 rewrite works.
+    let lab = standard_lab_v6("v6auth")?;
+    let key = KeyFile::new(&lab)?;
+    let _master = spawn_master_v6(&lab, &["--auth-key-file", &key.arg()])?;
+    let _backup = start_backup_v6(&lab, &["--auth-key-file", &key.arg()])?;
+    wait_state(&lab, "STANDBY")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let st = stats(&lab, "backup")?;
+    assert_eq!(st["master"]["forged"], 0, "every reply tagged: {st}");
+    assert!(u(&st, "master.replies") > 50, "{st}");
+    assert!(
+        f(&st, "master.loss_pct") < 5.0,
+        "the master's program answers every probe: {st}"
+    );
+    lab.link_down("master")?;
+    let st = wait_state(&lab, "ACTIVE")?;
+    assert!(
+        st["last_takeover"]["silence_to_decision_ms"].as_f64() < Some(20.0),
+        "detection as usual: {st}"
+    );
+    assert!(lab.has_address("backup", vip())?);
+    Ok(())
+}
+
+#[test]
+fn a_link_local_master_is_probed_on_the_interface() -> Result<()> {
+    // `--master fe80::…` without a scope: the instance's interface is the
+    // scope, for the probes and for the replies XDP compares.
+    let lab = standard_lab_v6("v6ll")?;
+    let _master = spawn_master_v6(&lab, &[])?;
+    let link_local = lab
+        .addresses("master")?
+        .into_iter()
+        .find_map(|a| match a {
+            IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
+            _ => None,
+        })
+        .context("the master has no link-local address")?;
+    let args = [
+        "backup",
+        "--iface",
+        "eth0",
+        "--master",
+        &link_local.to_string(),
+        "--vip",
+        v6::VIP_CIDR,
+    ];
+    let backup = lab.spawn("backup", vipwatch_bin()?, args)?;
+    backup
+        .wait_for_line("XDP attached", WAIT)
+        .with_context(|| backup.output())?;
+    let st = wait_state(&lab, "STANDBY")?;
+    assert_eq!(s(&st, "master.address"), link_local.to_string(), "{st}");
+    lab.link_down("master")?;
+    wait_state(&lab, "ACTIVE")?;
+    assert!(lab.has_address("backup", vip())?);
+    lab.link_up("master")?;
+    // The master claims it back; the backup, hearing its link-local
+    // address answer again, hands it over.
+    wait_state(&lab, "STANDBY")?;
+    assert!(!lab.has_address("backup", vip())?);
+    Ok(())
+}
+
+#[test]
+fn a_no_preempt_master_waits_while_another_host_answers_for_the_ipv6_vip() -> Result<()> {
+    // --no-preempt over IPv6: the master asks with a Neighbour Solicitation;
+    // the holder's kernel answers, so it waits; once nobody answers, it
+    // claims.
+    let lab = standard_lab_v6("v6nopre")?;
+    lab.add_address("attacker", v6::VIP_CIDR)?;
+    let master = lab.spawn(
+        "master",
+        vipwatch_bin()?,
+        [
+            "master",
+            "--iface",
+            "eth0",
+            "--vip",
+            v6::VIP_CIDR,
+            "--no-preempt",
+        ],
+    )?;
+    let waiting = master
+        .wait_for_line("state -> WAITING", WAIT)
+        .with_context(|| master.output())?;
+    let holder = lab.mac("attacker")?;
+    assert!(
+        waiting.contains(&format!("{holder} answers for {}", v6::VIP)),
+        "{waiting}"
+    );
+    assert!(!lab.has_address("master", vip())?);
+    lab.del_address("attacker", v6::VIP_CIDR)?;
+    master
+        .wait_for_line("state -> HOLDING", WAIT)
+        .with_context(|| master.output())?;
+    assert!(lab.has_address("master", vip())?);
+    Ok(())
+}

@@ -417,34 +417,6 @@ fn a_killed_daemon_leaves_nothing_in_the_kernel() -> Result<()> {
     Ok(())
 }
 
-/// A key file for the pair (mode 600), removed with the returned guard.
-struct KeyFile(std::path::PathBuf);
-
-impl KeyFile {
-    fn new(lab: &Lab) -> Result<Self> {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let path = std::env::temp_dir().join(format!("vipwatch-key-{}", lab.prefix()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
-        writeln!(f, "0123456789abcdef0123456789abcdef")?;
-        Ok(Self(path))
-    }
-
-    fn arg(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn with_a_key_a_host_that_sees_the_probes_cannot_answer_for_the_master() -> Result<()> {
     // The authenticated mode: the master's program answers the probes

@@ -258,3 +258,31 @@ pub fn send_echo_reply_v6(
         .collect();
     frames::send(lab, host, "eth0", &replies, Duration::from_millis(1))
 }
+
+/// A key file for the pair (mode 600), removed with the returned guard.
+pub struct KeyFile(std::path::PathBuf);
+
+impl KeyFile {
+    pub fn new(lab: &Lab) -> Result<Self> {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let path = std::env::temp_dir().join(format!("vipwatch-key-{}", lab.prefix()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(f, "0123456789abcdef0123456789abcdef")?;
+        Ok(Self(path))
+    }
+
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
