@@ -719,7 +719,22 @@ fn with_a_key_the_master_s_program_answers_ipv6_probes_itself() -> Result<()> {
     let _master = spawn_master_v6(&lab, &["--auth-key-file", &key.arg()])?;
     let _backup = start_backup_v6(&lab, &["--auth-key-file", &key.arg()])?;
     wait_state(&lab, "STANDBY")?;
+    // XDP counts a reply before the kernel checks its checksum: the
+    // kernel's own counters say whether the rewritten replies are valid.
+    let (replies0, bad0) = (
+        snmp6(&lab, "backup", "Icmp6InEchoReplies")?,
+        snmp6(&lab, "backup", "Icmp6InCsumErrors")?,
+    );
     std::thread::sleep(Duration::from_millis(300));
+    let (replies, bad) = (
+        snmp6(&lab, "backup", "Icmp6InEchoReplies")?,
+        snmp6(&lab, "backup", "Icmp6InCsumErrors")?,
+    );
+    assert!(
+        replies - replies0 > 50,
+        "{replies0} -> {replies} valid echo replies"
+    );
+    assert_eq!(bad, bad0, "ICMPv6 checksum errors");
     let st = stats(&lab, "backup")?;
     assert_eq!(st["master"]["forged"], 0, "every reply tagged: {st}");
     assert!(u(&st, "master.replies") > 50, "{st}");
@@ -809,6 +824,34 @@ fn a_no_preempt_master_waits_while_another_host_answers_for_the_ipv6_vip() -> Re
     master
         .wait_for_line("state -> HOLDING", WAIT)
         .with_context(|| master.output())?;
+    assert!(lab.has_address("master", vip())?);
+    Ok(())
+}
+
+#[test]
+fn a_killed_active_ipv6_backup_restarts_adopts_the_vip_and_hands_it_back() -> Result<()> {
+    // kill -9 while ACTIVE leaves the IPv6 VIP bound; the restarted backup
+    // must start (an IPv6 address has no "primary": the VIP is not taken
+    // for the host's own address), adopt it and hand it back to the master.
+    let lab = standard_lab_v6("v6restart")?;
+    let _master = spawn_master_v6(&lab, &[])?;
+    let backup = active_backup_v6(&lab, &[])?;
+    backup.signal(Signal::Kill)?;
+    backup.wait(WAIT)?;
+    assert!(lab.has_address("backup", vip())?, "kill -9 leaves it bound");
+    lab.link_up("master")?;
+    wait_until("the master holds the VIP again", WAIT, || {
+        lab.has_address("master", vip())
+    })?;
+    let restarted = start_backup_v6(&lab, &[])?;
+    restarted
+        .wait_for_line("adopted", WAIT)
+        .with_context(|| restarted.output())?;
+    wait_state(&lab, "STANDBY")?;
+    wait_until("the adopted VIP is handed back", WAIT, || {
+        Ok(!lab.has_address("backup", vip())?)
+    })
+    .with_context(|| restarted.output())?;
     assert!(lab.has_address("master", vip())?);
     Ok(())
 }

@@ -10,7 +10,7 @@
 use vipwatch_common::{
     AUTH_PROBE, AUTH_REPLY, Addr, ConnKey, IfaceConfig, PEER_MASTER, PEER_WITNESS,
     PROBE_PAYLOAD_LEN, PROBE_TAG_AT, ProbePayload, ROLE_BACKUP, ROLE_MASTER, SLOT_AUTH,
-    SLOT_HOLDING, SLOT_WITNESS, SlotConfig, addr_v4, auth_tag, siphash::Key,
+    SLOT_HOLDING, SLOT_WITNESS, SlotConfig, addr_as_v4, addr_v4, auth_tag, siphash::Key,
 };
 
 /// Bounded reads out of a packet.
@@ -490,6 +490,11 @@ fn classify_ipv6<F: Frame + ?Sized, S: Slots>(frame: &F, ip: usize, slots: &S) -
     let Some(src) = frame.load::<16>(ip + 8) else {
         return Seen::Other;
     };
+    // An IPv4-mapped source is never on the wire (Linux drops it in
+    // ip6_rcv); in our one 16-byte form it would pass for an IPv4 peer.
+    if addr_as_v4(&src).is_some() {
+        return Seen::Other;
+    }
     let Some((next, l4)) = ipv6_upper(frame, ip, fixed[6]) else {
         return Seen::Other;
     };
@@ -513,6 +518,9 @@ fn classify_tcp6<F: Frame + ?Sized, S: Slots>(
     let Some(dst) = frame.load::<16>(ip + 24) else {
         return Seen::Other;
     };
+    if addr_as_v4(&dst).is_some() {
+        return Seen::Other;
+    }
     let Some(slot) = held_slot(slots, &dst) else {
         return Seen::Other;
     };
@@ -603,6 +611,10 @@ fn classify_ndp<F: Frame + ?Sized, S: Slots>(
     let Some(target) = frame.load::<16>(l4 + 8) else {
         return Seen::Other;
     };
+    // Not an IPv6 address of anyone's (see classify_ipv6): not an IPv4 VIP's.
+    if addr_as_v4(&target).is_some() {
+        return Seen::Other;
+    }
     // A solicitation claims the address only when it is Duplicate Address
     // Detection (RFC 4862 §5.4.2: from the unspecified address); address
     // resolution asks who holds it and claims nothing.
@@ -1933,6 +1945,39 @@ mod tests {
         let mut b = vec![ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
         b.extend_from_slice(&target);
         ip6(h, IPPROTO_ICMPV6, &b)
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_addresses_are_nobody_s() {
+        // ::ffff:a.b.c.d is never on the wire; in the 16-byte form it would
+        // pass for the IPv4 master, VIP or client of an IPv4 slot.
+        let t = Table::new();
+        let mut held = Table::new();
+        held.slots[MASTER_SLOT as usize].flags = SLOT_HOLDING;
+        let reply = reply6(Ip6 {
+            src: addr_v4(MASTER),
+            ..Ip6::default()
+        });
+        assert_eq!(classify(reply.as_slice(), &t), Seen::Other);
+        let claim = na(
+            ndp(MASTER_MAC, MASTER6),
+            addr_v4(VIP),
+            NA_OVERRIDE,
+            Some(MASTER_MAC),
+        );
+        assert_eq!(classify(claim.as_slice(), &t), Seen::Other);
+        let mut seg = vec![0u8; 20];
+        seg[12] = 0x50;
+        seg[13] = TCP_ACK;
+        let tcp = ip6(
+            Ip6 {
+                dst: addr_v4(MASTER_VIP),
+                ..Ip6::default()
+            },
+            IPPROTO_TCP,
+            &seg,
+        );
+        assert_eq!(classify(tcp.as_slice(), &held), Seen::Other);
     }
 
     const NA_OVERRIDE: u8 = 0x20;

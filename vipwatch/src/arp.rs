@@ -332,7 +332,7 @@ pub struct Announcer {
     /// Prebuilt frames per VIP. vipwatch has a handful of VIPs, so a linear
     /// scan beats hashing.
     frames: Vec<(IpAddr, Frames)>,
-    /// See [`Self::link_local`].
+    /// See [`Self::solicit_source`].
     link_local: Option<Ipv6Addr>,
 }
 
@@ -409,35 +409,40 @@ impl Announcer {
                 self.send(&probe, vip)
             }
             IpAddr::V6(v6) => {
-                let src = self.link_local()?;
+                let src = self.solicit_source(v6)?;
                 self.send(&neighbor_solicit(self.mac, src, v6), vip)
             }
         }
     }
 
-    /// Our IPv6 link-local address on the interface (the source of our
-    /// solicitations: the holder answers it by unicast, which tells its
-    /// answer from an unsolicited advertisement). Looked up once found.
-    fn link_local(&mut self) -> anyhow::Result<Ipv6Addr> {
+    /// The source of our Neighbor Solicitations for `target`: our
+    /// link-local address (cached once found), else another of the
+    /// interface's IPv6 addresses. A unicast source is what makes the
+    /// holder answer by unicast, which tells its answer from an
+    /// unsolicited advertisement.
+    fn solicit_source(&mut self, target: Ipv6Addr) -> anyhow::Result<Ipv6Addr> {
         if let Some(a) = self.link_local {
             return Ok(a);
         }
-        let found = find_interface(&self.iface)?
+        let ours: Vec<Ipv6Addr> = find_interface(&self.iface)?
             .ips
             .iter()
-            .find_map(|n| match n.ip() {
-                IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
+            .filter_map(|n| match n.ip() {
+                IpAddr::V6(a) if a != target && !a.is_unspecified() => Some(a),
                 _ => None,
-            });
-        let a = found.with_context(|| {
+            })
+            .collect();
+        if let Some(a) = ours.iter().copied().find(Ipv6Addr::is_unicast_link_local) {
+            self.link_local = Some(a);
+            return Ok(a);
+        }
+        ours.first().copied().with_context(|| {
             format!(
-                "{} has no IPv6 link-local address to send a neighbor solicitation from \
-                 (is IPv6 disabled on it?)",
+                "{} has no IPv6 address to send a neighbor solicitation from (is IPv6 \
+                 disabled on it?)",
                 self.iface
             )
-        })?;
-        self.link_local = Some(a);
-        Ok(a)
+        })
     }
 
     /// The cached frames for `vip`, built and cached on first use.

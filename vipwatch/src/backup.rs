@@ -143,6 +143,9 @@ pub(crate) enum Event {
     OperatorRelease { at_ns: u64 },
     /// A result of our own service's health check.
     Health { at_ns: u64, healthy: bool },
+    /// [`Action::Solicit`] could not be sent (no address to ask from, a
+    /// send error): a check it was part of cannot conclude.
+    SolicitFailed { at_ns: u64 },
     /// The instance is stopping (signal, reload).
     Shutdown { at_ns: u64 },
     /// The `on_change` hook of a state change finished (they run one at a
@@ -217,6 +220,9 @@ pub(crate) enum Note {
     AdoptedHandBack { mac: [u8; 6] },
     /// Nobody answered for the VIP after we gave it up to `mac`.
     ClaimantSilent { mac: [u8; 6] },
+    /// We could not ask whether `mac` holds the VIP we gave it: the claim
+    /// is trusted, unchecked (silence we caused proves nothing).
+    ClaimantUnchecked { mac: [u8; 6] },
     /// Our own service's health verdict changed.
     Health { healthy: bool },
     /// The master is dead but our own service is unhealthy: no takeover.
@@ -493,6 +499,11 @@ impl Machine {
             }
             Event::Claim { at_ns, mac, answer } => self.claim(at_ns, mac, answer, &mut out),
             Event::Health { at_ns, healthy } => self.health(at_ns, healthy, &mut out),
+            Event::SolicitFailed { .. } => {
+                if let Some(v) = self.verify.take() {
+                    out.push(Action::Note(Note::ClaimantUnchecked { mac: v.claimant }));
+                }
+            }
             Event::Address { at_ns, present } => self.address(at_ns, present, &mut out),
             Event::Bound {
                 bound_ns,
@@ -887,6 +898,8 @@ mod tests {
         bind_ok: bool,
         /// Who answers our RFC 5227 probes for the VIP (its MAC), if anyone.
         holder: Option<[u8; 6]>,
+        /// Our solicitations cannot be sent.
+        solicit_fails: bool,
         actions: Vec<(u64, Action)>,
     }
 
@@ -904,6 +917,7 @@ mod tests {
                 master_up: true,
                 bind_ok: true,
                 holder: None,
+                solicit_fails: false,
                 actions: Vec::new(),
             }
         }
@@ -965,6 +979,9 @@ mod tests {
                     Action::Release => {
                         let at = self.now;
                         self.feed(Event::Unbound { at_ns: at });
+                    }
+                    Action::Solicit if self.solicit_fails => {
+                        self.feed(Event::SolicitFailed { at_ns: self.now });
                     }
                     Action::Solicit => {
                         if let Some(mac) = self.holder {
@@ -1395,6 +1412,24 @@ mod tests {
             Action::Notify(t) if t.reason == Reason::ClaimantSilent && t.to == State::Active
         )));
         assert_eq!(sim.m.stats().taken_back, 1);
+    }
+
+    #[test]
+    fn a_claim_we_cannot_check_is_trusted_not_taken_back() {
+        // No address to ask from (an IPv6 interface without one): the
+        // silence would be ours, not the claimant's.
+        let mut sim = active_master_back(settings(Failback::OnClaim));
+        sim.holder = None;
+        sim.solicit_fails = true;
+        claim(&mut sim, MASTER_MAC);
+        sim.run_for(VERIFY_WINDOW_NS * 4);
+        assert_eq!(sim.m.state(), State::Standby);
+        assert_eq!(sim.m.stats().taken_back, 0);
+        assert!(
+            sim.actions
+                .iter()
+                .any(|(_, a)| *a == Action::Note(Note::ClaimantUnchecked { mac: MASTER_MAC }))
+        );
     }
 
     #[test]

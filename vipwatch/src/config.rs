@@ -278,8 +278,13 @@ impl FromStr for Vip {
     }
 }
 
+/// A unicast address a host can have on the wire. IPv4-mapped IPv6
+/// addresses (`::ffff:a.b.c.d`) are refused: they are IPv4 addresses in
+/// disguise, never on the wire (RFC 4291 §2.5.5.2), and vipwatch keys
+/// both families in one 16-byte form where they would be confused.
 pub fn is_unicast(addr: IpAddr) -> bool {
     match addr {
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => false,
         IpAddr::V4(a) => {
             !(a.is_unspecified()
                 || a.is_broadcast()
@@ -1811,6 +1816,8 @@ no_preempt = true
             "255.255.255.255/32",
             "0.0.0.0/8",
             "2001:db8::1/129",
+            "::ffff:192.0.2.100/120",
+            "ff02::1/64",
         ] {
             assert!(bad.parse::<Vip>().is_err(), "{bad:?} accepted");
         }

@@ -156,7 +156,10 @@ impl Host for HostSnapshot {
             .iter()
             .find(|(name, e)| name == iface && e.addr == addr)
             .map(|(_, e)| config::Bound {
-                primary: !e.secondary,
+                // IPv6 has no primary address: IFA_F_SECONDARY is IPv4's
+                // (the same bit means "temporary" for IPv6), and removing
+                // one IPv6 address never takes others with it.
+                primary: e.addr.is_ipv4() && !e.secondary,
                 ours: e.ours,
             })
     }

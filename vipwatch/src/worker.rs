@@ -1142,16 +1142,19 @@ impl BackupLoop {
                 }
                 None
             }
-            Action::Solicit => {
-                if let Err(e) = shell.vip.solicit() {
+            Action::Solicit => match shell.vip.solicit() {
+                Ok(()) => None,
+                Err(e) => {
                     log::warn!(
                         "{}: could not ask who holds {}: {e:#}",
                         shell.name,
                         shell.vip_text
                     );
+                    Some(Event::SolicitFailed {
+                        at_ns: clock::now_ns(),
+                    })
                 }
-                None
-            }
+            },
             Action::Kick => {
                 shell.kick();
                 None
@@ -1246,6 +1249,12 @@ impl BackupLoop {
                         shell.name,
                         shell.vip_text,
                         mac_str(mac)
+                    ),
+                    BackupNote::ClaimantUnchecked { mac } => log::warn!(
+                        "{}: could not check that {} holds {} (see above): trusting its claim",
+                        shell.name,
+                        mac_str(mac),
+                        shell.vip_text
                     ),
                     BackupNote::ClaimantSilent { mac } => log::warn!(
                         "{}: nobody answers for {} after we gave it to {} (a forged claim, or a \
