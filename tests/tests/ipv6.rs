@@ -855,3 +855,36 @@ fn a_killed_active_ipv6_backup_restarts_adopts_the_vip_and_hands_it_back() -> Re
     assert!(lab.has_address("master", vip())?);
     Ok(())
 }
+
+#[test]
+fn the_master_s_syncs_come_from_the_address_the_backup_probes() -> Result<()> {
+    // The backup accepts connection syncs from the address it probes only.
+    // A master whose kernel would choose another source (here: the probed
+    // address deprecated, so RFC 6724 avoids it; in the field, a temporary
+    // address) still sends them from the probed one.
+    let lab = standard_lab_v6("v6syncsrc")?;
+    lab.add_address("master", "2001:db8::11/64")?;
+    let out = lab.run(
+        "master",
+        "ip",
+        [
+            "-6",
+            "addr",
+            "change",
+            &format!("{}/64", v6::MASTER),
+            "dev",
+            "eth0",
+            "preferred_lft",
+            "0",
+        ],
+    )?;
+    anyhow::ensure!(out.status.success(), "ip addr change: {out:?}");
+    let _master = spawn_master_v6(&lab, &[])?;
+    let _backup = start_backup_v6(&lab, &[])?;
+    wait_state(&lab, "STANDBY")?;
+    let st = wait_stats(&lab, "two syncs accepted", WAIT, |s| {
+        s["conn"]["syncs_accepted"].as_u64() >= Some(2)
+    })?;
+    assert_eq!(st["conn"]["syncs_forged"], 0, "{st}");
+    Ok(())
+}

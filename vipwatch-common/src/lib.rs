@@ -581,6 +581,10 @@ pub struct ConnEvent {
 pub struct Learned {
     /// Source address of the last probe.
     pub addr: Addr,
+    /// Its destination: the address of ours the backup probes, and the
+    /// source of our syncs to it (the peer accepts syncs from that address
+    /// only, whatever address the kernel would choose).
+    pub local: Addr,
     /// Its payload's nonce (big-endian): the backup's, carried by every
     /// connection-sync datagram between the two.
     pub nonce: [u8; 8],

@@ -122,13 +122,15 @@ pub enum Seen {
     /// A vipwatch reply naming a slot that is not a backup here (one that
     /// stopped, or a forgery).
     UnknownSlot,
-    /// A vipwatch probe for the VIP of master `slot`, from `src` with
-    /// `nonce`: its gate decides, and the master learns its backup. With
+    /// A vipwatch probe for the VIP of master `slot`, from `src` to our
+    /// address `dst`, with `nonce`: its gate decides, and the master learns
+    /// its backup (and which of our addresses it probes). With
     /// the pair's key and a valid tag, `answer` is what the program answers
     /// with itself.
     Probe {
         slot: u32,
         src: Addr,
+        dst: Addr,
         nonce: [u8; 8],
         answer: Option<Answer>,
     },
@@ -203,6 +205,7 @@ fn icmp_echo<F: Frame + ?Sized>(frame: &F, ip: usize) -> Option<IcmpEcho> {
     };
     Some(IcmpEcho {
         src: addr_v4([hdr[12], hdr[13], hdr[14], hdr[15]]),
+        dst: addr_v4([hdr[16], hdr[17], hdr[18], hdr[19]]),
         request,
         id: [icmp[4], icmp[5]],
         payload,
@@ -239,6 +242,7 @@ fn tag_of(p: &[u8; PROBE_PAYLOAD_LEN]) -> [u8; 8] {
 /// An ICMP or ICMPv6 echo (code 0) carrying what may be our payload.
 struct IcmpEcho {
     src: Addr,
+    dst: Addr,
     /// An echo request, not a reply.
     request: bool,
     id: [u8; 2],
@@ -311,6 +315,7 @@ fn classify_echo<F: Frame + ?Sized, S: Slots>(
     Seen::Probe {
         slot,
         src: echo.src,
+        dst: echo.dst,
         nonce: payload.nonce.to_be_bytes(),
         answer,
     }
@@ -544,11 +549,13 @@ fn icmpv6_echo<F: Frame + ?Sized>(
     l4: usize,
     icmp_type: u8,
     src: Addr,
+    dst: Addr,
 ) -> Option<IcmpEcho> {
     // type(1) code(1) checksum(2) id(2) seq(2), then our payload.
     let id = frame.load::<2>(l4 + 4)?;
     Some(IcmpEcho {
         src,
+        dst,
         request: icmp_type == ICMPV6_ECHO_REQUEST,
         id,
         payload: frame.load::<PROBE_PAYLOAD_LEN>(l4 + ICMP_HLEN)?,
@@ -574,7 +581,10 @@ fn classify_icmpv6<F: Frame + ?Sized, S: Slots>(
     }
     match icmp[0] {
         ICMPV6_ECHO_REPLY | ICMPV6_ECHO_REQUEST => {
-            let Some(echo) = icmpv6_echo(frame, l4, icmp[0], src) else {
+            let Some(dst) = frame.load::<16>(ip + 24) else {
+                return Seen::Other;
+            };
+            let Some(echo) = icmpv6_echo(frame, l4, icmp[0], src, dst) else {
                 return Seen::Other;
             };
             // The program rewrites only the plain shape our backups send:
@@ -1196,6 +1206,7 @@ mod tests {
         let seen = Seen::Probe {
             slot: MASTER_SLOT,
             src: addr_v4(MASTER),
+            dst: addr_v4([192, 0, 2, 2]),
             nonce: 1u64.to_be_bytes(),
             answer: None,
         };
@@ -1662,6 +1673,7 @@ mod tests {
         let seen = Seen::Probe {
             slot: MASTER_SLOT,
             src: BACKUP6,
+            dst: MASTER6,
             nonce: 1u64.to_be_bytes(),
             answer: None,
         };

@@ -222,6 +222,7 @@ mod program {
             Seen::Probe {
                 slot,
                 src,
+                dst,
                 nonce,
                 answer,
             } => {
@@ -231,6 +232,7 @@ mod program {
                     // the same address and nonce either way.
                     let l = unsafe { &mut *l };
                     l.addr = src;
+                    l.local = dst;
                     l.nonce = nonce;
                     // SAFETY: bpf_ktime_get_ns has no preconditions.
                     l.seen_ns = unsafe { bpf_ktime_get_ns() };

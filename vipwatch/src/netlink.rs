@@ -12,12 +12,13 @@ use std::net::IpAddr;
 use anyhow::{Context as _, anyhow, bail};
 use futures::TryStreamExt as _;
 use rtnetlink::{
-    AddressMessageBuilder,
+    AddressMessageBuilder, RouteMessageBuilder,
     packet_route::{
         address::{
             AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, CacheInfo,
         },
         link::{LinkAttribute, LinkLayerType, LinkMessage},
+        route::RouteType,
     },
 };
 
@@ -159,6 +160,27 @@ impl Netlink {
             Err(err) => Err(describe(err, || {
                 format!("adding {addr}/{prefix} to interface index {index}")
             })),
+        }
+    }
+
+    /// Whether the kernel delivers packets for `addr` locally (`ip route
+    /// get ADDR` says `local`). An IPv6 address is in the interface's list
+    /// as soon as it is added, but its local route is inserted by the
+    /// kernel's duplicate address detection work, even with `NODAD`: a work
+    /// item that needs the RTNL lock, so it can lag by hundreds of
+    /// milliseconds while, say, network namespaces are being torn down.
+    pub async fn is_local(&self, addr: IpAddr) -> anyhow::Result<bool> {
+        let message = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(addr, if addr.is_ipv4() { 32 } else { 128 })
+            .map_err(|e| anyhow!("{e}"))?
+            .build();
+        let mut routes = self.handle.route().get(message).execute();
+        match routes.try_next().await {
+            Ok(Some(route)) => Ok(route.header.kind == RouteType::Local),
+            Ok(None) => Ok(false),
+            // No route to it at all (ENETUNREACH): not local.
+            Err(err) if errno(&err).is_some() => Ok(false),
+            Err(err) => Err(describe(err, || format!("looking up the route to {addr}"))),
         }
     }
 

@@ -335,6 +335,130 @@ pub fn sync_dest(
     }
 }
 
+/// Sends `bytes` to `dest` from our address `from` (IPV6_PKTINFO on a
+/// dual-stack socket, which also carries an IPv4-mapped source for an IPv4
+/// peer; IP_PKTINFO on an IPv4 one), or from the address the kernel
+/// chooses without `from`. The peer accepts syncs from the address it
+/// probes only; the kernel's choice can be another (RFC 6724: a temporary
+/// IPv6 address, say).
+pub fn send_from(
+    socket: &std::net::UdpSocket,
+    bytes: &[u8],
+    dest: std::net::SocketAddr,
+    from: Option<std::net::IpAddr>,
+) -> io::Result<usize> {
+    use std::net::{IpAddr, SocketAddr};
+    let Some(from) = from else {
+        return socket.send_to(bytes, dest);
+    };
+    // SAFETY: a zeroed sockaddr_storage is valid; the family's fields are
+    // written below.
+    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let namelen = match dest {
+        SocketAddr::V4(d) => {
+            // SAFETY: sockaddr_storage is larger and as aligned.
+            let sin = unsafe { &mut *(&raw mut name).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = d.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(d.ip().octets());
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(d) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(&raw mut name).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = d.port().to_be();
+            sin6.sin6_addr.s6_addr = d.ip().octets();
+            sin6.sin6_scope_id = d.scope_id();
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // Room for either control message, 8-byte aligned.
+    let mut control = [0u64; 8];
+    let (level, kind, len) = if dest.is_ipv6() {
+        let addr = match from {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let info = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr {
+                s6_addr: addr.octets(),
+            },
+            ipi6_ifindex: 0,
+        };
+        // SAFETY: `control` holds 64 bytes, more than a cmsghdr plus this.
+        unsafe {
+            (&raw mut control)
+                .cast::<u8>()
+                .add(cmsg_data_offset())
+                .cast::<libc::in6_pktinfo>()
+                .write_unaligned(info)
+        };
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            mem::size_of::<libc::in6_pktinfo>(),
+        )
+    } else {
+        let IpAddr::V4(v4) = from else {
+            return socket.send_to(bytes, dest);
+        };
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.octets()),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        // SAFETY: as above.
+        unsafe {
+            (&raw mut control)
+                .cast::<u8>()
+                .add(cmsg_data_offset())
+                .cast::<libc::in_pktinfo>()
+                .write_unaligned(info)
+        };
+        (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            mem::size_of::<libc::in_pktinfo>(),
+        )
+    };
+    // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic.
+    let (cmsg_len, space) = unsafe { (libc::CMSG_LEN(len as u32), libc::CMSG_SPACE(len as u32)) };
+    let header = libc::cmsghdr {
+        cmsg_len: cmsg_len as _,
+        cmsg_level: level,
+        cmsg_type: kind,
+    };
+    // SAFETY: the header goes at the start of the 8-byte aligned buffer.
+    unsafe { (&raw mut control).cast::<libc::cmsghdr>().write(header) };
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&raw mut name).cast();
+    msg.msg_namelen = namelen as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&raw mut control).cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: every pointer in msg is valid for the call.
+    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Offset of a control message's data after its header (CMSG_DATA).
+fn cmsg_data_offset() -> usize {
+    // SAFETY: CMSG_LEN is pure arithmetic.
+    (unsafe { libc::CMSG_LEN(0) }) as usize
+}
+
 /// Bytes of each buffer of a sync socket.
 const SYNC_SOCKET_BUFFER: libc::c_int = 4 << 20;
 

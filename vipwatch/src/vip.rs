@@ -71,11 +71,36 @@ impl VipHandle {
             .and_then(|r| r)
     }
 
-    /// Binds the VIP; `Ok(false)` when it already was.
+    /// Binds the VIP; `Ok(false)` when it already was. Returns once the
+    /// kernel delivers packets for it: announcing an IPv6 VIP before its
+    /// local route is in place (see [`Netlink::is_local`]) sends clients,
+    /// and the answers to the kick, to a host that drops them.
     pub(crate) fn bind(&mut self) -> anyhow::Result<bool> {
         let Vip { addr, prefix } = self.vip;
-        self.bounded(self.netlink.add_address(self.ifindex, addr, prefix))
-            .with_context(|| format!("binding {} on {}", self.vip, self.iface))
+        let added = self
+            .bounded(self.netlink.add_address(self.ifindex, addr, prefix))
+            .with_context(|| format!("binding {} on {}", self.vip, self.iface))?;
+        if addr.is_ipv6() {
+            let started = std::time::Instant::now();
+            match self.bounded(wait_local(&self.netlink, addr)) {
+                Ok(true) if started.elapsed() > Duration::from_millis(1) => log::info!(
+                    "{} on {}: usable {:?} after it was added (the kernel's address work was late)",
+                    self.vip,
+                    self.iface,
+                    started.elapsed()
+                ),
+                Ok(true) => {}
+                Ok(false) => log::warn!(
+                    "{} on {}: not usable yet after {:?} (the kernel's address work is late); \
+                     announcing anyway",
+                    self.vip,
+                    self.iface,
+                    started.elapsed()
+                ),
+                Err(e) => log::warn!("{} on {}: {e:#}; announcing anyway", self.vip, self.iface),
+            }
+        }
+        Ok(added)
     }
 
     /// Removes the VIP; `Ok(false)` when it was not there.
@@ -127,3 +152,25 @@ impl VipHandle {
         self.announcer.solicit(self.vip.addr)
     }
 }
+
+/// Waits until `addr` is local (see [`Netlink::is_local`]): polls from
+/// 100 µs, doubling to 5 ms, for at most [`USABLE_WAIT`]. The usual wait is
+/// one poll.
+async fn wait_local(netlink: &Netlink, addr: std::net::IpAddr) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + USABLE_WAIT;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if netlink.is_local(addr).await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// How long a bind waits for the VIP to become usable (within
+/// [`NETLINK_TIMEOUT`]).
+const USABLE_WAIT: Duration = Duration::from_millis(800);

@@ -559,20 +559,33 @@ impl Shell {
 
     /// Where syncs go and the nonce they carry, if the peer is known.
     fn partner(&self) -> Option<(IpAddr, u64)> {
+        self.partner_from().map(|(to, nonce, _)| (to, nonce))
+    }
+
+    /// [`Self::partner`] and, for a learned backup, the address of ours it
+    /// probes: where our syncs must come from (the backup accepts them from
+    /// that address only).
+    fn partner_from(&self) -> Option<(IpAddr, u64, Option<IpAddr>)> {
         match self.conn.partner {
-            Partner::Fixed { addr, nonce } => Some((addr, nonce)),
+            Partner::Fixed { addr, nonce } => Some((addr, nonce, None)),
             Partner::Learned => {
                 let l = self.maps.learned(self.slot).ok()?;
                 let fresh =
                     l.seen_ns != 0 && clock::now_ns().saturating_sub(l.seen_ns) < LEARNED_FRESH_NS;
-                fresh.then(|| (ip_of(&l.addr), u64::from_be_bytes(l.nonce)))
+                fresh.then(|| {
+                    (
+                        ip_of(&l.addr),
+                        u64::from_be_bytes(l.nonce),
+                        (l.local != [0; 16]).then(|| ip_of(&l.local)),
+                    )
+                })
             }
         }
     }
 
     /// Sends our table's changes (or all of it) to the peer.
     fn sync(&mut self, snapshot: bool) {
-        let Some((to, nonce)) = self.partner() else {
+        let Some((to, nonce, from)) = self.partner_from() else {
             return;
         };
         let vip = addr_of(self.vip.vip().addr);
@@ -606,7 +619,7 @@ impl Shell {
         } else {
             self.conn.local.delta(nonce, vip, epoch)
         };
-        self.send(to, &datagrams);
+        self.send(to, from, &datagrams);
         self.conn.status.table = self.conn.local.len();
     }
 
@@ -614,10 +627,10 @@ impl Shell {
     /// our whole table first (its deltas may have been lost while the
     /// master was unreachable), then the hand-over.
     fn sync_released(&mut self, table: Vec<Datagram>) {
-        let Some((to, nonce)) = self.partner() else {
+        let Some((to, nonce, from)) = self.partner_from() else {
             return;
         };
-        self.send(to, &table);
+        self.send(to, from, &table);
         let d = Datagram {
             kind: Kind::Released,
             nonce,
@@ -626,17 +639,17 @@ impl Shell {
             added: Vec::new(),
             removed: Vec::new(),
         };
-        self.send(to, &[d]);
+        self.send(to, from, &[d]);
     }
 
-    fn send(&mut self, to: IpAddr, datagrams: &[Datagram]) {
+    fn send(&mut self, to: IpAddr, from: Option<IpAddr>, datagrams: &[Datagram]) {
         let Some(socket) = &self.conn.socket else {
             return;
         };
         let dest = sys::sync_dest(socket, to, self.conn.settings.port, self.vip.ifindex());
         for d in datagrams {
             let bytes = d.encode();
-            match socket.send_to(&bytes, dest) {
+            match sys::send_from(socket, &bytes, dest, from) {
                 Ok(n) => {
                     self.conn.status.syncs_sent += 1;
                     self.conn.status.sync_bytes_sent += n as u64;
