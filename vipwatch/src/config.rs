@@ -237,15 +237,6 @@ pub struct Vip {
     pub prefix: u8,
 }
 
-impl Vip {
-    /// The IPv4 address, if the VIP is one.
-    pub fn v4(&self) -> Option<Ipv4Addr> {
-        match self.addr {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        }
-    }
-}
 
 impl fmt::Display for Vip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -190,8 +190,8 @@ impl Budget {
 pub(crate) struct Kicker {
     link: OwnedFd,
     ip: OwnedFd,
-    /// `None` when the kernel has no IPv6.
-    ip6: Option<OwnedFd>,
+    /// Why there is none, when there is none (a kernel without IPv6).
+    ip6: Result<OwnedFd, String>,
     ifindex: u32,
     mac: [u8; 6],
 }
@@ -254,7 +254,7 @@ impl Kicker {
                 .with_context(|| format!("binding the kick's packet socket to {iface}"));
         }
         let ip = raw_ip_socket(libc::AF_INET, iface)?;
-        let ip6 = raw_ip_socket(libc::AF_INET6, iface).ok();
+        let ip6 = raw_ip_socket(libc::AF_INET6, iface).map_err(|e| format!("{e:#}"));
         Ok(Self {
             link,
             ip,
@@ -285,11 +285,17 @@ impl Kicker {
             .filter_map(|(c, i)| Some((segment(mode, vip, *c, i.ack)?, c.client)))
             .unzip();
         if !segments.is_empty() {
-            let fd = match vip {
-                IpAddr::V4(_) => &self.ip,
-                IpAddr::V6(_) => self.ip6.as_ref().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::Unsupported, "this kernel has no IPv6")
-                })?,
+            let fd = match (vip, &self.ip6) {
+                (IpAddr::V4(_), _) => &self.ip,
+                (IpAddr::V6(_), Ok(fd)) => fd,
+                (IpAddr::V6(_), Err(why)) => {
+                    // The framed ones went; say why these did not.
+                    log::warn!(
+                        "kick: {} connections with no next hop known not kicked: {why}",
+                        segments.len()
+                    );
+                    return Ok(sent);
+                }
             };
             sent += send_batches(fd, &segments, Some((&to, self.ifindex)))?;
         }
