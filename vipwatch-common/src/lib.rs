@@ -748,7 +748,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnKey>(), 24);
         assert_eq!(core::mem::size_of::<ConnValue>(), 32);
         assert_eq!(core::mem::size_of::<ConnEvent>(), 48);
-        assert_eq!(core::mem::size_of::<Learned>(), 32);
+        assert_eq!(core::mem::size_of::<Learned>(), 48);
         assert_eq!(core::mem::size_of::<ReplayWindow>(), 16);
     }
 
