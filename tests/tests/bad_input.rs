@@ -90,7 +90,9 @@ fn bad_arguments_are_refused_with_one_line() -> Result<()> {
         (&[("--iface", "eth9")], "eth9 does not exist"),
         (&[("--master", "224.0.0.1")], "unicast"),
         (&[("--master", "255.255.255.255")], "unicast"),
-        (&[("--master", "2001:db8::1")], "master"),
+        // The lab has IPv6 disabled: an IPv6 master cannot be probed.
+        (&[("--master", "2001:db8::1")], "disable_ipv6"),
+        (&[("--witness", "2001:db8::fe")], "address family"),
         (&[("--master", "not-an-ip")], "master"),
         (&[("--vip", "192.0.2.100")], "ADDRESS/PREFIX"),
         (&[("--vip", "192.0.2.100/33")], "prefix"),

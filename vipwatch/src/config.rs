@@ -237,7 +237,6 @@ pub struct Vip {
     pub prefix: u8,
 }
 
-
 impl fmt::Display for Vip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -1368,6 +1367,9 @@ pub trait Host {
     fn addresses(&self) -> Vec<(String, IpAddr, u8)>;
     /// `addr` as bound on `iface`, if it is.
     fn bound(&self, iface: &str, addr: IpAddr) -> Option<Bound>;
+    /// Whether `iface` has IPv6 (the kernel has it and
+    /// `net.ipv6.conf.IFACE.disable_ipv6` is 0).
+    fn ipv6_enabled(&self, iface: &str) -> bool;
 }
 
 /// An address bound on an interface.
@@ -1414,6 +1416,22 @@ pub fn host_problems(i: &Instance, host: &dyn Host) -> Vec<Problem> {
             ));
         }
         _ => {}
+    }
+    if host.iface_exists(&i.iface) && !host.ipv6_enabled(&i.iface) {
+        let mut v6 = vec![("vip", i.vip.addr)];
+        if let Role::Backup(b) = &i.role {
+            v6.push(("master", b.master));
+        }
+        for (key, addr) in v6.into_iter().filter(|(_, a)| a.is_ipv6()) {
+            out.push(Problem::new(
+                key,
+                format!(
+                    "{addr} needs IPv6 on {}, which has it disabled (net.ipv6.conf.{}.disable_ipv6 \
+                     is 1, or the kernel has no IPv6)",
+                    i.iface, i.iface
+                ),
+            ));
+        }
     }
     let Role::Backup(b) = &i.role else {
         return out;
@@ -1659,8 +1677,9 @@ no_preempt = true
     struct FakeHost;
 
     impl Host for FakeHost {
+        /// eth1 has IPv6 disabled.
         fn iface_exists(&self, iface: &str) -> bool {
-            iface == "eth0"
+            iface == "eth0" || iface == "eth1"
         }
         fn addresses(&self) -> Vec<(String, IpAddr, u8)> {
             vec![
@@ -1675,6 +1694,9 @@ no_preempt = true
                 primary,
                 ours: false,
             })
+        }
+        fn ipv6_enabled(&self, iface: &str) -> bool {
+            iface == "eth0"
         }
     }
 
@@ -1729,6 +1751,23 @@ no_preempt = true
             assert_eq!(p[0].key, key);
             assert!(p[0].message.contains(text), "{:?}", p[0].message);
         }
+    }
+
+    #[test]
+    fn ipv6_needs_ipv6_on_the_interface() {
+        let v6 = file(
+            "[[instance]]\nrole = \"backup\"\niface = \"eth1\"\nvip = \"2001:db8::100/64\"\nmaster = \"2001:db8::1\"\n",
+        )
+        .expect("valid")
+        .instances
+        .remove(0);
+        let p = host_problems(&v6, &FakeHost);
+        let keys: Vec<&str> = p.iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["vip", "master"], "{p:?}");
+        assert!(p[0].message.contains("disable_ipv6"), "{}", p[0].message);
+        let mut on_eth0 = v6;
+        on_eth0.iface = "eth0".into();
+        assert!(host_problems(&on_eth0, &FakeHost).is_empty());
     }
 
     #[test]

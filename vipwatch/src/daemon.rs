@@ -144,6 +144,12 @@ impl Host for HostSnapshot {
         self.links.iter().any(|(_, n)| n == iface)
     }
 
+    fn ipv6_enabled(&self, iface: &str) -> bool {
+        // Per network namespace: ours. Absent without IPv6 in the kernel.
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"))
+            .is_ok_and(|v| v.trim() == "0")
+    }
+
     fn addresses(&self) -> Vec<(String, IpAddr, u8)> {
         self.addresses
             .iter()
