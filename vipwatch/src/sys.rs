@@ -375,7 +375,7 @@ pub fn send_from(
     };
     // Room for either control message, 8-byte aligned.
     let mut control = [0u64; 8];
-    let (level, kind, len) = if dest.is_ipv6() {
+    let space = if dest.is_ipv6() {
         let addr = match from {
             IpAddr::V4(v4) => v4.to_ipv6_mapped(),
             IpAddr::V6(v6) => v6,
@@ -386,19 +386,7 @@ pub fn send_from(
             },
             ipi6_ifindex: 0,
         };
-        // SAFETY: `control` holds 64 bytes, more than a cmsghdr plus this.
-        unsafe {
-            (&raw mut control)
-                .cast::<u8>()
-                .add(cmsg_data_offset())
-                .cast::<libc::in6_pktinfo>()
-                .write_unaligned(info)
-        };
-        (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_PKTINFO,
-            mem::size_of::<libc::in6_pktinfo>(),
-        )
+        put_cmsg(&mut control, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info)
     } else {
         let IpAddr::V4(v4) = from else {
             return socket.send_to(bytes, dest);
@@ -410,29 +398,8 @@ pub fn send_from(
             },
             ipi_addr: libc::in_addr { s_addr: 0 },
         };
-        // SAFETY: as above.
-        unsafe {
-            (&raw mut control)
-                .cast::<u8>()
-                .add(cmsg_data_offset())
-                .cast::<libc::in_pktinfo>()
-                .write_unaligned(info)
-        };
-        (
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            mem::size_of::<libc::in_pktinfo>(),
-        )
+        put_cmsg(&mut control, libc::IPPROTO_IP, libc::IP_PKTINFO, info)
     };
-    // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic.
-    let (cmsg_len, space) = unsafe { (libc::CMSG_LEN(len as u32), libc::CMSG_SPACE(len as u32)) };
-    let header = libc::cmsghdr {
-        cmsg_len: cmsg_len as _,
-        cmsg_level: level,
-        cmsg_type: kind,
-    };
-    // SAFETY: the header goes at the start of the 8-byte aligned buffer.
-    unsafe { (&raw mut control).cast::<libc::cmsghdr>().write(header) };
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
@@ -453,10 +420,43 @@ pub fn send_from(
     Ok(n as usize)
 }
 
-/// Offset of a control message's data after its header (CMSG_DATA).
-fn cmsg_data_offset() -> usize {
-    // SAFETY: CMSG_LEN is pure arithmetic.
-    (unsafe { libc::CMSG_LEN(0) }) as usize
+/// Writes one control message (header, then `value`) at the start of
+/// `control`; returns its CMSG_SPACE.
+fn put_cmsg<T: Copy>(
+    control: &mut [u64; 8],
+    level: libc::c_int,
+    kind: libc::c_int,
+    value: T,
+) -> usize {
+    let len = mem::size_of::<T>() as u32;
+    // SAFETY: CMSG_LEN, CMSG_SPACE are pure arithmetic.
+    let (cmsg_len, space, data_at) = unsafe {
+        (
+            libc::CMSG_LEN(len),
+            libc::CMSG_SPACE(len),
+            libc::CMSG_LEN(0),
+        )
+    };
+    assert!(
+        space as usize <= mem::size_of_val(control),
+        "control buffer too small"
+    );
+    let header = libc::cmsghdr {
+        cmsg_len: cmsg_len as _,
+        cmsg_level: level,
+        cmsg_type: kind,
+    };
+    let base = control.as_mut_ptr().cast::<u8>();
+    // SAFETY: both writes are within `control` (checked just above); the
+    // buffer is 8-byte aligned for the header, the value is written
+    // unaligned.
+    unsafe {
+        base.cast::<libc::cmsghdr>().write(header);
+        base.add(data_at as usize)
+            .cast::<T>()
+            .write_unaligned(value);
+    }
+    space as usize
 }
 
 /// Bytes of each buffer of a sync socket.
@@ -479,5 +479,30 @@ fn set_buffer(fd: &OwnedFd, force: libc::c_int, plain: libc::c_int, bytes: libc:
         if rc == 0 {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_message_is_a_header_then_its_value() {
+        let mut control = [0u64; 8];
+        let info = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr { s6_addr: [7; 16] },
+            ipi6_ifindex: 3,
+        };
+        let space = put_cmsg(&mut control, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info);
+        // 16-byte header + 20-byte value, padded to 8 bytes.
+        assert_eq!(space, 40);
+        // SAFETY: put_cmsg wrote a header at the start of the aligned buffer.
+        let header = unsafe { control.as_ptr().cast::<libc::cmsghdr>().read() };
+        assert_eq!(header.cmsg_len, 16 + 20);
+        assert_eq!(header.cmsg_level, libc::IPPROTO_IPV6);
+        assert_eq!(header.cmsg_type, libc::IPV6_PKTINFO);
+        let bytes: Vec<u8> = control.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes[16..32], [7; 16], "the address right after the header");
+        assert_eq!(bytes[32..36], 3u32.to_ne_bytes(), "then the interface");
     }
 }
