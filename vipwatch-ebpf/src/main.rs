@@ -308,15 +308,9 @@ mod program {
     fn answer_probe(ctx: &XdpContext, a: Answer) -> u32 {
         const LEN: usize = IPV4_HLEN + ICMP_HLEN + PROBE_PAYLOAD_LEN;
         let start = ctx.data();
-        let end = ctx.data_end();
-        // At most two VLAN tags precede the IPv4 header.
-        if a.ip > 22 {
+        let Some(ip) = answerable(ctx, a, LEN) else {
             return XDP_PASS;
-        }
-        let ip = start + a.ip;
-        if ip + LEN > end || start + 12 > end {
-            return XDP_PASS;
-        }
+        };
         let at = |k: usize| (ip + k) as *mut u8;
         // SAFETY: every offset below is within [start, ip + LEN), checked
         // against data_end just above; the packet is ours to rewrite.
@@ -325,17 +319,9 @@ mod program {
                 return XDP_PASS;
             }
             let eth = start as *mut u8;
-            let mut k = 0;
-            while k < 6 {
-                core::ptr::swap(eth.add(k), eth.add(6 + k));
-                k += 1;
-            }
+            swap_bytes(eth, eth.add(6), 6);
             // IPv4: addresses swapped, a fresh TTL, checksum again.
-            let mut k = 0;
-            while k < 4 {
-                core::ptr::swap(at(12 + k), at(16 + k));
-                k += 1;
-            }
+            swap_bytes(at(12), at(16), 4);
             *at(8) = 64;
             *at(10) = 0;
             *at(11) = 0;
@@ -375,15 +361,9 @@ mod program {
         const ICMP_LEN: usize = ICMP_HLEN + PROBE_PAYLOAD_LEN;
         const LEN: usize = IPV6_HLEN + ICMP_LEN;
         let start = ctx.data();
-        let end = ctx.data_end();
-        // At most two VLAN tags precede the IPv6 header.
-        if a.ip > 22 {
+        let Some(ip) = answerable(ctx, a, LEN) else {
             return XDP_PASS;
-        }
-        let ip = start + a.ip;
-        if ip + LEN > end || start + 12 > end {
-            return XDP_PASS;
-        }
+        };
         let at = |k: usize| (ip + k) as *mut u8;
         // SAFETY: every offset below is within [start, ip + LEN), checked
         // against data_end just above; the packet is ours to rewrite.
@@ -396,17 +376,9 @@ mod program {
                 return XDP_PASS;
             }
             let eth = start as *mut u8;
-            let mut k = 0;
-            while k < 6 {
-                core::ptr::swap(eth.add(k), eth.add(6 + k));
-                k += 1;
-            }
+            swap_bytes(eth, eth.add(6), 6);
             // IPv6: addresses swapped, a fresh hop limit (no checksum).
-            let mut k = 0;
-            while k < 16 {
-                core::ptr::swap(at(8 + k), at(24 + k));
-                k += 1;
-            }
+            swap_bytes(at(8), at(24), 16);
             *at(7) = 64;
             // ICMPv6: echo reply, the master's tag, checksum updated.
             let icmp = IPV6_HLEN;
@@ -424,6 +396,37 @@ mod program {
             *at(icmp + 3) = sum[1];
         }
         XDP_TX
+    }
+
+    /// Where the IP header of the probe `a` starts in the packet, if the
+    /// packet holds its `len` bytes from there (and the Ethernet addresses
+    /// before it): what [`answer_probe`] and [`answer_probe_v6`] may
+    /// rewrite. At most two VLAN tags precede the IP header.
+    #[inline(always)]
+    fn answerable(ctx: &XdpContext, a: Answer, len: usize) -> Option<usize> {
+        let start = ctx.data();
+        let end = ctx.data_end();
+        if a.ip > 22 {
+            return None;
+        }
+        let ip = start + a.ip;
+        (ip + len <= end && start + 12 <= end).then_some(ip)
+    }
+
+    /// Swaps the `n` bytes at `a` with the `n` bytes at `b` (addresses of
+    /// a frame being turned around).
+    ///
+    /// # Safety
+    /// Both ranges are within the packet, checked against `data_end`, and
+    /// do not overlap.
+    #[inline(always)]
+    unsafe fn swap_bytes(a: *mut u8, b: *mut u8, n: usize) {
+        let mut k = 0;
+        while k < n {
+            // SAFETY: within both ranges, by the caller's contract.
+            unsafe { core::ptr::swap(a.add(k), b.add(k)) };
+            k += 1;
+        }
     }
 
     /// The Internet checksum (RFC 1071) of `words` 16-bit words.

@@ -23,7 +23,7 @@ use pnet_packet::{
         Icmpv6Code, Icmpv6Packet, Icmpv6Types,
         ndp::{
             MutableNdpOptionPacket, MutableNeighborAdvertPacket, MutableNeighborSolicitPacket,
-            NdpOptionTypes, NeighborAdvertFlags,
+            NdpOptionType, NdpOptionTypes, NeighborAdvertFlags,
         },
     },
     ip::IpNextHeaderProtocols,
@@ -34,12 +34,9 @@ use crate::config::Garp;
 
 /// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
 pub const ARP_FRAME_LEN: usize = 14 + 28;
-/// Ethernet header (14) + IPv6 header (40) + Neighbor Advertisement (24) +
-/// Target Link-Layer Address option (8).
-pub const NA_FRAME_LEN: usize = 14 + 40 + 24 + 8;
-/// Ethernet header (14) + IPv6 header (40) + Neighbor Solicitation (24) +
-/// Source Link-Layer Address option (8).
-pub const NS_FRAME_LEN: usize = 14 + 40 + 24 + 8;
+/// Ethernet header (14) + IPv6 header (40) + Neighbor Advertisement or
+/// Solicitation (24) + one link-layer address option (8).
+pub const NDP_FRAME_LEN: usize = 14 + 40 + 24 + 8;
 
 /// ARP opcode of a request (RFC 826).
 pub const ARP_REQUEST: u16 = 1;
@@ -187,56 +184,26 @@ pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
 /// anything else, §7.1.2), Override set so neighbours replace the cached
 /// link-layer address, Solicited and Router clear, with a Target Link-Layer
 /// Address option carrying `mac`.
-pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> [u8; NA_FRAME_LEN] {
+pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> [u8; NDP_FRAME_LEN] {
     na_naming(mac, mac, addr)
 }
 
 /// [`unsolicited_na`] sent by `eth_src` naming `owner` as the link-layer
 /// address of `addr` (the hand-back to the master).
-fn na_naming(eth_src: [u8; 6], owner: [u8; 6], addr: Ipv6Addr) -> [u8; NA_FRAME_LEN] {
-    const ICMP_LEN: usize = 24 + 8;
-    let mac = owner;
-    let mut frame = [0u8; NA_FRAME_LEN];
-    {
-        let mut eth =
-            MutableEthernetPacket::new(&mut frame).expect("86 bytes hold an Ethernet header");
-        eth.set_destination(MacAddr::from(ALL_NODES_MAC));
-        eth.set_source(MacAddr::from(eth_src));
-        eth.set_ethertype(EtherTypes::Ipv6);
-    }
-    {
-        let mut ip =
-            MutableIpv6Packet::new(&mut frame[14..]).expect("72 bytes hold an IPv6 header");
-        ip.set_version(6);
-        ip.set_payload_length(ICMP_LEN as u16);
-        ip.set_next_header(IpNextHeaderProtocols::Icmpv6);
-        ip.set_hop_limit(255);
-        ip.set_source(addr);
-        ip.set_destination(ALL_NODES);
-    }
-    let icmp = &mut frame[14 + 40..];
-    {
-        let mut na =
-            MutableNeighborAdvertPacket::new(icmp).expect("32 bytes hold a Neighbor Advertisement");
-        na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
-        na.set_icmpv6_code(Icmpv6Code::new(0));
-        na.set_flags(NeighborAdvertFlags::Override);
-        na.set_target_addr(addr);
-    }
-    {
-        let mut option =
-            MutableNdpOptionPacket::new(&mut icmp[24..]).expect("8 bytes hold the option");
-        option.set_option_type(NdpOptionTypes::TargetLLAddr);
-        // In units of 8 octets, type and length included (RFC 4861 §4.6).
-        option.set_length(1);
-        option.set_data(&mac);
-    }
-    let checksum = {
-        let packet = Icmpv6Packet::new(icmp).expect("32 bytes hold an ICMPv6 header");
-        pnet_packet::icmpv6::checksum(&packet, &addr, &ALL_NODES)
-    };
-    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-    frame
+fn na_naming(eth_src: [u8; 6], owner: [u8; 6], addr: Ipv6Addr) -> [u8; NDP_FRAME_LEN] {
+    ndp_frame(
+        (ALL_NODES_MAC, eth_src),
+        (addr, ALL_NODES),
+        (NdpOptionTypes::TargetLLAddr, owner),
+        |icmp| {
+            let mut na = MutableNeighborAdvertPacket::new(icmp)
+                .expect("32 bytes hold a Neighbor Advertisement");
+            na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
+            na.set_icmpv6_code(Icmpv6Code::new(0));
+            na.set_flags(NeighborAdvertFlags::Override);
+            na.set_target_addr(addr);
+        },
+    )
 }
 
 /// The solicited-node multicast address of `target` (RFC 4291 §2.7.1)
@@ -261,45 +228,63 @@ fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
 /// 255, with a Source Link-Layer Address option carrying `mac`. A host that
 /// has `target` answers with a solicited NA to us: the IPv6 form of the
 /// RFC 5227 ARP probe, and what the XDP program counts as its answer.
-pub fn neighbor_solicit(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> [u8; NS_FRAME_LEN] {
-    const ICMP_LEN: usize = 24 + 8;
+pub fn neighbor_solicit(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> [u8; NDP_FRAME_LEN] {
     let (group, group_mac) = solicited_node(target);
-    let mut frame = [0u8; NS_FRAME_LEN];
+    ndp_frame(
+        (group_mac, mac),
+        (src, group),
+        (NdpOptionTypes::SourceLLAddr, mac),
+        |icmp| {
+            let mut ns = MutableNeighborSolicitPacket::new(icmp)
+                .expect("32 bytes hold a Neighbor Solicitation");
+            ns.set_icmpv6_type(Icmpv6Types::NeighborSolicit);
+            ns.set_icmpv6_code(Icmpv6Code::new(0));
+            ns.set_target_addr(target);
+        },
+    )
+}
+
+/// What an NA and an NS share: Ethernet (`eth` = destination, source),
+/// IPv6 (`ip` = source, destination) with hop limit 255 (receivers drop
+/// anything else, RFC 4861 §7.1), a 24-byte message that `message` fills
+/// in (type, code, flags, target), one link-layer address option, and the
+/// ICMPv6 checksum over all of it.
+fn ndp_frame(
+    eth: ([u8; 6], [u8; 6]),
+    ip: (Ipv6Addr, Ipv6Addr),
+    option: (NdpOptionType, [u8; 6]),
+    message: impl FnOnce(&mut [u8]),
+) -> [u8; NDP_FRAME_LEN] {
+    const ICMP_LEN: usize = 24 + 8;
+    let mut frame = [0u8; NDP_FRAME_LEN];
     {
-        let mut eth =
+        let mut e =
             MutableEthernetPacket::new(&mut frame).expect("86 bytes hold an Ethernet header");
-        eth.set_destination(MacAddr::from(group_mac));
-        eth.set_source(MacAddr::from(mac));
-        eth.set_ethertype(EtherTypes::Ipv6);
+        e.set_destination(MacAddr::from(eth.0));
+        e.set_source(MacAddr::from(eth.1));
+        e.set_ethertype(EtherTypes::Ipv6);
     }
     {
-        let mut ip =
-            MutableIpv6Packet::new(&mut frame[14..]).expect("72 bytes hold an IPv6 header");
-        ip.set_version(6);
-        ip.set_payload_length(ICMP_LEN as u16);
-        ip.set_next_header(IpNextHeaderProtocols::Icmpv6);
-        ip.set_hop_limit(255);
-        ip.set_source(src);
-        ip.set_destination(group);
+        let mut h = MutableIpv6Packet::new(&mut frame[14..]).expect("72 bytes hold an IPv6 header");
+        h.set_version(6);
+        h.set_payload_length(ICMP_LEN as u16);
+        h.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        h.set_hop_limit(255);
+        h.set_source(ip.0);
+        h.set_destination(ip.1);
     }
     let icmp = &mut frame[14 + 40..];
+    message(&mut icmp[..24]);
     {
-        let mut ns =
-            MutableNeighborSolicitPacket::new(icmp).expect("32 bytes hold a Neighbor Solicitation");
-        ns.set_icmpv6_type(Icmpv6Types::NeighborSolicit);
-        ns.set_icmpv6_code(Icmpv6Code::new(0));
-        ns.set_target_addr(target);
-    }
-    {
-        let mut option =
-            MutableNdpOptionPacket::new(&mut icmp[24..]).expect("8 bytes hold the option");
-        option.set_option_type(NdpOptionTypes::SourceLLAddr);
-        option.set_length(1);
-        option.set_data(&mac);
+        let mut o = MutableNdpOptionPacket::new(&mut icmp[24..]).expect("8 bytes hold the option");
+        o.set_option_type(option.0);
+        // In units of 8 octets, type and length included (RFC 4861 §4.6).
+        o.set_length(1);
+        o.set_data(&option.1);
     }
     let checksum = {
         let packet = Icmpv6Packet::new(icmp).expect("32 bytes hold an ICMPv6 header");
-        pnet_packet::icmpv6::checksum(&packet, &src, &group)
+        pnet_packet::icmpv6::checksum(&packet, &ip.0, &ip.1)
     };
     icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
     frame
@@ -315,7 +300,7 @@ enum Frames {
         reply: [u8; ARP_FRAME_LEN],
     },
     V6 {
-        na: [u8; NA_FRAME_LEN],
+        na: [u8; NDP_FRAME_LEN],
     },
 }
 

@@ -255,7 +255,7 @@ impl Iface {
         let mac = rt.block_on(netlink.link_mac(ifindex))?;
         let lock = IfaceLock::take(name, ifindex)?;
         // Before the program: a port in use fails the start cleanly.
-        let sync = sys::udp_socket(name, first.conn.port)?;
+        let sync = sys::SyncSocket::open(name, first.conn.port)?.socket;
         let keyed_master = matches!(first.role, Role::Master(_)) && first.auth_key_file.is_some();
         let mode = if keyed_master {
             crate::ebpf::auto_mode_for_xdp_tx(name, first.xdp_mode)

@@ -44,7 +44,10 @@ use pnet_packet::{
     tcp::{self, MutableTcpPacket, TcpFlags},
 };
 
-use crate::conns::{Conn, Info};
+use crate::{
+    conns::{Conn, Info},
+    sys,
+};
 
 /// The kick's form (`conn_kick`), or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,20 +219,8 @@ fn socket(
 /// for IPv6 it implies IPV6_HDRINCL since Linux 4.5), bound to `iface`.
 fn raw_ip_socket(domain: libc::c_int, iface: &str) -> anyhow::Result<OwnedFd> {
     let ip = socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW, "a raw IP socket")?;
-    // SAFETY: the name is valid for its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            ip.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            iface.as_ptr().cast(),
-            iface.len() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("binding the kick socket to {iface}"));
-    }
+    crate::sys::bind_to_device(&ip, iface)
+        .with_context(|| format!("binding the kick socket to {iface}"))?;
     Ok(ip)
 }
 
@@ -303,34 +294,6 @@ impl Kicker {
     }
 }
 
-/// A socket address for `to` (link-local IPv6 addresses on `ifindex`).
-fn sockaddr(to: IpAddr, ifindex: u32) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: a zeroed sockaddr_storage is valid, and large enough for
-    // either family written into it below.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match to {
-        IpAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger and more aligned than
-            // sockaddr_in.
-            let s = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
-            s.sin_family = libc::AF_INET as libc::sa_family_t;
-            s.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        IpAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let s = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
-            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            s.sin6_addr.s6_addr = a.octets();
-            if a.is_unicast_link_local() {
-                s.sin6_scope_id = ifindex;
-            }
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
 /// sendmmsg(2) in batches; `to`, one address per packet for an unbound
 /// socket (with the interface, for link-local addresses).
 fn send_batches(
@@ -343,7 +306,7 @@ fn send_batches(
         let addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = match to {
             Some((to, ifindex)) => to[k * BATCH..k * BATCH + batch.len()]
                 .iter()
-                .map(|a| sockaddr(*a, ifindex))
+                .map(|a| sys::c_sockaddr(sys::scoped(*a, 0, ifindex)))
                 .collect(),
             None => Vec::new(),
         };

@@ -7,7 +7,7 @@
 //! every ICMP type out of its receive queue.
 
 use std::{
-    io, mem,
+    io,
     net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use vipwatch_common::{AUTH_PROBE, Addr, PROBE_PAYLOAD_LEN, ProbePayload, auth_tag, siphash::Key};
 
-use crate::clock;
+use crate::{clock, sys};
 
 /// ICMP header + payload.
 pub const PROBE_LEN: usize = 8 + PROBE_PAYLOAD_LEN;
@@ -83,13 +83,28 @@ pub struct Identity {
     pub key: Option<Key>,
 }
 
+/// A peer's address, and its C form built once for sendto(2).
+struct Dest {
+    ip: IpAddr,
+    name: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl Dest {
+    /// A link-local IPv6 peer is reached on the watched interface.
+    fn new(ip: IpAddr, ifindex: u32) -> Self {
+        let (name, len) = sys::c_sockaddr(sys::scoped(ip, 0, ifindex));
+        Self { ip, name, len }
+    }
+}
+
 pub struct Prober {
     fd: OwnedFd,
     id: Identity,
-    master: IpAddr,
-    witness: Option<IpAddr>,
-    /// The interface, the scope of link-local IPv6 peers.
-    ifindex: u32,
+    /// The master's family (the witness's is the same).
+    v6: bool,
+    master: Dest,
+    witness: Option<Dest>,
     pub sent: u64,
     pub witness_sent: u64,
     pub errors: u64,
@@ -125,13 +140,8 @@ impl Prober {
         }
         // SAFETY: raw is a fresh, valid fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(
-            &fd,
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            iface.as_bytes(),
-        )
-        .with_context(|| format!("binding the probe socket to {iface}"))?;
+        sys::bind_to_device(&fd, iface)
+            .with_context(|| format!("binding the probe socket to {iface}"))?;
         // We receive nothing here; the XDP program does the counting.
         // ICMP_FILTER (raw(7)): a set bit filters that ICMP type out.
         // ICMP6_FILTER (RFC 3542 §3.2): likewise, 256 bits.
@@ -145,9 +155,9 @@ impl Prober {
         Ok(Self {
             fd,
             id,
-            master,
-            witness,
-            ifindex,
+            v6: master.is_ipv6(),
+            master: Dest::new(master, ifindex),
+            witness: witness.map(|w| Dest::new(w, ifindex)),
             sent: 0,
             witness_sent: 0,
             errors: 0,
@@ -171,24 +181,19 @@ impl Prober {
         if let Some(key) = &self.id.key {
             payload.tag = auth_tag(key, AUTH_PROBE, &payload.encode());
         }
-        let pkt = match self.master {
-            IpAddr::V4(_) => echo_request(self.id.echo_id, seq, &payload),
-            IpAddr::V6(_) => echo_request_v6(self.id.echo_id, seq, &payload),
+        let pkt = if self.v6 {
+            echo_request_v6(self.id.echo_id, seq, &payload)
+        } else {
+            echo_request(self.id.echo_id, seq, &payload)
         };
-        let master_sent = self.send(self.master, &pkt);
+        let master_sent = self.send(false, &pkt);
         if master_sent {
             self.sent += 1;
         }
-        let witness_sent = match self.witness {
-            Some(w) => {
-                let ok = self.send(w, &pkt);
-                if ok {
-                    self.witness_sent += 1;
-                }
-                ok
-            }
-            None => false,
-        };
+        let witness_sent = self.witness.is_some() && self.send(true, &pkt);
+        if witness_sent {
+            self.witness_sent += 1;
+        }
         Tick {
             seq,
             at_ns,
@@ -197,58 +202,38 @@ impl Prober {
         }
     }
 
-    fn send(&mut self, to: IpAddr, pkt: &[u8]) -> bool {
-        let rc = match to {
-            IpAddr::V4(v4) => {
-                // SAFETY: zeroed sockaddr_in is valid; fields set below.
-                let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
-                addr.sin_family = libc::AF_INET as libc::sa_family_t;
-                addr.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
-                // SAFETY: pkt and addr are valid for the given lengths.
-                unsafe {
-                    libc::sendto(
-                        self.fd.as_raw_fd(),
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                }
-            }
-            IpAddr::V6(v6) => {
-                // SAFETY: zeroed sockaddr_in6 is valid; fields set below.
-                let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-                addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                addr.sin6_addr.s6_addr = v6.octets();
-                // A link-local master is reached on the watched interface.
-                if v6.is_unicast_link_local() {
-                    addr.sin6_scope_id = self.ifindex;
-                }
-                // SAFETY: pkt and addr are valid for the given lengths.
-                unsafe {
-                    libc::sendto(
-                        self.fd.as_raw_fd(),
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    )
-                }
-            }
+    /// Sends one probe to the master or the witness. A failure is counted
+    /// and logged, one line per kind of failure, not one per probe.
+    fn send(&mut self, witness: bool, pkt: &[u8]) -> bool {
+        let to = if witness {
+            self.witness.as_ref()
+        } else {
+            Some(&self.master)
+        };
+        let Some(to) = to else {
+            return false;
+        };
+        // SAFETY: pkt and the address are valid for the given lengths.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&raw const to.name).cast(),
+                to.len,
+            )
         };
         if rc >= 0 {
             if self.last_error.take().is_some() {
-                log::info!("probes to {to} are going out again");
+                log::info!("probes to {} are going out again", to.ip);
             }
             return true;
         }
         let err = io::Error::last_os_error();
         self.errors += 1;
-        // One line per kind of failure, not one per probe.
         if self.last_error != Some(err.kind()) {
-            log::warn!("probe to {to} not sent: {err} (not counted as sent)");
+            log::warn!("probe to {} not sent: {err} (not counted as sent)", to.ip);
             self.last_error = Some(err.kind());
         }
         false

@@ -1,8 +1,10 @@
 //! Small wrappers over Linux facilities the daemon needs and std lacks:
-//! capability checks, signalfd, getrandom.
+//! capability checks, signalfd, getrandom, interface-bound sockets and
+//! socket addresses.
 
 use std::{
     fs, io, mem,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
@@ -207,36 +209,9 @@ impl EventFd {
     }
 }
 
-/// A non-blocking UDP socket bound to `port` (0: any) on `iface` only
-/// (SO_BINDTODEVICE, set before bind so the port is taken on that
-/// interface alone). Dual-stack (IPv6 with `IPV6_V6ONLY` off, so IPv4
-/// peers appear as IPv4-mapped addresses) unless the kernel has no IPv6;
-/// [`sync_dest`] gives a destination in the socket's family.
-pub fn udp_socket(iface: &str, port: u16) -> anyhow::Result<std::net::UdpSocket> {
-    // SAFETY: socket(2) takes no pointers; the fd is owned below.
-    let mut raw = unsafe {
-        libc::socket(
-            libc::AF_INET6,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    let v6 = raw >= 0;
-    if !v6 {
-        // SAFETY: as above.
-        raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-    }
-    if raw < 0 {
-        return Err(io::Error::last_os_error()).context("opening a UDP socket");
-    }
-    // SAFETY: raw is a fresh fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+/// Binds `fd` to `iface` (SO_BINDTODEVICE): it sends and receives on that
+/// interface only.
+pub fn bind_to_device(fd: &OwnedFd, iface: &str) -> io::Result<()> {
     // SAFETY: the name is valid for its length.
     let rc = unsafe {
         libc::setsockopt(
@@ -248,81 +223,15 @@ pub fn udp_socket(iface: &str, port: u16) -> anyhow::Result<std::net::UdpSocket>
         )
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("binding a UDP socket to {iface}"));
+        return Err(io::Error::last_os_error());
     }
-    let rc = if v6 {
-        let off: libc::c_int = 0;
-        // SAFETY: an int option, valid for its length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                (&raw const off).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .context("making the sync socket dual-stack (IPV6_V6ONLY off)");
-        }
-        // SAFETY: a zeroed sockaddr_in6 is the wildcard address; the
-        // family and port are set below.
-        let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        addr.sin6_port = port.to_be();
-        // SAFETY: addr is valid for its length.
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
-        }
-    } else {
-        // SAFETY: a zeroed sockaddr_in is valid; fields set below.
-        let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_port = port.to_be();
-        // SAFETY: addr is valid for its length.
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| {
-            format!("binding UDP port {port} on {iface} (conn_sync_port; is it in use?)")
-        });
-    }
-    // A whole-table sync is a burst of up to ~1 600 datagrams (65 536
-    // connections); the default buffers (~200 KiB) hold about 90.
-    for (force, plain) in [
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-    ] {
-        set_buffer(&fd, force, plain, SYNC_SOCKET_BUFFER);
-    }
-    Ok(std::net::UdpSocket::from(fd))
+    Ok(())
 }
 
-/// `to` as a destination of `socket` (see [`udp_socket`]): an IPv4 peer
-/// of a dual-stack socket by its IPv4-mapped address; a link-local IPv6
-/// peer on the socket's interface.
-pub fn sync_dest(
-    socket: &std::net::UdpSocket,
-    to: std::net::IpAddr,
-    port: u16,
-    ifindex: u32,
-) -> std::net::SocketAddr {
-    use std::net::{IpAddr, SocketAddr, SocketAddrV6};
-    let dual = socket.local_addr().is_ok_and(|a| a.is_ipv6());
-    match to {
-        IpAddr::V4(v4) if dual => SocketAddrV6::new(v4.to_ipv6_mapped(), port, 0, 0).into(),
+/// `ip:port`, with `ifindex` as the scope of a link-local IPv6 address
+/// (vipwatch's peers are on the instance's interface).
+pub fn scoped(ip: IpAddr, port: u16, ifindex: u32) -> SocketAddr {
+    match ip {
         IpAddr::V4(v4) => SocketAddr::from((v4, port)),
         IpAddr::V6(v6) => {
             let scope = if v6.is_unicast_link_local() {
@@ -335,89 +244,188 @@ pub fn sync_dest(
     }
 }
 
-/// Sends `bytes` to `dest` from our address `from` (IPV6_PKTINFO on a
-/// dual-stack socket, which also carries an IPv4-mapped source for an IPv4
-/// peer; IP_PKTINFO on an IPv4 one), or from the address the kernel
-/// chooses without `from`. The peer accepts syncs from the address it
-/// probes only; the kernel's choice can be another (RFC 6724: a temporary
-/// IPv6 address, say).
-pub fn send_from(
-    socket: &std::net::UdpSocket,
-    bytes: &[u8],
-    dest: std::net::SocketAddr,
-    from: Option<std::net::IpAddr>,
-) -> io::Result<usize> {
-    use std::net::{IpAddr, SocketAddr};
-    let Some(from) = from else {
-        return socket.send_to(bytes, dest);
-    };
-    // SAFETY: a zeroed sockaddr_storage is valid; the family's fields are
-    // written below.
-    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let namelen = match dest {
-        SocketAddr::V4(d) => {
+/// `to` as the C socket address the system calls take, and its length.
+pub fn c_sockaddr(to: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: a zeroed sockaddr_storage is valid, and large enough for
+    // either family written into it below.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is larger and as aligned.
-            let sin = unsafe { &mut *(&raw mut name).cast::<libc::sockaddr_in>() };
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = d.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(d.ip().octets());
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
             mem::size_of::<libc::sockaddr_in>()
         }
-        SocketAddr::V6(d) => {
+        SocketAddr::V6(a) => {
             // SAFETY: as above.
-            let sin6 = unsafe { &mut *(&raw mut name).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = d.port().to_be();
-            sin6.sin6_addr.s6_addr = d.ip().octets();
-            sin6.sin6_scope_id = d.scope_id();
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
             mem::size_of::<libc::sockaddr_in6>()
         }
     };
-    // Room for either control message, 8-byte aligned.
-    let mut control = [0u64; 8];
-    let space = if dest.is_ipv6() {
-        let addr = match from {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            IpAddr::V6(v6) => v6,
+    (storage, len as libc::socklen_t)
+}
+
+/// A connection-sync socket: a non-blocking UDP socket bound to a port
+/// (0: any) on one interface only (SO_BINDTODEVICE, set before bind so the
+/// port is taken on that interface alone). Dual-stack (IPv6 with
+/// `IPV6_V6ONLY` off, so IPv4 peers appear as IPv4-mapped addresses)
+/// unless the kernel has no IPv6.
+pub struct SyncSocket {
+    pub socket: UdpSocket,
+    dual: bool,
+}
+
+impl SyncSocket {
+    pub fn open(iface: &str, port: u16) -> anyhow::Result<Self> {
+        // SAFETY: socket(2) takes no pointers; the fd is owned below.
+        let mut raw = unsafe {
+            libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
         };
-        let info = libc::in6_pktinfo {
-            ipi6_addr: libc::in6_addr {
-                s6_addr: addr.octets(),
-            },
-            ipi6_ifindex: 0,
+        let dual = raw >= 0;
+        if !dual {
+            // SAFETY: as above.
+            raw = unsafe {
+                libc::socket(
+                    libc::AF_INET,
+                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    0,
+                )
+            };
+        }
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("opening a UDP socket");
+        }
+        // SAFETY: raw is a fresh fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        bind_to_device(&fd, iface).with_context(|| format!("binding a UDP socket to {iface}"))?;
+        if dual {
+            let off: libc::c_int = 0;
+            // SAFETY: an int option, valid for its length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_V6ONLY,
+                    (&raw const off).cast(),
+                    mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error())
+                    .context("making the sync socket dual-stack (IPV6_V6ONLY off)");
+            }
+        }
+        let any = if dual {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+        } else {
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
         };
-        put_cmsg(&mut control, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info)
-    } else {
-        let IpAddr::V4(v4) = from else {
-            return socket.send_to(bytes, dest);
-        };
-        let info = libc::in_pktinfo {
-            ipi_ifindex: 0,
-            ipi_spec_dst: libc::in_addr {
-                s_addr: u32::from_ne_bytes(v4.octets()),
-            },
-            ipi_addr: libc::in_addr { s_addr: 0 },
-        };
-        put_cmsg(&mut control, libc::IPPROTO_IP, libc::IP_PKTINFO, info)
-    };
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; fields set below.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = (&raw mut name).cast();
-    msg.msg_namelen = namelen as libc::socklen_t;
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = (&raw mut control).cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: every pointer in msg is valid for the call.
-    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+        let (addr, len) = c_sockaddr(any);
+        // SAFETY: addr is valid for its length.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!("binding UDP port {port} on {iface} (conn_sync_port; is it in use?)")
+            });
+        }
+        // A whole-table sync is a burst of up to ~1 600 datagrams (65 536
+        // connections); the default buffers (~200 KiB) hold about 90.
+        for (force, plain) in [
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        ] {
+            set_buffer(&fd, force, plain, SYNC_SOCKET_BUFFER);
+        }
+        Ok(Self {
+            socket: UdpSocket::from(fd),
+            dual,
+        })
     }
-    Ok(n as usize)
+
+    /// `to:port` as a destination of this socket: an IPv4 peer of a
+    /// dual-stack socket by its IPv4-mapped address; a link-local IPv6
+    /// peer on `ifindex`.
+    pub fn dest(&self, to: IpAddr, port: u16, ifindex: u32) -> SocketAddr {
+        match to {
+            IpAddr::V4(v4) if self.dual => {
+                SocketAddrV6::new(v4.to_ipv6_mapped(), port, 0, 0).into()
+            }
+            _ => scoped(to, port, ifindex),
+        }
+    }
+
+    /// Sends `bytes` to `dest` from our address `from` (IPV6_PKTINFO on a
+    /// dual-stack socket, which also carries an IPv4-mapped source for an
+    /// IPv4 peer; IP_PKTINFO on an IPv4 one), or from the address the
+    /// kernel chooses without `from`. The peer accepts syncs from the
+    /// address it probes only; the kernel's choice can be another (RFC
+    /// 6724: a temporary IPv6 address, say).
+    pub fn send_from(
+        &self,
+        bytes: &[u8],
+        dest: SocketAddr,
+        from: Option<IpAddr>,
+    ) -> io::Result<usize> {
+        let Some(from) = from else {
+            return self.socket.send_to(bytes, dest);
+        };
+        let (mut name, namelen) = c_sockaddr(dest);
+        // Room for either control message, 8-byte aligned.
+        let mut control = [0u64; 8];
+        let space = if dest.is_ipv6() {
+            let addr = match from {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: addr.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            put_cmsg(&mut control, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info)
+        } else {
+            let IpAddr::V4(v4) = from else {
+                return self.socket.send_to(bytes, dest);
+            };
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            put_cmsg(&mut control, libc::IPPROTO_IP, libc::IP_PKTINFO, info)
+        };
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; fields set below.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_name = (&raw mut name).cast();
+        msg.msg_namelen = namelen;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = (&raw mut control).cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: every pointer in msg is valid for the call.
+        let n = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &raw const msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
 }
 
 /// Writes one control message (header, then `value`) at the start of

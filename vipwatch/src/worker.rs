@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::{IpAddr, UdpSocket},
+    net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -303,7 +303,7 @@ pub(crate) fn start(res: Resources) -> anyhow::Result<Worker> {
     } else {
         (
             Some(Kicker::open(&instance.iface, vip.ifindex(), vip.mac())?),
-            Some(sys::udp_socket(&instance.iface, 0)?),
+            Some(sys::SyncSocket::open(&instance.iface, 0)?),
         )
     };
     let shell = Shell {
@@ -430,7 +430,7 @@ struct ConnState {
     peer: conns::Peer,
     kicker: Option<Kicker>,
     /// Sends our syncs (`None` when the kick is off).
-    socket: Option<UdpSocket>,
+    socket: Option<sys::SyncSocket>,
     /// Of our table's copy: a new one for every holding period.
     epoch: u32,
     partner: Partner,
@@ -646,10 +646,10 @@ impl Shell {
         let Some(socket) = &self.conn.socket else {
             return;
         };
-        let dest = sys::sync_dest(socket, to, self.conn.settings.port, self.vip.ifindex());
+        let dest = socket.dest(to, self.conn.settings.port, self.vip.ifindex());
         for d in datagrams {
             let bytes = d.encode();
-            match sys::send_from(socket, &bytes, dest, from) {
+            match socket.send_from(&bytes, dest, from) {
                 Ok(n) => {
                     self.conn.status.syncs_sent += 1;
                     self.conn.status.sync_bytes_sent += n as u64;
