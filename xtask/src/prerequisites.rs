@@ -145,6 +145,7 @@ pub fn ensure_bench_tools() -> anyhow::Result<()> {
     ensure_packages(
         &OsRelease::read(),
         &BENCH_TOOL_PACKAGES.iter().collect::<Vec<_>>(),
+        false,
     )
 }
 
@@ -283,10 +284,14 @@ pub fn ensure() -> anyhow::Result<Toolchain> {
     let os = OsRelease::read();
     let linker = find_bpf_linker();
     let mut packages: Vec<&Package> = TEST_TOOL_PACKAGES.iter().collect();
+    let mut apt_updated = false;
     if linker.is_none() && find_llvm().is_none() {
         // Only apt, as root, with LLVM 22 in its sources is installed from
         // here; anywhere else the user gets the steps for their system.
-        if os.family() != Family::Debian || !util::is_root() || !apt_has(LLVM_PACKAGES[0].deb) {
+        if os.family() != Family::Debian
+            || !util::is_root()
+            || !apt_offers(LLVM_PACKAGES[0].deb, &mut apt_updated)?
+        {
             bail!(
                 "bpf-linker is missing and no LLVM {LLVM_MAJOR} was found on {}. {}",
                 os.name(),
@@ -295,7 +300,7 @@ pub fn ensure() -> anyhow::Result<Toolchain> {
         }
         packages.extend(LLVM_PACKAGES);
     }
-    ensure_packages(&os, &packages)?;
+    ensure_packages(&os, &packages, apt_updated)?;
 
     let (linker, installed) = match linker {
         Some(linker) => (linker, false),
@@ -463,6 +468,28 @@ fn find_llvm() -> Option<PathBuf> {
     })
 }
 
+fn apt_update() -> anyhow::Result<()> {
+    eprintln!("{TAG} refreshing apt's package lists (apt-get update)");
+    util::run_quiet(Command::new("apt-get").arg("update"))
+        .context("`apt-get update` failed; check the network and the apt sources under /etc/apt")?;
+    Ok(())
+}
+
+/// Whether apt offers `package`. A new machine's package lists may predate
+/// it (Debian 12 has LLVM 22 in bookworm-security only): they are refreshed
+/// once, and `apt_updated` records it, before the answer is no.
+fn apt_offers(package: &str, apt_updated: &mut bool) -> anyhow::Result<bool> {
+    if apt_has(package) {
+        return Ok(true);
+    }
+    if *apt_updated {
+        return Ok(false);
+    }
+    apt_update()?;
+    *apt_updated = true;
+    Ok(apt_has(package))
+}
+
 /// Whether apt knows an installable candidate for `package`.
 fn apt_has(package: &str) -> bool {
     Command::new("apt-cache")
@@ -519,7 +546,9 @@ fn install_bpf_linker(llvm_prefix: &Path, os: &OsRelease) -> anyhow::Result<Path
     })
 }
 
-fn ensure_packages(os: &OsRelease, packages: &[&Package]) -> anyhow::Result<()> {
+/// Installs what `packages` lacks; `apt_updated` says the package lists were
+/// refreshed by this run already.
+fn ensure_packages(os: &OsRelease, packages: &[&Package], apt_updated: bool) -> anyhow::Result<()> {
     let missing = missing_packages(os, packages);
     if missing.is_empty() {
         return Ok(());
@@ -556,8 +585,9 @@ fn ensure_packages(os: &OsRelease, packages: &[&Package]) -> anyhow::Result<()> 
             package.why
         );
     }
-    util::run_quiet(Command::new("apt-get").arg("update"))
-        .context("`apt-get update` failed; check the network and the apt sources under /etc/apt")?;
+    if !apt_updated {
+        apt_update()?;
+    }
     util::run_quiet(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
