@@ -122,23 +122,21 @@ const TEST_TOOL_PACKAGES: &[Package] = &[
         why: "`systemd-analyze`, which checks the systemd unit",
         probe: "systemd-analyze",
     },
-];
-
-/// The classic ping-loop baseline of `cargo xtask bench`.
-const BENCH_TOOL_PACKAGES: &[Package] = &[
     Package {
         deb: "iputils-ping",
         rpm: "iputils",
-        why: "`ping`, for the ping-loop baseline of the benchmark",
+        why: "`ping`: the IPv6 lab's reachability check, and the benchmark's ping-loop baseline",
         probe: "ping",
     },
-    Package {
-        deb: "iputils-arping",
-        rpm: "iputils",
-        why: "`arping`, for the ping-loop baseline of the benchmark",
-        probe: "arping",
-    },
 ];
+
+/// The classic ping-loop baseline of `cargo xtask bench`.
+const BENCH_TOOL_PACKAGES: &[Package] = &[Package {
+    deb: "iputils-arping",
+    rpm: "iputils",
+    why: "`arping`, for the ping-loop baseline of the benchmark",
+    probe: "arping",
+}];
 
 /// Installs what the benchmark's baseline script needs.
 pub fn ensure_bench_tools() -> anyhow::Result<()> {
