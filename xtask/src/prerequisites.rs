@@ -739,7 +739,8 @@ mod tests {
                 "prometheus",
                 "openssl",
                 "strace",
-                "systemd"
+                "systemd",
+                "iputils-ping"
             ]
         );
         assert_eq!(
@@ -751,7 +752,8 @@ mod tests {
                 "golang-github-prometheus",
                 "openssl",
                 "strace",
-                "systemd"
+                "systemd",
+                "iputils"
             ]
         );
     }
