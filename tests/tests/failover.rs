@@ -4,17 +4,17 @@
 //! Bounds here are generous on purpose (a loaded 2-core VM must not make
 //! them flake); `cargo xtask bench` holds the tight numbers.
 
+mod common;
+
 use std::time::Duration;
 
 use anyhow::Result;
+use common::cases;
 use vipwatch_tests::{
     Lab, Signal,
-    scenario::{Fault, Options, Scenario},
+    scenario::{Family, Fault, Options, Scenario},
     vipwatch_bin,
 };
-
-const TAKEOVER_BOUND: Duration = Duration::from_millis(500);
-const DUAL_BOUND: Duration = Duration::from_millis(200);
 
 fn scenario(tag: &str, health: bool, backup_args: &[&str]) -> Result<Scenario> {
     let mut opts = Options::new(tag, vipwatch_bin()?);
@@ -25,84 +25,13 @@ fn scenario(tag: &str, health: bool, backup_args: &[&str]) -> Result<Scenario> {
 
 fn takeover_then_failback(tag: &str, fault: Fault, health: bool) -> Result<()> {
     let mut s = scenario(tag, health, &[])?;
-    let t0 = s.inject(fault)?;
-    let t = s.await_takeover(fault, t0, Duration::from_secs(5))?;
-    let tl = &t.stats["last_takeover"];
-    eprintln!(
-        "{}: client outage {:.2} ms; backup: silence->decision {:.3} ms, decision->first GARP {:.3} ms",
-        fault.describe(),
-        t.outage.as_secs_f64() * 1e3,
-        tl["silence_to_decision_ms"].as_f64().unwrap_or(f64::NAN),
-        tl["decision_to_first_garp_ms"].as_f64().unwrap_or(f64::NAN),
-    );
-    assert!(
-        t.outage < TAKEOVER_BOUND + health_slack(fault),
-        "outage {:?}\n{}",
-        t.outage,
-        s.logs()
-    );
-    assert_eq!(t.stats["takeovers"], 1, "{}", t.stats);
-    assert!(
-        s.lab.has_address("backup", VIP())?,
-        "the backup must hold the VIP"
-    );
-
-    let r = s.repair(fault)?;
-    let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
-    eprintln!(
-        "failback: both hosts bound the VIP for {:.2} ms; client saw both for {:.2} ms; longest client gap {:.2} ms",
-        fb.dual_bound.as_secs_f64() * 1e3,
-        fb.client_both.as_secs_f64() * 1e3,
-        fb.client_outage.as_secs_f64() * 1e3,
-    );
-    assert!(
-        fb.dual_bound < DUAL_BOUND + repair_slack(fault),
-        "dual {:?}\n{}",
-        fb.dual_bound,
-        s.logs()
-    );
-    assert!(
-        !s.lab.has_address("backup", VIP())?,
-        "the backup must have released the VIP"
-    );
-    assert!(
-        s.lab.has_address("master", VIP())?,
-        "the master must hold the VIP"
-    );
-    let st = s.wait_state("STANDBY", Duration::from_secs(5))?;
-    assert_eq!(st["releases"], 1, "{st}");
-    // The release check found the master holding the VIP: nothing taken
-    // back, no second takeover (a check that missed the master's answer
-    // would take the VIP back and bounce it).
-    std::thread::sleep(Duration::from_millis(100));
-    let st = s.backup_stats()?;
-    assert_eq!(st["taken_back"], 0, "{st}\n{}", s.logs());
-    assert_eq!(st["takeovers"], 1, "{st}");
-    Ok(())
+    cases::take_over(&s, fault)?;
+    cases::fail_back(&mut s, fault)
 }
 
 #[expect(non_snake_case, reason = "reads like the constant it wraps")]
 fn VIP() -> std::net::Ipv4Addr {
     vipwatch_tests::scenario::VIP.parse().expect("constant")
-}
-
-/// A health check runs every 200 ms and needs 2 failures: that is part of
-/// the outage when the service, not the host, fails.
-fn health_slack(fault: Fault) -> Duration {
-    match fault {
-        Fault::Unhealthy => Duration::from_millis(1000),
-        _ => Duration::ZERO,
-    }
-}
-
-/// After a cable pull or a freeze the master kept the VIP bound, so "both
-/// bound" runs from the repair until the backup has seen `rise` replies and
-/// the master's answer to its solicitation.
-fn repair_slack(fault: Fault) -> Duration {
-    match fault {
-        Fault::CablePull => Duration::from_millis(300),
-        _ => Duration::ZERO,
-    }
 }
 
 #[test]
@@ -130,31 +59,7 @@ fn stopping_the_master_hands_over_and_restarting_it_takes_the_vip_back() -> Resu
 
 #[test]
 fn witness_keeps_a_cut_off_backup_from_taking_over() -> Result<()> {
-    let s = scenario(
-        "fwit",
-        false,
-        &["--witness", vipwatch_tests::scenario::GATEWAY],
-    )?;
-    // Cut the backup from the LAN (master and witness both unreachable),
-    // upstream of its XDP program.
-    s.lab.blackhole("backup")?;
-    let st = s.wait_state("ISOLATED", Duration::from_secs(5))?;
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !s.lab.has_address("backup", VIP())?,
-        "a cut-off backup must not bind the VIP"
-    );
-    let st2 = s.backup_stats()?;
-    assert_eq!(st2["takeovers"], 0, "{st} / {st2}");
-    assert_eq!(st2["state"], "ISOLATED");
-    s.lab.unblackhole("backup")?;
-    s.wait_state("STANDBY", Duration::from_secs(5))?;
-
-    // With the witness answering, a real master failure is still taken over.
-    let t0 = s.inject(Fault::CablePull)?;
-    let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
-    assert!(t.outage < TAKEOVER_BOUND, "outage {:?}", t.outage);
-    Ok(())
+    cases::a_witness_keeps_a_cut_off_backup_from_taking_over(Family::V4, "fwit")
 }
 
 #[test]

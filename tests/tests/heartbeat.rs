@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
 use aya::maps::{Map, MapData, PerCpuArray};
@@ -107,46 +107,7 @@ fn daemon_map(pid: u32, name: &str) -> Result<Map> {
 
 #[test]
 fn spoofed_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
-    let lab = standard_lab("hbfg")?;
-    let _backup = start_backup(&lab, &["--count", "100"])?;
-    wait_stats(&lab, "probing finished", WAIT, |s| {
-        u(s, "master.replies") == 100
-    })?;
-
-    let master: Ipv4Addr = MASTER.parse()?;
-    let backup: Ipv4Addr = BACKUP.parse()?;
-    let attacker: Ipv4Addr = ATTACKER.parse()?;
-    // The attacker answers in the master's name without knowing our nonce
-    // (the slot, 0 for a daemon's first instance, is easy to guess).
-    send_echo_reply(&lab, "attacker", master, backup, 0x1234, 0, 0xdead_beef, 25)?;
-    let st = wait_stats(&lab, "25 forged replies", WAIT, |s| {
-        u(s, "master.forged") == 25
-    })?;
-    assert_eq!(
-        u(&st, "master.replies"),
-        100,
-        "a forged reply must never count: {st}"
-    );
-
-    // Echo replies from a host that is not the master count nowhere.
-    send_echo_reply(
-        &lab,
-        "attacker",
-        attacker,
-        backup,
-        0x1234,
-        0,
-        0xdead_beef,
-        25,
-    )?;
-    std::thread::sleep(Duration::from_millis(200));
-    let st = stats(&lab, "backup")?;
-    assert_eq!(u(&st, "master.forged"), 25, "{st}");
-    assert_eq!(u(&st, "master.replies"), 100, "{st}");
-    // And the forged replies did not make the master look alive or dead:
-    // no takeover happened.
-    assert_eq!(u(&st, "takeovers"), 0);
-    Ok(())
+    cases::spoofed_replies_are_forged_and_other_hosts_are_ignored(Family::V4, "hbfg")
 }
 
 #[test]

@@ -28,32 +28,21 @@ use anyhow::{Context as _, Result, bail};
 use common::*;
 use serde_json::Value;
 use vipwatch_tests::{
-    Client, EchoServer, Lab, Proc, Signal, frames,
+    Client, EchoServer, Lab, Signal, frames,
     scenario::{self, Family, Fault, Options, Scenario},
     tcp::{Pace, Recovery, TcpClient, TcpServer},
     vipwatch_bin, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-/// failover.rs's bounds.
-const TAKEOVER_BOUND: Duration = Duration::from_millis(500);
-const DUAL_BOUND: Duration = Duration::from_millis(200);
-/// After a cable pull "both bound" runs from the repair until the backup
-/// has seen `rise` replies and the master's answer to its solicitation.
-const CABLE_REPAIR_SLACK: Duration = Duration::from_millis(300);
-
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 
 fn vip() -> Ipv6Addr {
-    v6::VIP.parse().expect("constant")
+    VIP6
 }
 
 fn ip(s: &str) -> Ipv6Addr {
     s.parse().expect("constant")
-}
-
-fn mac_of(lab: &Lab, host: &str) -> Result<[u8; 6]> {
-    frames::mac(lab.mac(host)?)
 }
 
 fn scenario_v6(tag: &str, backup_args: &[&str]) -> Result<Scenario> {
@@ -61,49 +50,6 @@ fn scenario_v6(tag: &str, backup_args: &[&str]) -> Result<Scenario> {
     opts.family = Family::V6;
     opts.backup_args = backup_args.iter().map(|s| s.to_string()).collect();
     Scenario::start(opts)
-}
-
-fn spawn_master_v6(lab: &Lab, extra: &[&str]) -> Result<Proc> {
-    let mut args = vec!["master", "--iface", "eth0", "--vip", v6::VIP_CIDR];
-    args.extend_from_slice(extra);
-    let p = lab.spawn("master", vipwatch_bin()?, &args)?;
-    p.wait_for_line("state -> HOLDING", WAIT)
-        .with_context(|| format!("vipwatch master did not claim the VIP:\n{}", p.output()))?;
-    Ok(p)
-}
-
-fn wait_state(lab: &Lab, state: &str) -> Result<Value> {
-    wait_stats(lab, &format!("the backup is {state}"), WAIT, |s| {
-        s["state"] == state
-    })
-}
-
-/// A backup standing by, then the master's cable pulled: the backup holds
-/// the VIP.
-fn active_backup_v6(lab: &Lab, extra: &[&str]) -> Result<Proc> {
-    let backup = start_backup_v6(lab, extra)?;
-    wait_state(lab, "STANDBY")?;
-    lab.link_down("master")?;
-    wait_state(lab, "ACTIVE")?;
-    Ok(backup)
-}
-
-/// The master's host answers the backup's probes again.
-fn wait_master_answers(lab: &Lab) -> Result<Value> {
-    wait_stats(lab, "the master answers", WAIT, |s| {
-        s["master"]["last_reply_age_ms"]
-            .as_f64()
-            .is_some_and(|a| a < 5.0)
-    })?;
-    std::thread::sleep(Duration::from_millis(50));
-    stats(lab, "backup")
-}
-
-/// The log line of `proc` containing `what`, after `after`.
-fn line(p: &Proc, what: &str, after: Instant) -> Result<String> {
-    p.wait_for_line_after(what, after, WAIT)
-        .map(|l| l.text)
-        .with_context(|| format!("no {what:?} in:\n{}", p.output()))
 }
 
 /// A file an `--on-change` hook appends its arguments to, removed when
@@ -256,17 +202,7 @@ fn lab_forged_ndp_and_icmpv6_frames_are_taken_as_real_by_the_kernel() -> Result<
     // kernel counts them as echo replies, none with a bad checksum.
     let replies = snmp6(&lab, "backup", "Icmp6InEchoReplies")?;
     let errors = snmp6(&lab, "backup", "Icmp6InCsumErrors")?;
-    send_echo_reply_v6(
-        &lab,
-        "attacker",
-        "backup",
-        ip(v6::MASTER),
-        ip(v6::BACKUP),
-        0x1234,
-        0,
-        0xdead_beef,
-        20,
-    )?;
+    forge_replies(&lab, Family::V6, v6::MASTER, 0xdead_beef, 20)?;
     wait_until("the backup's kernel counts 20 echo replies", WAIT, || {
         Ok(snmp6(&lab, "backup", "Icmp6InEchoReplies")? >= replies + 20)
     })?;
@@ -352,23 +288,7 @@ fn cable_pull_moves_the_ipv6_vip_to_the_backup_and_back_to_the_master_only() -> 
     let mut s = scenario_v6("v6cable", &["--on-change", &hook.command()])?;
     assert_eq!(s.vip(), IpAddr::V6(vip()));
     let fault = Fault::CablePull;
-    let t0 = s.inject(fault)?;
-    let t = s.await_takeover(fault, t0, Duration::from_secs(5))?;
-    let tl = &t.stats["last_takeover"];
-    eprintln!(
-        "IPv6 cable pull: client outage {:.2} ms; backup: silence->decision {:.3} ms, decision->first NA {:.3} ms",
-        t.outage.as_secs_f64() * 1e3,
-        tl["silence_to_decision_ms"].as_f64().unwrap_or(f64::NAN),
-        tl["decision_to_first_garp_ms"].as_f64().unwrap_or(f64::NAN),
-    );
-    assert!(
-        t.outage < TAKEOVER_BOUND,
-        "outage {:?}\n{}",
-        t.outage,
-        s.logs()
-    );
-    assert_eq!(t.stats["takeovers"], 1, "{}", t.stats);
-    assert!(s.lab.has_address("backup", vip())?, "the backup holds it");
+    cases::take_over(&s, fault)?;
     // The client's neighbour entry followed the backup's NA.
     assert_eq!(
         s.lab.neighbor_mac("client", vip())?.as_deref(),
@@ -379,113 +299,24 @@ fn cable_pull_moves_the_ipv6_vip_to_the_backup_and_back_to_the_master_only() -> 
     hook.wait_for("STANDBY 2001:db8::100/64 eth0 master-replied")?;
     hook.wait_for("ACTIVE 2001:db8::100/64 eth0 master-silent")?;
 
-    let r = s.repair(fault)?;
-    let fb = s.await_failback(fault, r, Duration::from_secs(10))?;
-    eprintln!(
-        "IPv6 failback: both hosts bound the VIP for {:.2} ms; client saw both for {:.2} ms; longest client gap {:.2} ms",
-        fb.dual_bound.as_secs_f64() * 1e3,
-        fb.client_both.as_secs_f64() * 1e3,
-        fb.client_outage.as_secs_f64() * 1e3,
-    );
-    assert!(
-        fb.dual_bound < DUAL_BOUND + CABLE_REPAIR_SLACK,
-        "dual {:?}\n{}",
-        fb.dual_bound,
-        s.logs()
-    );
-    assert!(
-        !s.lab.has_address("backup", vip())?,
-        "the backup must have released the VIP"
-    );
-    assert!(
-        s.lab.has_address("master", vip())?,
-        "the master must hold the VIP"
-    );
+    cases::fail_back(&mut s, fault)?;
     assert_eq!(
         s.lab.neighbor_mac("client", vip())?.as_deref(),
         Some(s.lab.mac("master")?),
         "the client points at the master again\n{}",
         s.logs()
     );
-    let st = s.wait_state("STANDBY", Duration::from_secs(5))?;
-    assert_eq!(st["releases"], 1, "{st}");
-    // Nothing taken back, no second takeover: the release check saw the
-    // master answer for the VIP (its NA to our solicitation).
-    std::thread::sleep(Duration::from_millis(100));
-    let st = s.backup_stats()?;
-    assert_eq!(st["taken_back"], 0, "{st}\n{}", s.logs());
-    assert_eq!(st["takeovers"], 1, "{st}");
     Ok(())
 }
 
 #[test]
 fn an_ipv6_witness_keeps_a_cut_off_backup_from_taking_over() -> Result<()> {
-    let s = scenario_v6("v6wit", &["--witness", v6::GATEWAY])?;
-    s.lab.blackhole("backup")?;
-    let st = s.wait_state("ISOLATED", Duration::from_secs(5))?;
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !s.lab.has_address("backup", vip())?,
-        "a cut-off backup must not bind the VIP"
-    );
-    let st2 = s.backup_stats()?;
-    assert_eq!(st2["takeovers"], 0, "{st} / {st2}");
-    assert_eq!(st2["state"], "ISOLATED");
-    s.lab.unblackhole("backup")?;
-    s.wait_state("STANDBY", Duration::from_secs(5))?;
-
-    // With the witness answering, a real master failure is still taken over.
-    let t0 = s.inject(Fault::CablePull)?;
-    let t = s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
-    assert!(t.outage < TAKEOVER_BOUND, "outage {:?}", t.outage);
-    Ok(())
+    cases::a_witness_keeps_a_cut_off_backup_from_taking_over(Family::V6, "v6wit")
 }
 
 #[test]
 fn spoofed_icmpv6_replies_are_forged_and_other_hosts_are_ignored() -> Result<()> {
-    let lab = standard_lab_v6("v6fg")?;
-    let _backup = start_backup_v6(&lab, &["--count", "100"])?;
-    wait_stats(&lab, "probing finished", WAIT, |s| {
-        s["master"]["replies"] == 100
-    })?;
-    // The attacker answers in the master's name without knowing our nonce.
-    send_echo_reply_v6(
-        &lab,
-        "attacker",
-        "backup",
-        ip(v6::MASTER),
-        ip(v6::BACKUP),
-        0x1234,
-        0,
-        0xdead_beef,
-        25,
-    )?;
-    let st = wait_stats(&lab, "25 forged replies", WAIT, |s| {
-        s["master"]["forged"] == 25
-    })?;
-    assert_eq!(
-        u(&st, "master.replies"),
-        100,
-        "a forged reply must never count: {st}"
-    );
-    // Echo replies from a host that is not the master count nowhere.
-    send_echo_reply_v6(
-        &lab,
-        "attacker",
-        "backup",
-        ip(v6::ATTACKER),
-        ip(v6::BACKUP),
-        0x1234,
-        0,
-        0xdead_beef,
-        25,
-    )?;
-    std::thread::sleep(Duration::from_millis(200));
-    let st = stats(&lab, "backup")?;
-    assert_eq!(u(&st, "master.forged"), 25, "{st}");
-    assert_eq!(u(&st, "master.replies"), 100, "{st}");
-    assert_eq!(u(&st, "takeovers"), 0, "{st}");
-    Ok(())
+    cases::spoofed_replies_are_forged_and_other_hosts_are_ignored(Family::V6, "v6fg")
 }
 
 #[test]
@@ -498,17 +329,7 @@ fn forged_icmpv6_replies_do_not_keep_a_dead_master_alive() -> Result<()> {
     let flooding = AtomicBool::new(true);
     let (active_during_flood, st) = std::thread::scope(|scope| -> Result<(bool, Value)> {
         let forger = scope.spawn(|| {
-            let sent = send_echo_reply_v6(
-                &lab,
-                "attacker",
-                "backup",
-                ip(v6::MASTER),
-                ip(v6::BACKUP),
-                0x1234,
-                0,
-                0x0bad_cafe,
-                2000,
-            );
+            let sent = forge_replies(&lab, Family::V6, v6::MASTER, 0x0bad_cafe, 2000);
             flooding.store(false, Ordering::SeqCst);
             sent
         });
@@ -546,7 +367,7 @@ fn one_forged_na_in_the_master_s_name_costs_ms_not_the_vip() -> Result<()> {
     // nobody answers: taken back.
     let lab = standard_lab_v6("v6forged")?;
     let hook = HookFile::new("v6forged");
-    let master = spawn_master_v6(&lab, &[])?;
+    let master = spawn_master_of(&lab, Family::V6, &[])?;
     let backup = start_backup_v6(&lab, &["--on-change", &hook.command()])?;
     wait_state(&lab, "STANDBY")?;
     master.signal(Signal::Term)?;
@@ -583,7 +404,7 @@ fn a_dad_probe_for_the_held_ipv6_vip_is_a_claim_from_its_sender() -> Result<()> 
     // claim by the attacker's MAC, counted; not the master's, so the
     // backup keeps the VIP and reports the conflict.
     let lab = standard_lab_v6("v6dad")?;
-    let backup = active_backup_v6(&lab, &[])?;
+    let backup = active_backup_of(&lab, Family::V6, &[])?;
     let before = stats(&lab, "backup")?;
     let claims = u(&before, "claims");
     let t = Instant::now();
@@ -659,7 +480,7 @@ fn cable_pull_kicks_every_ipv6_connection_over_and_failback_brings_them_home() -
         TcpServer::start_v6(&lab, "master", TCP_PORT, MASTER_ID, WAIT)?,
         TcpServer::start_v6(&lab, "backup", TCP_PORT, BACKUP_ID, WAIT)?,
     ];
-    let master = spawn_master_v6(&lab, &[])?;
+    let master = spawn_master_of(&lab, Family::V6, &[])?;
     let backup = start_backup_v6(&lab, &[])?;
     wait_state(&lab, "STANDBY")?;
     let logs = || {
@@ -716,7 +537,7 @@ fn with_a_key_the_master_s_program_answers_ipv6_probes_itself() -> Result<()> {
     // probe answered and none forged is what shows the IPv6 rewrite works.
     let lab = standard_lab_v6("v6auth")?;
     let key = KeyFile::new(&lab)?;
-    let _master = spawn_master_v6(&lab, &["--auth-key-file", &key.arg()])?;
+    let _master = spawn_master_of(&lab, Family::V6, &["--auth-key-file", &key.arg()])?;
     let _backup = start_backup_v6(&lab, &["--auth-key-file", &key.arg()])?;
     wait_state(&lab, "STANDBY")?;
     // XDP counts a reply before the kernel checks its checksum: the
@@ -757,7 +578,7 @@ fn a_link_local_master_is_probed_on_the_interface() -> Result<()> {
     // `--master fe80::…` without a scope: the instance's interface is the
     // scope, for the probes and for the replies XDP compares.
     let lab = standard_lab_v6("v6ll")?;
-    let _master = spawn_master_v6(&lab, &[])?;
+    let _master = spawn_master_of(&lab, Family::V6, &[])?;
     let link_local = lab
         .addresses("master")?
         .into_iter()
@@ -830,30 +651,7 @@ fn a_no_preempt_master_waits_while_another_host_answers_for_the_ipv6_vip() -> Re
 
 #[test]
 fn a_killed_active_ipv6_backup_restarts_adopts_the_vip_and_hands_it_back() -> Result<()> {
-    // kill -9 while ACTIVE leaves the IPv6 VIP bound; the restarted backup
-    // must start (an IPv6 address has no "primary": the VIP is not taken
-    // for the host's own address), adopt it and hand it back to the master.
-    let lab = standard_lab_v6("v6restart")?;
-    let _master = spawn_master_v6(&lab, &[])?;
-    let backup = active_backup_v6(&lab, &[])?;
-    backup.signal(Signal::Kill)?;
-    backup.wait(WAIT)?;
-    assert!(lab.has_address("backup", vip())?, "kill -9 leaves it bound");
-    lab.link_up("master")?;
-    wait_until("the master holds the VIP again", WAIT, || {
-        lab.has_address("master", vip())
-    })?;
-    let restarted = start_backup_v6(&lab, &[])?;
-    restarted
-        .wait_for_line("adopted", WAIT)
-        .with_context(|| restarted.output())?;
-    wait_state(&lab, "STANDBY")?;
-    wait_until("the adopted VIP is handed back", WAIT, || {
-        Ok(!lab.has_address("backup", vip())?)
-    })
-    .with_context(|| restarted.output())?;
-    assert!(lab.has_address("master", vip())?);
-    Ok(())
+    cases::a_killed_active_backup_restarts_adopts_the_vip_and_hands_it_back(Family::V6, "v6restart")
 }
 
 #[test]
@@ -879,7 +677,7 @@ fn the_master_s_syncs_come_from_the_address_the_backup_probes() -> Result<()> {
         ],
     )?;
     anyhow::ensure!(out.status.success(), "ip addr change: {out:?}");
-    let _master = spawn_master_v6(&lab, &[])?;
+    let _master = spawn_master_of(&lab, Family::V6, &[])?;
     let _backup = start_backup_v6(&lab, &[])?;
     wait_state(&lab, "STANDBY")?;
     let st = wait_stats(&lab, "two syncs accepted", WAIT, |s| {

@@ -26,10 +26,6 @@ fn vip() -> Ipv4Addr {
     scenario::VIP.parse().expect("constant")
 }
 
-fn mac_of(lab: &Lab, host: &str) -> Result<[u8; 6]> {
-    frames::mac(lab.mac(host)?)
-}
-
 /// One gratuitous ARP from the attacker: "the VIP is at `mac`".
 fn forged_claim(lab: &Lab, mac: [u8; 6]) -> Result<()> {
     let f = frames::arp(
@@ -44,48 +40,11 @@ fn forged_claim(lab: &Lab, mac: [u8; 6]) -> Result<()> {
 }
 
 fn spawn_master(lab: &Lab) -> Result<Proc> {
-    let p = lab.spawn(
-        "master",
-        vipwatch_bin()?,
-        ["master", "--iface", "eth0", "--vip", VIP_CIDR],
-    )?;
-    p.wait_for_line("state -> HOLDING", WAIT)
-        .with_context(|| format!("vipwatch master did not claim the VIP:\n{}", p.output()))?;
-    Ok(p)
+    spawn_master_of(lab, Family::V4, &[])
 }
 
-fn wait_state(lab: &Lab, state: &str) -> Result<serde_json::Value> {
-    wait_stats(lab, &format!("the backup is {state}"), WAIT, |s| {
-        s["state"] == state
-    })
-}
-
-/// A backup standing by, then the master's cable pulled: the backup holds
-/// the VIP.
 fn active_backup(lab: &Lab) -> Result<Proc> {
-    let backup = start_backup(lab, &[])?;
-    wait_state(lab, "STANDBY")?;
-    lab.link_down("master")?;
-    wait_state(lab, "ACTIVE")?;
-    Ok(backup)
-}
-
-/// The master's host answers the backup's probes again (`rise` in a row).
-fn wait_master_answers(lab: &Lab) -> Result<serde_json::Value> {
-    wait_stats(lab, "the master answers", WAIT, |s| {
-        s["master"]["last_reply_age_ms"]
-            .as_f64()
-            .is_some_and(|a| a < 5.0)
-    })?;
-    std::thread::sleep(Duration::from_millis(50));
-    stats(lab, "backup")
-}
-
-/// The log line of `proc` containing `what`, after `after`.
-fn line(p: &Proc, what: &str, after: Instant) -> Result<String> {
-    p.wait_for_line_after(what, after, WAIT)
-        .map(|l| l.text)
-        .with_context(|| format!("no {what:?} in:\n{}", p.output()))
+    active_backup_of(lab, Family::V4, &[])
 }
 
 #[test]
@@ -191,35 +150,8 @@ fn a_vip_added_by_hand_on_a_standby_backup_is_removed() -> Result<()> {
 
 #[test]
 fn a_killed_active_backup_restarts_adopts_the_vip_and_hands_it_back() -> Result<()> {
-    // Row 5: kill -9 while ACTIVE (the VIP stays bound), the master back
-    // (it claims again on its carrier's return), then the backup restarted
-    // as systemd would: it must start, and leave exactly one holder.
-    let lab = standard_lab("nlrestart")?;
-    let _master = spawn_master(&lab)?;
-    let backup = active_backup(&lab)?;
-    backup.signal(Signal::Kill)?;
-    backup.wait(WAIT)?;
-    assert!(lab.has_address("backup", vip())?, "kill -9 leaves it bound");
-    lab.link_up("master")?;
-    wait_until("the master holds the VIP again", WAIT, || {
-        lab.has_address("master", vip())
-    })?;
-    let restarted = start_backup(&lab, &[])?;
-    restarted
-        .wait_for_line("adopted", WAIT)
-        .with_context(|| restarted.output())?;
-    wait_state(&lab, "STANDBY")?;
-    wait_until("the adopted VIP is handed back", WAIT, || {
-        Ok(!lab.has_address("backup", vip())?)
-    })
-    .with_context(|| restarted.output())?;
-    assert!(lab.has_address("master", vip())?);
-    let client_sees = lab.neighbor_mac("client", vip())?;
-    assert!(
-        client_sees.is_none() || client_sees.as_deref() == Some(lab.mac("master")?),
-        "the client points at {client_sees:?}"
-    );
-    Ok(())
+    // Row 5.
+    cases::a_killed_active_backup_restarts_adopts_the_vip_and_hands_it_back(Family::V4, "nlrestart")
 }
 
 #[test]

@@ -1,10 +1,16 @@
 //! Helpers shared by the end-to-end test files: the standard lab, running
 //! vipwatch in it, and reading `vipwatch stats --json`.
-#![allow(dead_code, reason = "each test file uses a different subset")]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test file uses a different subset of the helpers and re-exports"
+)]
+
+pub mod cases;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -12,7 +18,10 @@ use serde_json::Value;
 use vipwatch::prober::internet_checksum;
 use vipwatch_tests::{Lab, Proc, frames, require_root, vipwatch_bin, wait_until};
 
-pub use vipwatch_tests::scenario::{BACKUP, CLIENT, GATEWAY, MASTER, VIP_CIDR};
+pub use vipwatch_tests::scenario::{BACKUP, CLIENT, Family, GATEWAY, MASTER, VIP_CIDR};
+
+/// How long the helpers below wait for the daemon to get somewhere.
+const WAIT: Duration = Duration::from_secs(10);
 
 pub const ATTACKER: &str = "192.0.2.66";
 
@@ -24,54 +33,117 @@ pub mod v6 {
     pub const ATTACKER: &str = "2001:db8::66";
 }
 
+/// The attacker's address in `family`'s lab.
+pub fn attacker(family: Family) -> &'static str {
+    match family {
+        Family::V4 => ATTACKER,
+        Family::V6 => v6::ATTACKER,
+    }
+}
+
 /// master, backup, client and attacker on one bridge; the bridge itself
-/// answers as the gateway (a witness).
+/// answers as the gateway (a witness). In IPv6 the same hosts (so the same
+/// MACs) have the addresses of [`v6`], with IPv6 enabled everywhere.
+pub fn lab_of(family: Family, tag: &str) -> Result<Lab> {
+    require_root()?;
+    Lab::builder(tag)
+        .host("master", &family.cidr(family.master()))
+        .host("backup", &family.cidr(family.backup()))
+        .host("client", &family.cidr(family.client()))
+        .host("attacker", &family.cidr(attacker(family)))
+        .gateway(&family.cidr(family.gateway()))
+        .ipv6(family == Family::V6)
+        .build()
+}
+
+/// [`lab_of`] in IPv4.
 pub fn standard_lab(tag: &str) -> Result<Lab> {
-    require_root()?;
-    Lab::builder(tag)
-        .host("master", &format!("{MASTER}/24"))
-        .host("backup", &format!("{BACKUP}/24"))
-        .host("client", &format!("{CLIENT}/24"))
-        .host("attacker", &format!("{ATTACKER}/24"))
-        .gateway(&format!("{GATEWAY}/24"))
-        .build()
+    lab_of(Family::V4, tag)
 }
 
-/// [`standard_lab`] in IPv6: the same hosts (so the same MACs) with the
-/// addresses of [`v6`], IPv6 enabled everywhere.
+/// [`lab_of`] in IPv6.
 pub fn standard_lab_v6(tag: &str) -> Result<Lab> {
-    require_root()?;
-    Lab::builder(tag)
-        .host("master", &format!("{}/64", v6::MASTER))
-        .host("backup", &format!("{}/64", v6::BACKUP))
-        .host("client", &format!("{}/64", v6::CLIENT))
-        .host("attacker", &format!("{}/64", v6::ATTACKER))
-        .gateway(&format!("{}/64", v6::GATEWAY))
-        .ipv6(true)
-        .build()
+    lab_of(Family::V6, tag)
 }
 
-/// Starts `vipwatch backup` on the backup's eth0 with `extra` arguments and
-/// waits until it has attached.
-pub fn start_backup(lab: &Lab, extra: &[&str]) -> Result<Proc> {
-    start_backup_for(lab, MASTER, VIP_CIDR, extra)
-}
-
-/// [`start_backup`] for the IPv6 lab: `--master 2001:db8::1 --vip
-/// 2001:db8::100/64`.
-pub fn start_backup_v6(lab: &Lab, extra: &[&str]) -> Result<Proc> {
-    start_backup_for(lab, v6::MASTER, v6::VIP_CIDR, extra)
-}
-
-fn start_backup_for(lab: &Lab, master: &str, vip_cidr: &str, extra: &[&str]) -> Result<Proc> {
+/// Starts `vipwatch backup --master M --vip VIP` of `family`'s lab on the
+/// backup's eth0 with `extra` arguments and waits until it has attached.
+pub fn start_backup_of(lab: &Lab, family: Family, extra: &[&str]) -> Result<Proc> {
     let mut args = vec![
-        "backup", "--iface", "eth0", "--master", master, "--vip", vip_cidr,
+        "backup",
+        "--iface",
+        "eth0",
+        "--master",
+        family.master(),
+        "--vip",
+        family.vip_cidr(),
     ];
     args.extend_from_slice(extra);
     let p = lab.spawn("backup", vipwatch_bin()?, &args)?;
-    p.wait_for_line("XDP attached", Duration::from_secs(10))
+    p.wait_for_line("XDP attached", WAIT)
         .with_context(|| format!("vipwatch backup did not start:\n{}", p.output()))?;
     Ok(p)
+}
+
+/// [`start_backup_of`] in IPv4.
+pub fn start_backup(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    start_backup_of(lab, Family::V4, extra)
+}
+
+/// [`start_backup_of`] in IPv6.
+pub fn start_backup_v6(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    start_backup_of(lab, Family::V6, extra)
+}
+
+/// Starts `vipwatch master --vip VIP` of `family`'s lab with `extra`
+/// arguments and waits until it holds the VIP.
+pub fn spawn_master_of(lab: &Lab, family: Family, extra: &[&str]) -> Result<Proc> {
+    let mut args = vec!["master", "--iface", "eth0", "--vip", family.vip_cidr()];
+    args.extend_from_slice(extra);
+    let p = lab.spawn("master", vipwatch_bin()?, &args)?;
+    p.wait_for_line("state -> HOLDING", WAIT)
+        .with_context(|| format!("vipwatch master did not claim the VIP:\n{}", p.output()))?;
+    Ok(p)
+}
+
+/// A backup standing by, then the master's cable pulled: the backup holds
+/// the VIP.
+pub fn active_backup_of(lab: &Lab, family: Family, extra: &[&str]) -> Result<Proc> {
+    let backup = start_backup_of(lab, family, extra)?;
+    wait_state(lab, "STANDBY")?;
+    lab.link_down("master")?;
+    wait_state(lab, "ACTIVE")?;
+    Ok(backup)
+}
+
+/// Waits until the backup's state is `state`.
+pub fn wait_state(lab: &Lab, state: &str) -> Result<Value> {
+    wait_stats(lab, &format!("the backup is {state}"), WAIT, |s| {
+        s["state"] == state
+    })
+}
+
+/// The master's host answers the backup's probes again (`rise` in a row).
+pub fn wait_master_answers(lab: &Lab) -> Result<Value> {
+    wait_stats(lab, "the master answers", WAIT, |s| {
+        s["master"]["last_reply_age_ms"]
+            .as_f64()
+            .is_some_and(|a| a < 5.0)
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    stats(lab, "backup")
+}
+
+/// The log line of `p` containing `what`, after `after`.
+pub fn line(p: &Proc, what: &str, after: Instant) -> Result<String> {
+    p.wait_for_line_after(what, after, WAIT)
+        .map(|l| l.text)
+        .with_context(|| format!("no {what:?} in:\n{}", p.output()))
+}
+
+/// `host`'s MAC as bytes.
+pub fn mac_of(lab: &Lab, host: &str) -> Result<[u8; 6]> {
+    frames::mac(lab.mac(host)?)
 }
 
 /// `vipwatch stats --json` run as a separate process in `host`'s namespace.
@@ -137,29 +209,33 @@ pub fn wait_stats(
     Ok(last)
 }
 
-/// Sends `count` forged ICMP echo replies "from" `src` to `dst` with
-/// vipwatch's payload (magic, `slot`, `nonce`, the VIP), from inside `host`
-/// (a raw IP socket with IP_HDRINCL, so the source address can be
-/// anything).
-#[expect(clippy::too_many_arguments, reason = "every field of the forgery")]
-pub fn send_echo_reply(
-    lab: &Lab,
-    host: &str,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    id: u16,
-    slot: u16,
-    nonce: u64,
-    count: usize,
-) -> Result<()> {
-    lab.in_netns(host, move || -> Result<()> {
+/// The echo identifier of forged replies: the daemon matches replies by
+/// slot and nonce, not by identifier, so any value does.
+const FORGED_ID: u16 = 0x1234;
+
+/// Sends `count` echo replies forged by the attacker to the backup, 1 ms
+/// apart, in the name of `src` (the master, or any address): vipwatch's
+/// payload with slot 0 (a daemon's first instance: easy to guess), `nonce`
+/// and `family`'s VIP.
+pub fn forge_replies(lab: &Lab, family: Family, src: &str, nonce: u64, count: usize) -> Result<()> {
+    match family {
+        Family::V4 => forge_replies_v4(lab, src.parse()?, nonce, count),
+        Family::V6 => forge_replies_v6(lab, src.parse()?, nonce, count),
+    }
+}
+
+/// IPv4: a raw IP socket with IP_HDRINCL in the attacker's namespace, so the
+/// source address can be anything.
+fn forge_replies_v4(lab: &Lab, src: Ipv4Addr, nonce: u64, count: usize) -> Result<()> {
+    let dst: Ipv4Addr = BACKUP.parse()?;
+    lab.in_netns("attacker", move || -> Result<()> {
         // SAFETY: plain socket(2); closed below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
         if fd < 0 {
             bail!("raw socket: {}", std::io::Error::last_os_error());
         }
         for seq in 0..count {
-            let pkt = forged_reply(src, dst, id, slot, nonce, seq as u64);
+            let pkt = forged_reply_v4(src, dst, nonce, seq as u64);
             // SAFETY: zeroed sockaddr_in is valid; fields set below.
             let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
             addr.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -188,20 +264,31 @@ pub fn send_echo_reply(
     })?
 }
 
-fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, slot: u16, nonce: u64, seq: u64) -> Vec<u8> {
-    let vip: Ipv4Addr = vipwatch_tests::scenario::VIP.parse().expect("constant");
-    let payload = vipwatch_common::ProbePayload {
-        slot,
+fn forged_payload(
+    family: Family,
+    nonce: u64,
+    seq: u64,
+) -> [u8; vipwatch_common::PROBE_PAYLOAD_LEN] {
+    let vip = match family.vip_ip() {
+        std::net::IpAddr::V4(v4) => vipwatch_common::addr_v4(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    vipwatch_common::ProbePayload {
+        slot: 0,
         nonce,
         seq,
         sent_ns: 0,
-        vip: vipwatch_common::addr_v4(vip.octets()),
+        vip,
         tag: [0; 8],
-    };
+    }
+    .encode()
+}
+
+fn forged_reply_v4(src: Ipv4Addr, dst: Ipv4Addr, nonce: u64, seq: u64) -> Vec<u8> {
     let mut icmp = vec![0u8, 0, 0, 0];
-    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&FORGED_ID.to_be_bytes());
     icmp.extend_from_slice(&(seq as u16).to_be_bytes());
-    icmp.extend_from_slice(&payload.encode());
+    icmp.extend_from_slice(&forged_payload(Family::V4, nonce, seq));
     let c = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let total = (20 + icmp.len()) as u16;
@@ -216,47 +303,26 @@ fn forged_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, slot: u16, nonce: u64, se
     ip
 }
 
-/// vipwatch's probe payload (magic, `slot`, `nonce`, the IPv6 VIP) as an
-/// ICMPv6 echo reply "from" `src` to `dst`, in a frame from `host`'s eth0
-/// to `dst_host`'s MAC: sent with a packet socket, so the source address
-/// can be anything. One frame per sequence number `0..count`, 1 ms apart.
-#[expect(clippy::too_many_arguments, reason = "every field of the forgery")]
-pub fn send_echo_reply_v6(
-    lab: &Lab,
-    host: &str,
-    dst_host: &str,
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    id: u16,
-    slot: u16,
-    nonce: u64,
-    count: usize,
-) -> Result<()> {
-    let vip: Ipv6Addr = v6::VIP.parse()?;
-    let eth_src = frames::mac(lab.mac(host)?)?;
-    let eth_dst = frames::mac(lab.mac(dst_host)?)?;
+/// IPv6: whole frames from the attacker's eth0 to the backup's MAC through
+/// a packet socket, so the source address can be anything.
+fn forge_replies_v6(lab: &Lab, src: Ipv6Addr, nonce: u64, count: usize) -> Result<()> {
+    let dst: Ipv6Addr = v6::BACKUP.parse()?;
+    let eth_src = mac_of(lab, "attacker")?;
+    let eth_dst = mac_of(lab, "backup")?;
     let replies: Vec<Vec<u8>> = (0..count as u64)
         .map(|seq| {
-            let payload = vipwatch_common::ProbePayload {
-                slot,
-                nonce,
-                seq,
-                sent_ns: 0,
-                vip: vip.octets(),
-                tag: [0; 8],
-            };
             frames::icmpv6_echo_reply(
                 eth_dst,
                 eth_src,
                 src,
                 dst,
-                id,
+                FORGED_ID,
                 seq as u16,
-                &payload.encode(),
+                &forged_payload(Family::V6, nonce, seq),
             )
         })
         .collect();
-    frames::send(lab, host, "eth0", &replies, Duration::from_millis(1))
+    frames::send(lab, "attacker", "eth0", &replies, Duration::from_millis(1))
 }
 
 /// A key file for the pair (mode 600), removed with the returned guard.
