@@ -1109,6 +1109,40 @@ mod tests {
         p
     }
 
+    /// With `KEY` on the master's slot of `t`, a reply (`with` wraps the
+    /// payload in a frame) counts only with the reply tag under `KEY` for
+    /// this very payload: our probe's echo, an untagged reply, one tagged
+    /// under another key and one whose tag was made for another sequence
+    /// number are all forged.
+    fn assert_only_tagged_replies_count(
+        t: &Table,
+        with: impl Fn([u8; PROBE_PAYLOAD_LEN]) -> Vec<u8>,
+        plain: [u8; PROBE_PAYLOAD_LEN],
+    ) {
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_REPLY, &KEY)).as_slice(), t),
+            reply(PEER_MASTER)
+        );
+        let forged = Seen::Forged {
+            slot: SLOT,
+            peer: PEER_MASTER,
+        };
+        // The kernel's plain echo of our probe (its tag is the probe's).
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_PROBE, &KEY)).as_slice(), t),
+            forged
+        );
+        assert_eq!(classify(with(plain).as_slice(), t), forged);
+        let other_key = vipwatch_common::siphash::Key { k0: 1, k1: 2 };
+        assert_eq!(
+            classify(with(tagged(plain, AUTH_REPLY, &other_key)).as_slice(), t),
+            forged
+        );
+        let mut moved = tagged(plain, AUTH_REPLY, &KEY);
+        moved[23] ^= 1;
+        assert_eq!(classify(with(moved).as_slice(), t), forged);
+    }
+
     #[test]
     fn with_a_key_only_the_master_s_tagged_replies_count() {
         let mut t = Table::new();
@@ -1121,29 +1155,7 @@ mod tests {
             })
         };
         let plain = payload(SLOT as u16, NONCE, VIP);
-        assert_eq!(
-            classify(with(tagged(plain, AUTH_REPLY, &KEY)).as_slice(), &t),
-            reply(PEER_MASTER)
-        );
-        let forged = Seen::Forged {
-            slot: SLOT,
-            peer: PEER_MASTER,
-        };
-        // The kernel's plain echo of our probe (its tag is the probe's).
-        assert_eq!(
-            classify(with(tagged(plain, AUTH_PROBE, &KEY)).as_slice(), &t),
-            forged
-        );
-        assert_eq!(classify(with(plain).as_slice(), &t), forged);
-        let other_key = vipwatch_common::siphash::Key { k0: 1, k1: 2 };
-        assert_eq!(
-            classify(with(tagged(plain, AUTH_REPLY, &other_key)).as_slice(), &t),
-            forged
-        );
-        // A tag for another sequence number does not carry over.
-        let mut moved = tagged(plain, AUTH_REPLY, &KEY);
-        moved[23] ^= 1;
-        assert_eq!(classify(with(moved).as_slice(), &t), forged);
+        assert_only_tagged_replies_count(&t, with, plain);
         // The witness is not vipwatch: its plain replies still count.
         let witness = echo(Echo {
             src: WITNESS,
@@ -1709,20 +1721,7 @@ mod tests {
                 &echo6_body(ICMPV6_ECHO_REPLY, ID, &p),
             )
         };
-        let plain = payload6(SLOT as u16, NONCE, VIP6);
-        assert_eq!(
-            classify(with(tagged(plain, AUTH_REPLY, &KEY)).as_slice(), &t),
-            reply(PEER_MASTER)
-        );
-        let forged = Seen::Forged {
-            slot: SLOT,
-            peer: PEER_MASTER,
-        };
-        assert_eq!(
-            classify(with(tagged(plain, AUTH_PROBE, &KEY)).as_slice(), &t),
-            forged
-        );
-        assert_eq!(classify(with(plain).as_slice(), &t), forged);
+        assert_only_tagged_replies_count(&t, with, payload6(SLOT as u16, NONCE, VIP6));
     }
 
     /// What `answer_probe_v6` in `main.rs` does to the frame, on the host:
