@@ -562,8 +562,8 @@ mod tests {
             let err = backup(bad).expect_err(&format!("{bad:?} accepted"));
             assert!(err.contains(flag), "{bad:?}: {err}");
         }
-        let parse = |argv: &[&str]| {
-            Cli::try_parse_from(argv)
+        let parse = |argv: &str| {
+            Cli::try_parse_from(argv.split_whitespace())
                 .map_err(|e| e.to_string())
                 .and_then(|c| match c.command {
                     Command::Backup(a) => a.instance().map(drop),
@@ -571,68 +571,12 @@ mod tests {
                 })
         };
         for argv in [
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "224.0.0.1",
-                "--vip",
-                "192.0.2.100/24",
-            ][..],
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "2001:db8::1",
-                "--witness",
-                "192.0.2.254",
-                "--vip",
-                "192.0.2.100/24",
-            ],
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "192.0.2.1",
-                "--vip",
-                "192.0.2.1/24",
-            ],
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "192.0.2.1",
-                "--vip",
-                "192.0.2.100",
-            ],
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "2001:db8::1",
-                "--vip",
-                "2001:db8::1/64",
-            ],
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "an-interface-name-too-long",
-                "--master",
-                "192.0.2.1",
-                "--vip",
-                "192.0.2.100/24",
-            ],
+            "vipwatch backup --iface eth0 --master 224.0.0.1 --vip 192.0.2.100/24",
+            "vipwatch backup --iface eth0 --master 2001:db8::1 --witness 192.0.2.254 --vip 192.0.2.100/24",
+            "vipwatch backup --iface eth0 --master 192.0.2.1 --vip 192.0.2.1/24",
+            "vipwatch backup --iface eth0 --master 192.0.2.1 --vip 192.0.2.100",
+            "vipwatch backup --iface eth0 --master 2001:db8::1 --vip 2001:db8::1/64",
+            "vipwatch backup --iface an-interface-name-too-long --master 192.0.2.1 --vip 192.0.2.100/24",
         ] {
             assert!(parse(argv).is_err(), "{argv:?} accepted");
         }
@@ -668,40 +612,12 @@ mod tests {
     #[test]
     fn ipv6_instances_pass() {
         for argv in [
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "2001:db8::1",
-                "--witness",
-                "2001:db8::fe",
-                "--vip",
-                "2001:db8::100/64",
-            ][..],
+            "vipwatch backup --iface eth0 --master 2001:db8::1 --witness 2001:db8::fe --vip 2001:db8::100/64",
             // A link-local master, reached on --iface.
-            &[
-                "vipwatch",
-                "backup",
-                "--iface",
-                "eth0",
-                "--master",
-                "fe80::1",
-                "--vip",
-                "2001:db8::100/64",
-            ],
-            &[
-                "vipwatch",
-                "master",
-                "--iface",
-                "eth0",
-                "--vip",
-                "2001:db8::100/64",
-                "--no-preempt",
-            ],
+            "vipwatch backup --iface eth0 --master fe80::1 --vip 2001:db8::100/64",
+            "vipwatch master --iface eth0 --vip 2001:db8::100/64 --no-preempt",
         ] {
-            let cli = Cli::try_parse_from(argv).expect("parses");
+            let cli = Cli::try_parse_from(argv.split_whitespace()).expect("parses");
             let instance = match cli.command {
                 Command::Backup(a) => a.instance(),
                 Command::Master(a) => a.instance(),
