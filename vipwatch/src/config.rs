@@ -1440,7 +1440,13 @@ pub fn host_problems(i: &Instance, host: &dyn Host) -> Vec<Problem> {
     let mut peers = vec![("master", b.master)];
     peers.extend(b.witness.map(|w| ("witness", w)));
     for (key, peer) in peers {
-        if let Some((iface, _, _)) = addresses.iter().find(|(_, a, _)| *a == peer) {
+        // A link-local address means something on one link only (RFC 4291
+        // §2.5.6): ours on another interface says nothing about this one.
+        let link_local = matches!(peer, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if let Some((iface, _, _)) = addresses
+            .iter()
+            .find(|(iface, a, _)| *a == peer && (!link_local || *iface == i.iface))
+        {
             out.push(Problem::new(
                 key,
                 format!("{peer} is an address of this host ({iface}); {key} must be another host"),
@@ -1685,6 +1691,8 @@ no_preempt = true
             vec![
                 ("eth0".into(), "192.0.2.2".parse().expect("literal"), 24),
                 ("eth0".into(), "192.0.2.150".parse().expect("literal"), 24),
+                ("eth0".into(), "fe80::2".parse().expect("literal"), 64),
+                ("eth1".into(), "fe80::1".parse().expect("literal"), 64),
             ]
         }
         fn bound(&self, iface: &str, addr: IpAddr) -> Option<Bound> {
@@ -1768,6 +1776,22 @@ no_preempt = true
         let mut on_eth0 = v6;
         on_eth0.iface = "eth0".into();
         assert!(host_problems(&on_eth0, &FakeHost).is_empty());
+        // A link-local master is compared with the link's own addresses:
+        // fe80::1 is eth1's, another link's, so a host on eth0 may have it.
+        let master_is = |addr: &str| {
+            let mut i = on_eth0.clone();
+            if let Role::Backup(b) = &mut i.role {
+                b.master = addr.parse().expect("literal");
+            }
+            host_problems(&i, &FakeHost)
+        };
+        assert!(master_is("fe80::1").is_empty());
+        let p = master_is("fe80::2");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message.contains("is an address of this host (eth0)"),
+            "{p:?}"
+        );
     }
 
     #[test]
