@@ -567,6 +567,54 @@ fn with_a_key_the_master_s_program_answers_ipv6_probes_itself() -> Result<()> {
     Ok(())
 }
 
+/// The client's neighbour entry for the VIP: (MAC, whether it is marked as
+/// a router's), if it has a usable one.
+fn client_entry_for_vip(lab: &Lab) -> Result<Option<(String, bool)>> {
+    let out = lab.run(
+        "client",
+        "ip",
+        ["-j", "neigh", "show", "to", v6::VIP, "dev", "eth0"],
+    )?;
+    let entries: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(entries.as_array().into_iter().flatten().find_map(|e| {
+        let mac = e["lladdr"].as_str()?.to_ascii_lowercase();
+        // `ip -j` writes the flag as `"router": null`.
+        Some((mac, e.get("router").is_some()))
+    }))
+}
+
+#[test]
+fn a_forwarding_backup_announces_the_vip_as_a_router() -> Result<()> {
+    // A VIP that is a gateway lives on hosts that forward: the backup's NAs
+    // carry the Router flag then, as the kernel's own do, or the clients
+    // would stop using the VIP as a router (RFC 4861 §7.2.5).
+    let lab = standard_lab_v6("v6router")?;
+    lab.run(
+        "backup",
+        "sh",
+        ["-c", "echo 1 > /proc/sys/net/ipv6/conf/eth0/forwarding"],
+    )?;
+    let _master = spawn_master_of(&lab, Family::V6, &[])?;
+    // The client resolves the VIP at the master, which does not forward.
+    lab.run(
+        "client",
+        "ping",
+        ["-6", "-n", "-c", "1", "-W", "2", v6::VIP],
+    )?;
+    let master = lab.mac("master")?.to_ascii_lowercase();
+    assert_eq!(client_entry_for_vip(&lab)?, Some((master, false)));
+    let _backup = active_backup_of(&lab, Family::V6, &[])?;
+    let backup = lab.mac("backup")?.to_ascii_lowercase();
+    let mut seen = None;
+    wait_until("the client's entry names the backup", WAIT, || {
+        seen = client_entry_for_vip(&lab)?;
+        Ok(seen.as_ref().is_some_and(|(mac, _)| *mac == backup))
+    })
+    .with_context(|| format!("the client has {seen:?}"))?;
+    assert_eq!(seen, Some((backup, true)), "the backup's NA says Router");
+    Ok(())
+}
+
 #[test]
 fn a_link_local_master_is_probed_on_the_interface() -> Result<()> {
     // `--master fe80::…` without a scope: the instance's interface is the

@@ -182,15 +182,22 @@ pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
 /// Unsolicited Neighbor Advertisement (RFC 4861 §7.2.6) for `addr`: sent
 /// from `addr` to all-nodes `ff02::1`, hop limit 255 (receivers drop
 /// anything else, §7.1.2), Override set so neighbours replace the cached
-/// link-layer address, Solicited and Router clear, with a Target Link-Layer
-/// Address option carrying `mac`.
-pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> [u8; NDP_FRAME_LEN] {
-    na_naming(mac, mac, addr)
+/// link-layer address, Solicited clear, with a Target Link-Layer
+/// Address option carrying `mac`. `router` sets the Router flag, which says
+/// whether the sender forwards (§4.4): a neighbour that cached `addr` as a
+/// router and receives an NA without it stops using it as one (§7.2.5).
+pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr, router: bool) -> [u8; NDP_FRAME_LEN] {
+    na_naming(mac, mac, addr, router)
 }
 
 /// [`unsolicited_na`] sent by `eth_src` naming `owner` as the link-layer
 /// address of `addr` (the hand-back to the master).
-fn na_naming(eth_src: [u8; 6], owner: [u8; 6], addr: Ipv6Addr) -> [u8; NDP_FRAME_LEN] {
+fn na_naming(
+    eth_src: [u8; 6],
+    owner: [u8; 6],
+    addr: Ipv6Addr,
+    router: bool,
+) -> [u8; NDP_FRAME_LEN] {
     ndp_frame(
         (ALL_NODES_MAC, eth_src),
         (addr, ALL_NODES),
@@ -200,7 +207,11 @@ fn na_naming(eth_src: [u8; 6], owner: [u8; 6], addr: Ipv6Addr) -> [u8; NDP_FRAME
                 .expect("32 bytes hold a Neighbor Advertisement");
             na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
             na.set_icmpv6_code(Icmpv6Code::new(0));
-            na.set_flags(NeighborAdvertFlags::Override);
+            na.set_flags(if router {
+                NeighborAdvertFlags::Override | NeighborAdvertFlags::Router
+            } else {
+                NeighborAdvertFlags::Override
+            });
             na.set_target_addr(addr);
         },
     )
@@ -319,6 +330,11 @@ pub struct Announcer {
     frames: Vec<(IpAddr, Frames)>,
     /// See [`Self::solicit_source`].
     link_local: Option<Ipv6Addr>,
+    /// The Router flag of our NAs: set, as the kernel sets it in its own,
+    /// when the interface forwards IPv6 (`net.ipv6.conf.IFACE.forwarding`,
+    /// read when the announcer opens). The hand-back NA names the master
+    /// with the same flag: a pair is configured alike.
+    router: bool,
 }
 
 impl Announcer {
@@ -333,6 +349,7 @@ impl Announcer {
             tx,
             frames: Vec::new(),
             link_local: None,
+            router: ipv6_forwarding(iface),
         })
     }
 
@@ -377,7 +394,7 @@ impl Announcer {
                 self.send(&request, vip)?;
                 self.send(&reply, vip)
             }
-            IpAddr::V6(v6) => self.send(&na_naming(self.mac, owner, v6), vip),
+            IpAddr::V6(v6) => self.send(&na_naming(self.mac, owner, v6, self.router), vip),
         }
     }
 
@@ -435,7 +452,7 @@ impl Announcer {
         if let Some((_, frames)) = self.frames.iter().find(|(cached, _)| *cached == vip) {
             return Ok(*frames);
         }
-        let frames = build_frames(self.mac, vip)?;
+        let frames = build_frames(self.mac, vip, self.router)?;
         self.frames.push((vip, frames));
         Ok(frames)
     }
@@ -452,8 +469,15 @@ impl Announcer {
     }
 }
 
+/// Whether `iface` forwards IPv6 (false when it cannot be read: no IPv6).
+fn ipv6_forwarding(iface: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"))
+        .is_ok_and(|v| v.trim() != "0")
+}
+
 /// The frames for one VIP; rejects addresses that cannot be announced.
-fn build_frames(mac: [u8; 6], vip: IpAddr) -> anyhow::Result<Frames> {
+/// `router`: see [`Announcer::router`].
+fn build_frames(mac: [u8; 6], vip: IpAddr, router: bool) -> anyhow::Result<Frames> {
     match vip {
         IpAddr::V4(v4) => {
             if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
@@ -469,7 +493,7 @@ fn build_frames(mac: [u8; 6], vip: IpAddr) -> anyhow::Result<Frames> {
                 bail!("cannot announce {v6}: the VIP must be a unicast IPv6 address");
             }
             Ok(Frames::V6 {
-                na: unsolicited_na(mac, v6),
+                na: unsolicited_na(mac, v6, router),
             })
         }
     }
@@ -750,7 +774,7 @@ mod tests {
             assert_eq!(parse_arp(&frame), None, "{what}");
         }
         assert_eq!(parse_arp(&[0xff; 64]), None, "garbage");
-        let na = unsolicited_na(MAC, "2001:db8::10".parse().expect("literal"));
+        let na = unsolicited_na(MAC, "2001:db8::10".parse().expect("literal"), false);
         assert_eq!(parse_arp(&na), None, "IPv6 frame");
     }
 
@@ -776,7 +800,7 @@ mod tests {
     #[test]
     fn unsolicited_na_layout() {
         let addr: Ipv6Addr = "2001:db8::10".parse().expect("literal");
-        let frame = unsolicited_na(MAC, addr);
+        let frame = unsolicited_na(MAC, addr, false);
         assert_eq!(frame[0..6], ALL_NODES_MAC, "destination 33:33:00:00:00:01");
         assert_eq!(frame[6..12], MAC);
         assert_eq!(frame[12..14], [0x86, 0xdd], "EtherType IPv6");
@@ -795,6 +819,9 @@ mod tests {
         assert_eq!(icmp[0], 136, "type Neighbor Advertisement");
         assert_eq!(icmp[1], 0, "code");
         assert_eq!(icmp[4], 0x20, "Override only: not Router, not Solicited");
+        let router = unsolicited_na(MAC, addr, true);
+        assert_eq!(router[54 + 4], 0xa0, "Router and Override");
+        assert_eq!(icmpv6_sum(addr, ALL_NODES, &router[54..]), 0xffff);
         assert_eq!(icmp[5..8], [0, 0, 0], "reserved");
         assert_eq!(icmp[8..24], addr.octets(), "target");
         assert_eq!(
@@ -836,12 +863,15 @@ mod tests {
     fn the_hand_over_na_names_the_owner_from_our_mac() {
         let addr: Ipv6Addr = "2001:db8::100".parse().expect("literal");
         let owner = [2, 0, 0, 0, 0, 1];
-        let frame = na_naming(MAC, owner, addr);
+        let frame = na_naming(MAC, owner, addr, false);
         assert_eq!(frame[6..12], MAC, "Ethernet source stays ours");
         assert_eq!(frame[54 + 26..], owner, "target link-layer address");
         assert_eq!(frame[54 + 4], 0x20, "Override");
         assert_eq!(icmpv6_sum(addr, ALL_NODES, &frame[54..]), 0xffff);
-        assert_eq!(unsolicited_na(MAC, addr), na_naming(MAC, MAC, addr));
+        assert_eq!(
+            unsolicited_na(MAC, addr, true),
+            na_naming(MAC, MAC, addr, true)
+        );
     }
 
     #[test]
@@ -852,7 +882,7 @@ mod tests {
             "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
         ] {
             let addr: Ipv6Addr = text.parse().expect("literal");
-            let frame = unsolicited_na(MAC, addr);
+            let frame = unsolicited_na(MAC, addr, false);
             let icmp = &frame[54..];
             // A correct checksum makes the sum over everything 0xffff.
             assert_eq!(icmpv6_sum(addr, ALL_NODES, icmp), 0xffff, "{text}");
@@ -869,15 +899,15 @@ mod tests {
     fn build_frames_rejects_non_unicast() {
         for vip in ["0.0.0.0", "255.255.255.255", "224.0.0.18", "::", "ff02::1"] {
             let vip: IpAddr = vip.parse().expect("literal");
-            let err = build_frames(MAC, vip).expect_err("rejected");
+            let err = build_frames(MAC, vip, false).expect_err("rejected");
             assert!(err.to_string().contains("unicast"), "{err}");
         }
         assert!(matches!(
-            build_frames(MAC, IpAddr::V4(VIP)),
+            build_frames(MAC, IpAddr::V4(VIP), false),
             Ok(Frames::V4 { .. })
         ));
         assert!(matches!(
-            build_frames(MAC, "2001:db8::1".parse().expect("literal")),
+            build_frames(MAC, "2001:db8::1".parse().expect("literal"), false),
             Ok(Frames::V6 { .. })
         ));
     }
