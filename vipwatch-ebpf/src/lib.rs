@@ -65,7 +65,8 @@ pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
 pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
 /// Neighbour Advertisement flags, first byte (RFC 4861 §4.4).
 pub const NA_SOLICITED: u8 = 0x40;
-/// Target Link-Layer Address option type (RFC 4861 §4.6.1).
+/// Source and Target Link-Layer Address option types (RFC 4861 §4.6.1).
+pub const NDP_OPT_SOURCE_LLADDR: u8 = 1;
 pub const NDP_OPT_TARGET_LLADDR: u8 = 2;
 /// RFC 4861 §7.1.1/§7.1.2: NDP messages with any other hop limit did not
 /// come from a neighbour on the link, and are invalid.
@@ -621,17 +622,27 @@ fn classify_ndp<F: Frame + ?Sized, S: Slots>(
     let Some(target) = frame.load::<16>(l4 + 8) else {
         return Seen::Other;
     };
+    // The address the message claims, and the option that names the
+    // claimant's MAC (0: none; the frame's source names it):
+    // * an NA claims its target (RFC 4861 §7.2.5), in its Target
+    //   Link-Layer Address option;
+    // * a Duplicate Address Detection NS (RFC 4862 §5.4.2: from the
+    //   unspecified address, so without options, RFC 4861 §4.3) claims its
+    //   target;
+    // * any other NS claims its source: receivers update their entry for
+    //   it from the Source Link-Layer Address option (RFC 4861 §7.2.3), as
+    //   ARP receivers do for an ARP request's sender. Its target it only
+    //   asks about, which claims nothing.
+    let (claimed, option) = match icmp_type {
+        ICMPV6_NEIGHBOR_ADVERT => (target, NDP_OPT_TARGET_LLADDR),
+        _ if src == [0; 16] => (target, 0),
+        _ => (src, NDP_OPT_SOURCE_LLADDR),
+    };
     // Not an IPv6 address of anyone's (see classify_ipv6): not an IPv4 VIP's.
-    if addr_as_v4(&target).is_some() {
+    if addr_as_v4(&claimed).is_some() {
         return Seen::Other;
     }
-    // A solicitation claims the address only when it is Duplicate Address
-    // Detection (RFC 4862 §5.4.2: from the unspecified address); address
-    // resolution asks who holds it and claims nothing.
-    if icmp_type == ICMPV6_NEIGHBOR_SOLICIT && src != [0; 16] {
-        return Seen::Other;
-    }
-    let Some(slot) = slots.vip_slot(&target) else {
+    let Some(slot) = slots.vip_slot(&claimed) else {
         return Seen::Other;
     };
     let Some(iface) = slots.iface() else {
@@ -643,19 +654,19 @@ fn classify_ndp<F: Frame + ?Sized, S: Slots>(
     };
     let eth_src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
     let mut mac = eth_src;
+    // The claimant names its MAC in the link-layer address option, which
+    // Linux puts first; a proxy or a bridge may send it from another
+    // source MAC.
+    if option != 0 && len >= NDP_MIN_LEN + 8 {
+        let Some(opt) = frame.load::<8>(l4 + NDP_MIN_LEN) else {
+            return Seen::Other;
+        };
+        if opt[0] == option && opt[1] == 1 {
+            mac = [opt[2], opt[3], opt[4], opt[5], opt[6], opt[7]];
+        }
+    }
     let mut answer = false;
     if icmp_type == ICMPV6_NEIGHBOR_ADVERT {
-        // The claimant names its MAC in a Target Link-Layer Address option
-        // (RFC 4861 §4.4), which Linux puts first; a proxy or a bridge may
-        // send it from another source MAC.
-        if len >= NDP_MIN_LEN + 8 {
-            let Some(opt) = frame.load::<8>(l4 + NDP_MIN_LEN) else {
-                return Seen::Other;
-            };
-            if opt[0] == NDP_OPT_TARGET_LLADDR && opt[1] == 1 {
-                mac = [opt[2], opt[3], opt[4], opt[5], opt[6], opt[7]];
-            }
-        }
         let Some(flags) = frame.load::<1>(l4 + 4) else {
             return Seen::Other;
         };
@@ -1951,10 +1962,15 @@ mod tests {
         }
     }
 
-    /// A Neighbour Solicitation from `src` for `target`.
-    fn ns(h: Ip6, target: Addr) -> Vec<u8> {
+    /// A Neighbour Solicitation for `target` and, if any, a Source
+    /// Link-Layer Address option naming `slla`.
+    fn ns(h: Ip6, target: Addr, slla: Option<[u8; 6]>) -> Vec<u8> {
         let mut b = vec![ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
         b.extend_from_slice(&target);
+        if let Some(mac) = slla {
+            b.extend_from_slice(&[NDP_OPT_SOURCE_LLADDR, 1]);
+            b.extend_from_slice(&mac);
+        }
         ip6(h, IPPROTO_ICMPV6, &b)
     }
 
@@ -2122,7 +2138,7 @@ mod tests {
                 hop_limit,
                 ..ndp(eth_src, [0; 16])
             };
-            ns(h, VIP6)
+            ns(h, VIP6, None)
         };
         assert_eq!(
             classify(dad(MASTER_MAC, NDP_HOP_LIMIT).as_slice(), &t),
@@ -2140,10 +2156,10 @@ mod tests {
         );
         assert_eq!(classify(dad(MASTER_MAC, 64).as_slice(), &t), Seen::Other);
         // Address resolution asks who holds the VIP; it claims nothing.
-        let resolution = ns(ndp(MASTER_MAC, MASTER6), VIP6);
+        let resolution = ns(ndp(MASTER_MAC, MASTER6), VIP6, Some(MASTER_MAC));
         assert_eq!(classify(resolution.as_slice(), &t), Seen::Other);
         // DAD of an address that is no VIP.
-        let other = ns(ndp(MASTER_MAC, [0; 16]), OTHER6);
+        let other = ns(ndp(MASTER_MAC, [0; 16]), OTHER6, None);
         assert_eq!(classify(other.as_slice(), &t), Seen::Other);
         let no_iface = Table {
             iface: None,
@@ -2153,6 +2169,41 @@ mod tests {
             classify(dad(MASTER_MAC, NDP_HOP_LIMIT).as_slice(), &no_iface),
             Seen::NoConfig
         );
+    }
+
+    #[test]
+    fn ipv6_address_resolution_from_a_vip_claims_it_for_the_sender() {
+        // The holder resolving a client from the VIP: the client's entry
+        // for the VIP follows the Source Link-Layer Address option, as an
+        // ARP request's sender IP and MAC would.
+        let t = Table::v6();
+        let claim = |mac| Seen::Claim {
+            slot: SLOT,
+            mac,
+            op: NS_OP,
+            answer: false,
+        };
+        let f = ns(ndp(BRIDGE_MAC, VIP6), CLIENT6, Some(MASTER_MAC));
+        assert_eq!(classify(f.as_slice(), &t), claim(MASTER_MAC));
+        // Without the option (or with another first), the frame's source.
+        let f = ns(ndp(MASTER_MAC, VIP6), CLIENT6, None);
+        assert_eq!(classify(f.as_slice(), &t), claim(MASTER_MAC));
+        let mut tlla = ns(ndp(BRIDGE_MAC, VIP6), CLIENT6, Some(MASTER_MAC));
+        let opt = tlla.len() - 8;
+        tlla[opt] = NDP_OPT_TARGET_LLADDR;
+        assert_eq!(classify(tlla.as_slice(), &t), claim(BRIDGE_MAC));
+        // Ours (the VIP held here, resolving from it), from no VIP, or
+        // not from the link.
+        let ours = ns(ndp(OUR_MAC, VIP6), CLIENT6, Some(OUR_MAC));
+        assert_eq!(classify(ours.as_slice(), &t), Seen::Other);
+        let other = ns(ndp(MASTER_MAC, OTHER6), CLIENT6, Some(MASTER_MAC));
+        assert_eq!(classify(other.as_slice(), &t), Seen::Other);
+        let routed = Ip6 {
+            hop_limit: 64,
+            ..ndp(MASTER_MAC, VIP6)
+        };
+        let f = ns(routed, CLIENT6, Some(MASTER_MAC));
+        assert_eq!(classify(f.as_slice(), &t), Seen::Other);
     }
 
     #[test]
@@ -2177,7 +2228,8 @@ mod tests {
                 Some(MASTER_MAC),
             ),
             na(to_us, VIP6, NA_SOLICITED, None),
-            ns(ndp(MASTER_MAC, [0; 16]), VIP6),
+            ns(ndp(MASTER_MAC, [0; 16]), VIP6, None),
+            ns(ndp(BRIDGE_MAC, VIP6), CLIENT6, Some(MASTER_MAC)),
         ];
         for full in frames {
             assert_ne!(classify(full.as_slice(), &t), Seen::Other);
