@@ -589,11 +589,6 @@ fn a_forwarding_backup_announces_the_vip_as_a_router() -> Result<()> {
     // carry the Router flag then, as the kernel's own do, or the clients
     // would stop using the VIP as a router (RFC 4861 §7.2.5).
     let lab = standard_lab_v6("v6router")?;
-    lab.run(
-        "backup",
-        "sh",
-        ["-c", "echo 1 > /proc/sys/net/ipv6/conf/eth0/forwarding"],
-    )?;
     let _master = spawn_master_of(&lab, Family::V6, &[])?;
     // The client resolves the VIP at the master, which does not forward.
     lab.run(
@@ -603,7 +598,17 @@ fn a_forwarding_backup_announces_the_vip_as_a_router() -> Result<()> {
     )?;
     let master = lab.mac("master")?.to_ascii_lowercase();
     assert_eq!(client_entry_for_vip(&lab)?, Some((master, false)));
-    let _backup = active_backup_of(&lab, Family::V6, &[])?;
+    // Forwarding switched on after the backup started (boot order, a
+    // hook): its NAs follow the setting of the moment.
+    let _backup = start_backup_v6(&lab, &[])?;
+    wait_state(&lab, "STANDBY")?;
+    lab.run(
+        "backup",
+        "sh",
+        ["-c", "echo 1 > /proc/sys/net/ipv6/conf/eth0/forwarding"],
+    )?;
+    lab.link_down("master")?;
+    wait_state(&lab, "ACTIVE")?;
     let backup = lab.mac("backup")?.to_ascii_lowercase();
     let mut seen = None;
     wait_until("the client's entry names the backup", WAIT, || {

@@ -332,8 +332,9 @@ pub struct Announcer {
     link_local: Option<Ipv6Addr>,
     /// The Router flag of our NAs: set, as the kernel sets it in its own,
     /// when the interface forwards IPv6 (`net.ipv6.conf.IFACE.forwarding`,
-    /// read when the announcer opens). The hand-back NA names the master
-    /// with the same flag: a pair is configured alike.
+    /// read again for every IPv6 announcement, see
+    /// [`Self::follow_forwarding`]). The hand-back NA names the master with
+    /// the same flag: a pair is configured alike.
     router: bool,
 }
 
@@ -368,6 +369,9 @@ impl Announcer {
     /// Announces that `vip` now lives at our MAC: for IPv4 the ARP request
     /// form then the reply form, back to back; for IPv6 one unsolicited NA.
     pub fn announce(&mut self, vip: IpAddr) -> anyhow::Result<()> {
+        if vip.is_ipv6() {
+            self.follow_forwarding();
+        }
         match self.frames_for(vip)? {
             Frames::V4 { request, reply } => {
                 self.send(&request, vip)?;
@@ -394,7 +398,10 @@ impl Announcer {
                 self.send(&request, vip)?;
                 self.send(&reply, vip)
             }
-            IpAddr::V6(v6) => self.send(&na_naming(self.mac, owner, v6, self.router), vip),
+            IpAddr::V6(v6) => {
+                self.follow_forwarding();
+                self.send(&na_naming(self.mac, owner, v6, self.router), vip)
+            }
         }
     }
 
@@ -445,6 +452,18 @@ impl Announcer {
                 self.iface
             )
         })
+    }
+
+    /// Forgets the NAs built with another Router flag than the interface's
+    /// forwarding setting says now: the kernel reads it for each NA it
+    /// sends, and forwarding may be switched on after we start (boot order,
+    /// an `--on-change` hook). One sysctl read per announcement.
+    fn follow_forwarding(&mut self) {
+        let router = ipv6_forwarding(&self.iface);
+        if router != self.router {
+            self.router = router;
+            self.frames.retain(|(vip, _)| vip.is_ipv4());
+        }
     }
 
     /// The cached frames for `vip`, built and cached on first use.
