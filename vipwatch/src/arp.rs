@@ -336,6 +336,10 @@ pub struct Announcer {
     /// [`Self::follow_forwarding`]). The hand-back NA names the master with
     /// the same flag: a pair is configured alike.
     router: bool,
+    /// That sysctl, kept open: a read at offset 0 costs a microsecond where
+    /// opening it again would cost tens on the takeover path. `None` when
+    /// the interface has no IPv6.
+    forwarding: Option<std::fs::File>,
 }
 
 impl Announcer {
@@ -344,13 +348,16 @@ impl Announcer {
         let interface = find_interface(iface)?;
         let mac = interface_mac(&interface)?;
         let tx = packet_channel(&interface)?;
+        let forwarding =
+            std::fs::File::open(format!("/proc/sys/net/ipv6/conf/{iface}/forwarding")).ok();
         Ok(Self {
             iface: interface.name,
             mac,
             tx,
             frames: Vec::new(),
             link_local: None,
-            router: ipv6_forwarding(iface),
+            router: forwarding.as_ref().is_some_and(ipv6_forwarding),
+            forwarding,
         })
     }
 
@@ -457,9 +464,9 @@ impl Announcer {
     /// Forgets the NAs built with another Router flag than the interface's
     /// forwarding setting says now: the kernel reads it for each NA it
     /// sends, and forwarding may be switched on after we start (boot order,
-    /// an `--on-change` hook). One sysctl read per announcement.
+    /// an `--on-change` hook). One sysctl read per IPv6 announcement.
     fn follow_forwarding(&mut self) {
-        let router = ipv6_forwarding(&self.iface);
+        let router = self.forwarding.as_ref().is_some_and(ipv6_forwarding);
         if router != self.router {
             self.router = router;
             self.frames.retain(|(vip, _)| vip.is_ipv4());
@@ -488,10 +495,14 @@ impl Announcer {
     }
 }
 
-/// Whether `iface` forwards IPv6 (false when it cannot be read: no IPv6).
-fn ipv6_forwarding(iface: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"))
-        .is_ok_and(|v| v.trim() != "0")
+/// Whether the `net.ipv6.conf.IFACE.forwarding` sysctl open as `file` is
+/// on (false when it cannot be read).
+fn ipv6_forwarding(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let mut value = [0u8; 4];
+    // Each read of a sysctl at offset 0 formats its current value.
+    file.read_at(&mut value, 0)
+        .is_ok_and(|n| n > 0 && value[0] != b'0')
 }
 
 /// The frames for one VIP; rejects addresses that cannot be announced.
@@ -891,6 +902,21 @@ mod tests {
             unsolicited_na(MAC, addr, true),
             na_naming(MAC, MAC, addr, true)
         );
+    }
+
+    #[test]
+    fn the_forwarding_sysctl_is_read_again_each_time() {
+        use std::io::{Seek as _, Write as _};
+        let path = std::env::temp_dir().join(format!("vipwatch-fwd-{}", std::process::id()));
+        let mut writer = std::fs::File::create(&path).expect("temp file");
+        let reader = std::fs::File::open(&path).expect("temp file");
+        assert!(!ipv6_forwarding(&reader), "empty");
+        for (value, on) in [("1\n", true), ("0\n", false), ("2\n", true)] {
+            writer.rewind().expect("rewind");
+            writer.write_all(value.as_bytes()).expect("write");
+            assert_eq!(ipv6_forwarding(&reader), on, "{value:?}");
+        }
+        std::fs::remove_file(&path).expect("remove");
     }
 
     #[test]
