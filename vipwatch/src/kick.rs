@@ -303,10 +303,10 @@ fn send_batches(
 ) -> io::Result<usize> {
     let mut sent = 0;
     for (k, batch) in packets.chunks(BATCH).enumerate() {
-        let addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = match to {
+        let addrs: Vec<socket2::SockAddr> = match to {
             Some((to, ifindex)) => to[k * BATCH..k * BATCH + batch.len()]
                 .iter()
-                .map(|a| sys::c_sockaddr(sys::scoped(*a, 0, ifindex)))
+                .map(|a| sys::scoped(*a, 0, ifindex).into())
                 .collect(),
             None => Vec::new(),
         };
@@ -323,9 +323,10 @@ fn send_batches(
             .map(|(j, iov)| {
                 // SAFETY: a zeroed msghdr is valid; fields set below.
                 let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-                if let Some((a, len)) = addrs.get(j) {
-                    h.msg_hdr.msg_name = (a as *const libc::sockaddr_storage).cast_mut().cast();
-                    h.msg_hdr.msg_namelen = *len;
+                if let Some(a) = addrs.get(j) {
+                    // sendmmsg(2) only reads the name.
+                    h.msg_hdr.msg_name = a.as_ptr().cast_mut().cast();
+                    h.msg_hdr.msg_namelen = a.len();
                 }
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;

@@ -86,23 +86,21 @@ pub struct Identity {
 /// A peer's address, and its C form built once for sendto(2).
 struct Dest {
     ip: IpAddr,
-    name: libc::sockaddr_storage,
-    len: libc::socklen_t,
+    name: socket2::SockAddr,
 }
 
 impl Dest {
     /// A link-local IPv6 peer is reached on the watched interface.
     fn new(ip: IpAddr, ifindex: u32) -> Self {
-        let (name, len) = sys::c_sockaddr(sys::scoped(ip, 0, ifindex));
-        Self { ip, name, len }
+        let name = sys::scoped(ip, 0, ifindex).into();
+        Self { ip, name }
     }
 }
 
 pub struct Prober {
     fd: OwnedFd,
     id: Identity,
-    /// The master's family (the witness's is the same).
-    v6: bool,
+    /// Its family is the probes' (the witness's is the same).
     master: Dest,
     witness: Option<Dest>,
     pub sent: u64,
@@ -155,7 +153,6 @@ impl Prober {
         Ok(Self {
             fd,
             id,
-            v6: master.is_ipv6(),
             master: Dest::new(master, ifindex),
             witness: witness.map(|w| Dest::new(w, ifindex)),
             sent: 0,
@@ -181,7 +178,7 @@ impl Prober {
         if let Some(key) = &self.id.key {
             payload.tag = auth_tag(key, AUTH_PROBE, &payload.encode());
         }
-        let pkt = if self.v6 {
+        let pkt = if self.master.ip.is_ipv6() {
             echo_request_v6(self.id.echo_id, seq, &payload)
         } else {
             echo_request(self.id.echo_id, seq, &payload)
@@ -220,8 +217,8 @@ impl Prober {
                 pkt.as_ptr().cast(),
                 pkt.len(),
                 0,
-                (&raw const to.name).cast(),
-                to.len,
+                to.name.as_ptr().cast(),
+                to.name.len(),
             )
         };
         if rc >= 0 {

@@ -244,33 +244,6 @@ pub fn scoped(ip: IpAddr, port: u16, ifindex: u32) -> SocketAddr {
     }
 }
 
-/// `to` as the C socket address the system calls take, and its length.
-pub fn c_sockaddr(to: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: a zeroed sockaddr_storage is valid, and large enough for
-    // either family written into it below.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match to {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger and as aligned.
-            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above.
-            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
 /// A connection-sync socket: a non-blocking UDP socket bound to a port
 /// (0: any) on one interface only (SO_BINDTODEVICE, set before bind so the
 /// port is taken on that interface alone). Dual-stack (IPv6 with
@@ -330,9 +303,9 @@ impl SyncSocket {
         } else {
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
         };
-        let (addr, len) = c_sockaddr(any);
+        let addr = socket2::SockAddr::from(any);
         // SAFETY: addr is valid for its length.
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len()) };
         if rc != 0 {
             return Err(io::Error::last_os_error()).with_context(|| {
                 format!("binding UDP port {port} on {iface} (conn_sync_port; is it in use?)")
@@ -379,7 +352,7 @@ impl SyncSocket {
         let Some(from) = from else {
             return self.socket.send_to(bytes, dest);
         };
-        let (mut name, namelen) = c_sockaddr(dest);
+        let name = socket2::SockAddr::from(dest);
         // Room for either control message, 8-byte aligned.
         let mut control = [0u64; 8];
         let space = if dest.is_ipv6() {
@@ -413,8 +386,9 @@ impl SyncSocket {
         };
         // SAFETY: a zeroed msghdr is valid; fields set below.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_name = (&raw mut name).cast();
-        msg.msg_namelen = namelen;
+        // sendmsg(2) only reads the name.
+        msg.msg_name = name.as_ptr().cast_mut().cast();
+        msg.msg_namelen = name.len();
         msg.msg_iov = &raw mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = (&raw mut control).cast();

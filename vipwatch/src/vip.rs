@@ -153,9 +153,10 @@ impl VipHandle {
     }
 }
 
-/// Waits until `addr` is local (see [`Netlink::is_local`]): polls from
-/// 100 µs, doubling to 5 ms, for at most [`USABLE_WAIT`]. The usual wait is
-/// one poll.
+/// Waits until `addr` is local (see [`Netlink::is_local`]): polls with
+/// pauses from 100 µs, doubling to 5 ms (tokio's timer rounds the short
+/// ones up to its 1 ms tick), for at most [`USABLE_WAIT`]. The usual wait
+/// is one poll.
 async fn wait_local(netlink: &Netlink, addr: std::net::IpAddr) -> anyhow::Result<bool> {
     let deadline = tokio::time::Instant::now() + USABLE_WAIT;
     let mut pause = Duration::from_micros(100);
