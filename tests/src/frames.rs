@@ -63,14 +63,11 @@ pub fn arp(
 // ----- IPv6: NDP and ICMPv6 (RFC 4861, RFC 4443) -------------------------
 
 /// ICMPv6 message types.
-pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
 pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
 
-/// Neighbour Advertisement flags (RFC 4861 4.4): Router, Solicited,
-/// Override.
-pub const NA_ROUTER: u8 = 0x80;
+/// Neighbour Advertisement flags (RFC 4861 4.4): Solicited, Override.
 pub const NA_SOLICITED: u8 = 0x40;
 pub const NA_OVERRIDE: u8 = 0x20;
 
@@ -100,24 +97,16 @@ pub fn multicast_mac(group: Ipv6Addr) -> [u8; 6] {
 /// skipped) between `src` and `dst`, over the pseudo-header of RFC 8200
 /// 8.1.
 pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut add = |bytes: &[u8]| {
-        for c in bytes.chunks(2) {
-            sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(&msg[..msg.len().min(2)]);
-    if msg.len() > 4 {
-        add(&msg[4..]);
+    let mut buf = Vec::with_capacity(40 + msg.len());
+    buf.extend_from_slice(&src.octets());
+    buf.extend_from_slice(&dst.octets());
+    buf.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&[0, 0, 0, 58]);
+    buf.extend_from_slice(msg);
+    if msg.len() >= 4 {
+        buf[40 + 2..40 + 4].fill(0);
     }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    checksum(&buf)
 }
 
 /// An Ethernet frame carrying the ICMPv6 message `msg` (checksum filled

@@ -37,10 +37,6 @@ use vipwatch_tests::{
 const WAIT: Duration = Duration::from_secs(10);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 
-fn vip() -> Ipv6Addr {
-    VIP6
-}
-
 fn ip(s: &str) -> Ipv6Addr {
     s.parse().expect("constant")
 }
@@ -215,15 +211,12 @@ fn lab_forged_ndp_and_icmpv6_frames_are_taken_as_real_by_the_kernel() -> Result<
         EchoServer::start_v6(&lab, "backup", 7007, "backup")?,
     ];
     lab.add_address("master", v6::VIP_CIDR)?;
-    let client = Client::builder(
-        SocketAddr::new(vip().into(), 7007),
-        Duration::from_millis(1),
-    )
-    .max_duration(Duration::from_secs(30))
-    .start(&lab, "client")?;
+    let client = Client::builder(SocketAddr::new(VIP6.into(), 7007), Duration::from_millis(1))
+        .max_duration(Duration::from_secs(30))
+        .start(&lab, "client")?;
     client.wait_for_answer_from("master", Instant::now(), WAIT)?;
     assert_eq!(
-        lab.neighbor_mac("client", vip())?.as_deref(),
+        lab.neighbor_mac("client", VIP6)?.as_deref(),
         Some(lab.mac("master")?)
     );
     // A takeover by hand, as vipwatch does it: the VIP moves to the
@@ -234,20 +227,20 @@ fn lab_forged_ndp_and_icmpv6_frames_are_taken_as_real_by_the_kernel() -> Result<
     lab.add_address("backup", v6::VIP_CIDR)?;
     let backup = mac_of(&lab, "backup")?;
     let moved = Instant::now();
-    let na = frames::unsolicited_na(backup, vip(), backup);
+    let na = frames::unsolicited_na(backup, VIP6, backup);
     frames::send(&lab, "backup", "eth0", &[na], Duration::ZERO)?;
     client.wait_for_answer_from("backup", moved, WAIT)?;
     assert_eq!(
-        lab.neighbor_mac("client", vip())?.as_deref(),
+        lab.neighbor_mac("client", VIP6)?.as_deref(),
         Some(lab.mac("backup")?)
     );
     drop(client);
     // A forged one (another host's Ethernet source) moves it as well.
     let elsewhere = "02:76:77:00:00:42";
-    let na = frames::unsolicited_na(attacker, vip(), frames::mac(elsewhere)?);
+    let na = frames::unsolicited_na(attacker, VIP6, frames::mac(elsewhere)?);
     frames::send(&lab, "attacker", "eth0", &[na], Duration::ZERO)?;
     wait_until("the client follows the forged NA", WAIT, || {
-        Ok(lab.neighbor_mac("client", vip())?.as_deref() == Some(elsewhere))
+        Ok(lab.neighbor_mac("client", VIP6)?.as_deref() == Some(elsewhere))
     })?;
 
     // A DAD probe for the VIP: the backup's kernel defends its address
@@ -268,7 +261,7 @@ fn lab_forged_ndp_and_icmpv6_frames_are_taken_as_real_by_the_kernel() -> Result<
             &lab,
             "attacker",
             "eth0",
-            &[frames::dad_ns(attacker, vip())],
+            &[frames::dad_ns(attacker, VIP6)],
             Duration::ZERO,
         )?;
         let captured = listener
@@ -286,12 +279,12 @@ fn lab_forged_ndp_and_icmpv6_frames_are_taken_as_real_by_the_kernel() -> Result<
 fn cable_pull_moves_the_ipv6_vip_to_the_backup_and_back_to_the_master_only() -> Result<()> {
     let hook = HookFile::new("v6cable");
     let mut s = scenario_v6("v6cable", &["--on-change", &hook.command()])?;
-    assert_eq!(s.vip(), IpAddr::V6(vip()));
+    assert_eq!(s.vip(), IpAddr::V6(VIP6));
     let fault = Fault::CablePull;
     cases::take_over(&s, fault)?;
     // The client's neighbour entry followed the backup's NA.
     assert_eq!(
-        s.lab.neighbor_mac("client", vip())?.as_deref(),
+        s.lab.neighbor_mac("client", VIP6)?.as_deref(),
         Some(s.lab.mac("backup")?),
         "{}",
         s.logs()
@@ -301,7 +294,7 @@ fn cable_pull_moves_the_ipv6_vip_to_the_backup_and_back_to_the_master_only() -> 
 
     cases::fail_back(&mut s, fault)?;
     assert_eq!(
-        s.lab.neighbor_mac("client", vip())?.as_deref(),
+        s.lab.neighbor_mac("client", VIP6)?.as_deref(),
         Some(s.lab.mac("master")?),
         "the client points at the master again\n{}",
         s.logs()
@@ -373,7 +366,7 @@ fn one_forged_na_in_the_master_s_name_costs_ms_not_the_vip() -> Result<()> {
     let before = wait_master_answers(&lab)?;
     assert_eq!(before["releases"], 0, "{before}");
     let t = Instant::now();
-    let na = frames::unsolicited_na(mac_of(&lab, "attacker")?, vip(), mac_of(&lab, "master")?);
+    let na = frames::unsolicited_na(mac_of(&lab, "attacker")?, VIP6, mac_of(&lab, "master")?);
     frames::send(&lab, "attacker", "eth0", &[na], Duration::ZERO)?;
     let st = wait_stats(&lab, "the VIP is taken back", WAIT, |s| {
         s["taken_back"] == 1
@@ -381,7 +374,7 @@ fn one_forged_na_in_the_master_s_name_costs_ms_not_the_vip() -> Result<()> {
     .with_context(|| backup.output())?;
     assert_eq!(st["state"], "ACTIVE", "{st}");
     assert_eq!(st["releases"], 1, "{st}");
-    assert!(lab.has_address("backup", vip())?);
+    assert!(lab.has_address("backup", VIP6)?);
     let released = scenario::mono_ns(&line(&backup, "released 2001:db8::100/64", t)?)?;
     let back = scenario::mono_ns(&line(&backup, "nobody answers for the VIP", t)?)?;
     let cost = Duration::from_nanos(back.saturating_sub(released));
@@ -409,7 +402,7 @@ fn a_dad_probe_for_the_held_ipv6_vip_is_a_claim_from_its_sender() -> Result<()> 
         &lab,
         "attacker",
         "eth0",
-        &[frames::dad_ns(mac_of(&lab, "attacker")?, vip())],
+        &[frames::dad_ns(mac_of(&lab, "attacker")?, VIP6)],
         Duration::ZERO,
     )?;
     let st = wait_stats(&lab, "the DAD probe is counted as a claim", WAIT, |s| {
@@ -428,7 +421,7 @@ fn a_dad_probe_for_the_held_ipv6_vip_is_a_claim_from_its_sender() -> Result<()> 
     let st2 = stats(&lab, "backup")?;
     assert_eq!(st2["state"], "ACTIVE", "{st} / {st2}");
     assert_eq!(st2["releases"], 0, "{st2}");
-    assert!(lab.has_address("backup", vip())?);
+    assert!(lab.has_address("backup", VIP6)?);
     Ok(())
 }
 
@@ -490,7 +483,7 @@ fn cable_pull_kicks_every_ipv6_connection_over_and_failback_brings_them_home() -
     let client = TcpClient::start(
         &lab,
         "client",
-        SocketAddr::new(vip().into(), TCP_PORT),
+        SocketAddr::new(VIP6.into(), TCP_PORT),
         CONNS,
         BUSY,
     )?;
@@ -563,7 +556,7 @@ fn with_a_key_the_master_s_program_answers_ipv6_probes_itself() -> Result<()> {
     lab.link_down("master")?;
     let st = wait_state(&lab, "ACTIVE")?;
     cases::assert_detection_as_usual(&st);
-    assert!(lab.has_address("backup", vip())?);
+    assert!(lab.has_address("backup", VIP6)?);
     Ok(())
 }
 
@@ -651,12 +644,12 @@ fn a_link_local_master_is_probed_on_the_interface() -> Result<()> {
     assert_eq!(s(&st, "master.address"), link_local.to_string(), "{st}");
     lab.link_down("master")?;
     wait_state(&lab, "ACTIVE")?;
-    assert!(lab.has_address("backup", vip())?);
+    assert!(lab.has_address("backup", VIP6)?);
     lab.link_up("master")?;
     // The master claims it back; the backup, hearing its link-local
     // address answer again, hands it over.
     wait_state(&lab, "STANDBY")?;
-    assert!(!lab.has_address("backup", vip())?);
+    assert!(!lab.has_address("backup", VIP6)?);
     Ok(())
 }
 
@@ -687,12 +680,12 @@ fn a_no_preempt_master_waits_while_another_host_answers_for_the_ipv6_vip() -> Re
         waiting.contains(&format!("{holder} answers for {}", v6::VIP)),
         "{waiting}"
     );
-    assert!(!lab.has_address("master", vip())?);
+    assert!(!lab.has_address("master", VIP6)?);
     lab.del_address("attacker", v6::VIP_CIDR)?;
     master
         .wait_for_line("state -> HOLDING", WAIT)
         .with_context(|| master.output())?;
-    assert!(lab.has_address("master", vip())?);
+    assert!(lab.has_address("master", VIP6)?);
     Ok(())
 }
 

@@ -129,17 +129,14 @@ pub fn addr_as_v4(a: &Addr) -> Option<[u8; 4]> {
 /// The [`Addr`] of an IP address (IPv4 as IPv4-mapped).
 pub fn addr_of(ip: core::net::IpAddr) -> Addr {
     match ip {
-        core::net::IpAddr::V4(v4) => addr_v4(v4.octets()),
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         core::net::IpAddr::V6(v6) => v6.octets(),
     }
 }
 
 /// The IP address of an [`Addr`]: IPv4 when it is IPv4-mapped.
 pub fn ip_of(a: &Addr) -> core::net::IpAddr {
-    match addr_as_v4(a) {
-        Some(v4) => core::net::IpAddr::from(v4),
-        None => core::net::IpAddr::from(*a),
-    }
+    core::net::IpAddr::from(*a).to_canonical()
 }
 
 // ---------------------------------------------------------------------------

@@ -269,10 +269,7 @@ fn forged_payload(
     nonce: u64,
     seq: u64,
 ) -> [u8; vipwatch_common::PROBE_PAYLOAD_LEN] {
-    let vip = match family.vip_ip() {
-        std::net::IpAddr::V4(v4) => vipwatch_common::addr_v4(v4.octets()),
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    };
+    let vip = vipwatch_common::addr_of(family.vip_ip());
     vipwatch_common::ProbePayload {
         slot: 0,
         nonce,
