@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::cases;
+use common::{HookFile, cases};
 use vipwatch_tests::{
     Lab, Signal,
     scenario::{Family, Fault, Options, Scenario},
@@ -166,29 +166,12 @@ fn loss_from(lab: &Lab, host: &str, percent: u32) -> Result<()> {
 
 #[test]
 fn on_change_hook_gets_state_vip_iface_and_reason() -> Result<()> {
-    let file = std::env::temp_dir().join(format!("vipwatch-hook-{}", std::process::id()));
-    let hook = format!("echo >> {}", file.display());
-    let s = scenario("fhook", false, &["--on-change", &hook])?;
+    let hook = HookFile::new("fhook");
+    let s = scenario("fhook", false, &["--on-change", &hook.command()])?;
     let t0 = s.inject(Fault::CablePull)?;
     s.await_takeover(Fault::CablePull, t0, Duration::from_secs(5))?;
-    let mut text = String::new();
-    vipwatch_tests::wait_until("the hook ran for ACTIVE", Duration::from_secs(5), || {
-        text = std::fs::read_to_string(&file).unwrap_or_default();
-        Ok(text.contains("ACTIVE"))
-    })?;
-    // Stop the daemons first: the backup's last hook (its shutdown) would
-    // write the file again.
-    drop(s);
-    std::fs::remove_file(&file)?;
-    let lines: Vec<&str> = text.lines().collect();
-    assert!(
-        lines.contains(&"STANDBY 192.0.2.100/24 eth0 master-replied"),
-        "{text}"
-    );
-    assert!(
-        lines.contains(&"ACTIVE 192.0.2.100/24 eth0 master-silent"),
-        "{text}"
-    );
+    hook.wait_for("STANDBY 192.0.2.100/24 eth0 master-replied")?;
+    hook.wait_for("ACTIVE 192.0.2.100/24 eth0 master-silent")?;
     Ok(())
 }
 

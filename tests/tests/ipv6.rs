@@ -48,41 +48,6 @@ fn scenario_v6(tag: &str, backup_args: &[&str]) -> Result<Scenario> {
     Scenario::start(opts)
 }
 
-/// A file an `--on-change` hook appends its arguments to, removed when
-/// dropped.
-struct HookFile(std::path::PathBuf);
-
-impl HookFile {
-    fn new(tag: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("vipwatch-hook-{tag}-{}", std::process::id())))
-    }
-
-    fn command(&self) -> String {
-        format!("echo >> {}", self.0.display())
-    }
-
-    /// Waits until the hook has written `expected` as a line.
-    fn wait_for(&self, expected: &str) -> Result<()> {
-        let mut text = String::new();
-        wait_until(&format!("the hook wrote {expected:?}"), WAIT, || {
-            text = std::fs::read_to_string(&self.0).unwrap_or_default();
-            Ok(text.lines().any(|l| l == expected))
-        })
-        .with_context(|| format!("the hook wrote:\n{text}"))?;
-        Ok(())
-    }
-}
-
-impl Drop for HookFile {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("could not remove {}: {e}", self.0.display());
-        }
-    }
-}
-
 // ----- the lab itself (no vipwatch) ---------------------------------------
 
 /// `/proc/net/snmp6` counter `name` in `host`'s namespace.

@@ -322,6 +322,41 @@ fn forge_replies_v6(lab: &Lab, src: Ipv6Addr, nonce: u64, count: usize) -> Resul
     frames::send(lab, "attacker", "eth0", &replies, Duration::from_millis(1))
 }
 
+/// A file an `--on-change` hook appends its arguments to, removed when
+/// dropped.
+pub struct HookFile(std::path::PathBuf);
+
+impl HookFile {
+    pub fn new(tag: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("vipwatch-hook-{tag}-{}", std::process::id())))
+    }
+
+    pub fn command(&self) -> String {
+        format!("echo >> {}", self.0.display())
+    }
+
+    /// Waits until the hook has written `expected` as a line.
+    pub fn wait_for(&self, expected: &str) -> Result<()> {
+        let mut text = String::new();
+        wait_until(&format!("the hook wrote {expected:?}"), WAIT, || {
+            text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            Ok(text.lines().any(|l| l == expected))
+        })
+        .with_context(|| format!("the hook wrote:\n{text}"))?;
+        Ok(())
+    }
+}
+
+impl Drop for HookFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
 /// A key file for the pair (mode 600), removed with the returned guard.
 pub struct KeyFile(std::path::PathBuf);
 
