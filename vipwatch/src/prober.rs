@@ -67,6 +67,10 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tick {
     pub seq: u64,
+    /// When the sends had returned: the probes were out by then. (The
+    /// payload's send time is read before, as it must be; a thread
+    /// preempted between that read and the send would make a probe look
+    /// out for longer than it was, and count as unanswered too early.)
     pub at_ns: u64,
     pub master_sent: bool,
     pub witness_sent: bool,
@@ -166,12 +170,11 @@ impl Prober {
     /// witness, with the same sequence number. A probe counts as sent only
     /// when the kernel accepted it.
     pub fn tick(&mut self, seq: u64) -> Tick {
-        let at_ns = clock::now_ns();
         let mut payload = ProbePayload {
             slot: self.id.slot,
             nonce: self.id.nonce,
             seq,
-            sent_ns: at_ns,
+            sent_ns: clock::now_ns(),
             vip: self.id.vip,
             tag: [0; 8],
         };
@@ -193,7 +196,7 @@ impl Prober {
         }
         Tick {
             seq,
-            at_ns,
+            at_ns: clock::now_ns(),
             master_sent,
             witness_sent,
         }
