@@ -152,8 +152,10 @@ impl Prober {
         const ICMP_FILTER: libc::c_int = 1;
         const ICMP6_FILTER: libc::c_int = 1;
         match master {
-            IpAddr::V4(_) => setsockopt(&fd, libc::SOL_RAW, ICMP_FILTER, &u32::MAX.to_ne_bytes()),
-            IpAddr::V6(_) => setsockopt(&fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &[0xff; 32]),
+            IpAddr::V4(_) => {
+                sys::setsockopt(&fd, libc::SOL_RAW, ICMP_FILTER, &u32::MAX.to_ne_bytes())
+            }
+            IpAddr::V6(_) => sys::setsockopt(&fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &[0xff; 32]),
         }
         .context("filtering ICMP out of the probe socket's receive queue")?;
         Ok(Self {
@@ -240,24 +242,6 @@ impl Prober {
             self.last_error = Some(err.kind());
         }
         false
-    }
-}
-
-fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
-    // SAFETY: value is valid for value.len() bytes for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -5,7 +5,7 @@
 use std::{
     fs, io, mem,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
 use anyhow::{Context as _, bail};
@@ -209,23 +209,38 @@ impl EventFd {
     }
 }
 
-/// Binds `fd` to `iface` (SO_BINDTODEVICE): it sends and receives on that
-/// interface only.
-pub fn bind_to_device(fd: &OwnedFd, iface: &str) -> io::Result<()> {
-    // SAFETY: the name is valid for its length.
+/// setsockopt(2) with the option's value as bytes.
+pub fn setsockopt(
+    fd: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
+    // SAFETY: value is valid for value.len() bytes for the call.
     let rc = unsafe {
         libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            iface.as_ptr().cast(),
-            iface.len() as libc::socklen_t,
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Binds `fd` to `iface` (SO_BINDTODEVICE): it sends and receives on that
+/// interface only.
+pub fn bind_to_device(fd: &impl AsFd, iface: &str) -> io::Result<()> {
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_BINDTODEVICE,
+        iface.as_bytes(),
+    )
 }
 
 /// `ip:port`, with `ifindex` as the scope of a link-local IPv6 address
@@ -283,20 +298,13 @@ impl SyncSocket {
         bind_to_device(&fd, iface).with_context(|| format!("binding a UDP socket to {iface}"))?;
         if dual {
             let off: libc::c_int = 0;
-            // SAFETY: an int option, valid for its length.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_V6ONLY,
-                    (&raw const off).cast(),
-                    mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error())
-                    .context("making the sync socket dual-stack (IPV6_V6ONLY off)");
-            }
+            setsockopt(
+                &fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                &off.to_ne_bytes(),
+            )
+            .context("making the sync socket dual-stack (IPV6_V6ONLY off)")?;
         }
         let any = if dual {
             SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
@@ -446,19 +454,9 @@ const SYNC_SOCKET_BUFFER: libc::c_int = 4 << 20;
 
 /// Sets a socket buffer's size past `net.core.[rw]mem_max` (the `FORCE`
 /// option, CAP_NET_ADMIN), or as far as that limit allows.
-fn set_buffer(fd: &OwnedFd, force: libc::c_int, plain: libc::c_int, bytes: libc::c_int) {
+fn set_buffer(fd: &impl AsFd, force: libc::c_int, plain: libc::c_int, bytes: libc::c_int) {
     for opt in [force, plain] {
-        // SAFETY: an int option, valid for its length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&raw const bytes).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
+        if setsockopt(fd, libc::SOL_SOCKET, opt, &bytes.to_ne_bytes()).is_ok() {
             return;
         }
     }
