@@ -271,64 +271,43 @@ pub struct SyncSocket {
 
 impl SyncSocket {
     pub fn open(iface: &str, port: u16) -> anyhow::Result<Self> {
-        // SAFETY: socket(2) takes no pointers; the fd is owned below.
-        let mut raw = unsafe {
-            libc::socket(
-                libc::AF_INET6,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
+        use socket2::{Domain, Socket, Type};
+        let (socket, dual) = match Socket::new(Domain::IPV6, Type::DGRAM, None) {
+            Ok(socket) => (socket, true),
+            Err(_) => (
+                Socket::new(Domain::IPV4, Type::DGRAM, None).context("opening a UDP socket")?,
+                false,
+            ),
         };
-        let dual = raw >= 0;
-        if !dual {
-            // SAFETY: as above.
-            raw = unsafe {
-                libc::socket(
-                    libc::AF_INET,
-                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    0,
-                )
-            };
-        }
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("opening a UDP socket");
-        }
-        // SAFETY: raw is a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        bind_to_device(&fd, iface).with_context(|| format!("binding a UDP socket to {iface}"))?;
+        socket
+            .set_nonblocking(true)
+            .context("making the sync socket non-blocking")?;
+        socket
+            .bind_device(Some(iface.as_bytes()))
+            .with_context(|| format!("binding a UDP socket to {iface}"))?;
         if dual {
-            let off: libc::c_int = 0;
-            setsockopt(
-                &fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                &off.to_ne_bytes(),
-            )
-            .context("making the sync socket dual-stack (IPV6_V6ONLY off)")?;
+            socket
+                .set_only_v6(false)
+                .context("making the sync socket dual-stack (IPV6_V6ONLY off)")?;
         }
         let any = if dual {
             SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
         } else {
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
         };
-        let addr = socket2::SockAddr::from(any);
-        // SAFETY: addr is valid for its length.
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!("binding UDP port {port} on {iface} (conn_sync_port; is it in use?)")
-            });
-        }
+        socket.bind(&any.into()).with_context(|| {
+            format!("binding UDP port {port} on {iface} (conn_sync_port; is it in use?)")
+        })?;
         // A whole-table sync is a burst of up to ~1 600 datagrams (65 536
         // connections); the default buffers (~200 KiB) hold about 90.
         for (force, plain) in [
             (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
             (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         ] {
-            set_buffer(&fd, force, plain, SYNC_SOCKET_BUFFER);
+            set_buffer(&socket, force, plain, SYNC_SOCKET_BUFFER);
         }
         Ok(Self {
-            socket: UdpSocket::from(fd),
+            socket: socket.into(),
             dual,
         })
     }
@@ -360,93 +339,43 @@ impl SyncSocket {
         let Some(from) = from else {
             return self.socket.send_to(bytes, dest);
         };
-        let name = socket2::SockAddr::from(dest);
-        // Room for either control message, 8-byte aligned.
-        let mut control = [0u64; 8];
-        let space = if dest.is_ipv6() {
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+        let v6;
+        let v4;
+        let info = if dest.is_ipv6() {
             let addr = match from {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped(),
                 IpAddr::V6(v6) => v6,
             };
-            let info = libc::in6_pktinfo {
+            v6 = libc::in6_pktinfo {
                 ipi6_addr: libc::in6_addr {
                     s6_addr: addr.octets(),
                 },
                 ipi6_ifindex: 0,
             };
-            put_cmsg(&mut control, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info)
+            ControlMessage::Ipv6PacketInfo(&v6)
         } else {
-            let IpAddr::V4(v4) = from else {
+            let IpAddr::V4(from) = from else {
                 return self.socket.send_to(bytes, dest);
             };
-            let info = libc::in_pktinfo {
+            v4 = libc::in_pktinfo {
                 ipi_ifindex: 0,
                 ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.octets()),
+                    s_addr: u32::from_ne_bytes(from.octets()),
                 },
                 ipi_addr: libc::in_addr { s_addr: 0 },
             };
-            put_cmsg(&mut control, libc::IPPROTO_IP, libc::IP_PKTINFO, info)
+            ControlMessage::Ipv4PacketInfo(&v4)
         };
-        let mut iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        };
-        // SAFETY: a zeroed msghdr is valid; fields set below.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        // sendmsg(2) only reads the name.
-        msg.msg_name = name.as_ptr().cast_mut().cast();
-        msg.msg_namelen = name.len();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = (&raw mut control).cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: every pointer in msg is valid for the call.
-        let n = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &raw const msg, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-}
-
-/// Writes one control message (header, then `value`) at the start of
-/// `control`; returns its CMSG_SPACE.
-fn put_cmsg<T: Copy>(
-    control: &mut [u64; 8],
-    level: libc::c_int,
-    kind: libc::c_int,
-    value: T,
-) -> usize {
-    let len = mem::size_of::<T>() as u32;
-    // SAFETY: CMSG_LEN, CMSG_SPACE are pure arithmetic.
-    let (cmsg_len, space, data_at) = unsafe {
-        (
-            libc::CMSG_LEN(len),
-            libc::CMSG_SPACE(len),
-            libc::CMSG_LEN(0),
+        sendmsg(
+            self.socket.as_raw_fd(),
+            &[io::IoSlice::new(bytes)],
+            &[info],
+            MsgFlags::empty(),
+            Some(&SockaddrStorage::from(dest)),
         )
-    };
-    assert!(
-        space as usize <= mem::size_of_val(control),
-        "control buffer too small"
-    );
-    let header = libc::cmsghdr {
-        cmsg_len: cmsg_len as _,
-        cmsg_level: level,
-        cmsg_type: kind,
-    };
-    let base = control.as_mut_ptr().cast::<u8>();
-    // SAFETY: both writes are within `control` (checked just above); the
-    // buffer is 8-byte aligned for the header, the value is written
-    // unaligned.
-    unsafe {
-        base.cast::<libc::cmsghdr>().write(header);
-        base.add(data_at as usize)
-            .cast::<T>()
-            .write_unaligned(value);
+        .map_err(io::Error::from)
     }
-    space as usize
 }
 
 /// Bytes of each buffer of a sync socket.
@@ -459,30 +388,5 @@ fn set_buffer(fd: &impl AsFd, force: libc::c_int, plain: libc::c_int, bytes: lib
         if setsockopt(fd, libc::SOL_SOCKET, opt, &bytes.to_ne_bytes()).is_ok() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_control_message_is_a_header_then_its_value() {
-        let mut control = [0u64; 8];
-        let info = libc::in6_pktinfo {
-            ipi6_addr: libc::in6_addr { s6_addr: [7; 16] },
-            ipi6_ifindex: 3,
-        };
-        let space = put_cmsg(&mut control, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info);
-        // 16-byte header + 20-byte value, padded to 8 bytes.
-        assert_eq!(space, 40);
-        // SAFETY: put_cmsg wrote a header at the start of the aligned buffer.
-        let header = unsafe { control.as_ptr().cast::<libc::cmsghdr>().read() };
-        assert_eq!(header.cmsg_len, 16 + 20);
-        assert_eq!(header.cmsg_level, libc::IPPROTO_IPV6);
-        assert_eq!(header.cmsg_type, libc::IPV6_PKTINFO);
-        let bytes: Vec<u8> = control.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        assert_eq!(bytes[16..32], [7; 16], "the address right after the header");
-        assert_eq!(bytes[32..36], 3u32.to_ne_bytes(), "then the interface");
     }
 }
